@@ -1,0 +1,72 @@
+"""The contract every prior meets. Stages see only this: ``encode_prompt`` and ``sds``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+Weighting = Literal["uniform", "sds", "dreamfusion"]
+
+
+@dataclass
+class SDSConfig:
+    """How one stage distils a prior. Each stage holds its own (Magic3D's differ per stage)."""
+
+    guidance_scale: float = 100.0
+    t_min: float = 0.02
+    t_max: float = 0.98
+    # Linear annealing of t_max over the stage: None keeps t_max fixed.
+    t_max_end: float | None = None
+    weighting: Weighting = "sds"
+    # Clip the per-element SDS gradient to [-grad_clip, grad_clip]; None disables.
+    grad_clip: float | None = None
+
+
+@dataclass
+class TextEmbeddings:
+    """Conditional and unconditional embeddings, one row per image of the batch.
+
+    Shapes are the model's own ("B 77 1024" for SD 2.x, "B 77 4096" for IF, "B D" for the
+    built-in prior); stages never look inside. ``negative_views`` carries Perp-Neg's extra
+    conditions ("B K ..." with weights "B K") when that option is on.
+    """
+
+    cond: Tensor
+    uncond: Tensor
+    negative_views: Tensor | None = None
+    negative_weights: Float[Tensor, "B K"] | None = None
+
+    def __len__(self) -> int:
+        return self.cond.shape[0]
+
+
+@dataclass
+class SDSOutput:
+    loss: Float[Tensor, ""]  # backward() gives exactly w(t) * (eps_hat - eps) on the prior's input
+    t: Tensor  # integer timesteps used, "B"
+    grad_norm: float
+
+
+class Prior(Protocol):
+    name: str
+    resolution: int  # side of the square images the model sees (renders are resized to it)
+    device: torch.device
+
+    def encode_prompt(self, prompts: list[str], negative_prompts: list[str]) -> TextEmbeddings:
+        """Embeddings for each prompt; ``negative_prompts`` gives each row's unconditional text."""
+        ...
+
+    def sds(
+        self,
+        images: Float[Tensor, "B 3 H W"],
+        embeddings: TextEmbeddings,
+        step_ratio: float,
+        cfg: SDSConfig,
+        generator: torch.Generator | None = None,
+    ) -> SDSOutput:
+        """Score distillation loss for renders in [0, 1]; ``step_ratio`` in [0, 1] drives annealing."""
+        ...
