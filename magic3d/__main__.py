@@ -1,0 +1,3 @@
+from magic3d.cli import main
+
+main()

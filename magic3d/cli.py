@@ -1,0 +1,126 @@
+"""The ``magic3d`` command: a thin typer front over ``magic3d.pipeline`` and friends.
+
+Every error meant for people (``Magic3DError``) is printed as one line and exits with code 2.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from magic3d.errors import Magic3DError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Text to textured 3D assets (USD, USDZ, GLB, OBJ) by score distillation.",
+)
+
+PresetOpt = Annotated[
+    Optional[str], typer.Option("--preset", "-p", help="Preset name (fast, paper, builtin, …) or a YAML file.")
+]
+PriorOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--prior",
+        help="Diffusion prior: 'builtin' (offline, CPU), a hub id such as "
+        "stabilityai/stable-diffusion-2-1-base, or a local diffusers folder.",
+    ),
+]
+SetOpt = Annotated[
+    Optional[list[str]], typer.Option("--set", "-s", help="Config override KEY=VALUE, e.g. coarse.steps=2000. Repeatable.")
+]
+SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="Random seed (default: runtime.seed).")]
+DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="cpu, cuda, cuda:N or auto.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars; print only result paths.")]
+
+
+@app.command()
+def generate(
+    prompt: Annotated[str, typer.Argument(help="What to make, e.g. \"a blue torus\".")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder; the run goes in OUT/<slug>/.")] = Path("outputs"),
+    preset: PresetOpt = None,
+    prior: PriorOpt = None,
+    overrides: SetOpt = None,
+    seed: SeedOpt = None,
+    device: DeviceOpt = None,
+    restart: Annotated[bool, typer.Option("--restart", help="Ignore checkpoints and start over.")] = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Optimise a 3D asset for PROMPT and write it in the configured formats."""
+    from magic3d.pipeline import generate as run_generate
+    from magic3d.progress import console_progress
+
+    with console_progress(quiet) as progress:
+        result = run_generate(
+            prompt, out=out, preset=preset, prior=prior, overrides=overrides or [], seed=seed,
+            device=device, restart=restart, progress=progress,
+        )
+    for fmt, path in result.files.items():
+        typer.echo(f"{fmt}: {path}")
+
+
+@app.command()
+def export(
+    run_dir: Annotated[Path, typer.Argument(help="A finished run folder (holding run.json).")],
+    formats: Annotated[
+        Optional[str], typer.Option("--format", "-f", help="Comma-separated: usdc,usda,usdz,glb,obj.")
+    ] = None,
+    up_axis: Annotated[Optional[str], typer.Option("--up-axis", help="Y (default) or Z.")] = None,
+    size_m: Annotated[Optional[float], typer.Option("--size", help="Largest side in metres.")] = None,
+) -> None:
+    """Re-export a finished run in other formats, without optimising again."""
+    from magic3d.export import reexport
+
+    files = reexport(run_dir, formats=formats, up_axis=up_axis, size_m=size_m)
+    for fmt, path in files.items():
+        typer.echo(f"{fmt}: {path}")
+
+
+@app.command()
+def preview(
+    asset: Annotated[Path, typer.Argument(help="An exported asset: .usd/.usda/.usdc/.usdz/.glb/.obj.")],
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="GIF path (default: beside the asset).")] = None,
+    frames: Annotated[int, typer.Option("--frames", help="Frames in the turntable.")] = 24,
+    resolution: Annotated[int, typer.Option("--resolution", help="Frame size in pixels.")] = 256,
+) -> None:
+    """Render a turntable GIF of an exported asset with magic3d's own rasterizer."""
+    from magic3d.preview import preview_file
+
+    path = preview_file(asset, out=out, frames=frames, resolution=resolution)
+    typer.echo(str(path))
+
+
+@app.command()
+def info() -> None:
+    """Versions, devices, presets and optional accelerators available here."""
+    from magic3d.info import collect_info
+
+    for key, value in collect_info().items():
+        typer.echo(f"{key}: {value}")
+
+
+def main() -> None:
+    try:
+        app()
+    except Magic3DError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        typer.echo("interrupted; re-run the same command to resume from the last checkpoint", err=True)
+        sys.exit(130)
+    except Exception as exc:  # a bug, not bad input: still one line unless asked for more
+        if os.environ.get("MAGIC3D_DEBUG"):
+            raise
+        msg = str(exc).splitlines()[0] if str(exc) else ""
+        typer.echo(f"error: internal error ({type(exc).__name__}: {msg}); set MAGIC3D_DEBUG=1 for details", err=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,36 @@
+"""What ``magic3d info`` prints and ``run.json`` records: versions and devices."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import platform
+
+PACKAGES = ("magic3d", "torch", "nerfstudio", "diffusers", "transformers", "trimesh", "xatlas", "usd-core")
+OPTIONAL = ("diffrp-nvdiffrast", "xformers", "ray", "tinycudann")
+
+
+def package_versions(names: tuple[str, ...] = PACKAGES + OPTIONAL) -> dict[str, str | None]:
+    out: dict[str, str | None] = {}
+    for name in names:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def collect_info() -> dict[str, str]:
+    import torch
+
+    from magic3d.config import available_presets
+
+    info = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu threads": str(torch.get_num_threads()),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "not available",
+        "presets": ", ".join(available_presets()),
+    }
+    for name, version in package_versions().items():
+        info[name] = version or "not installed"
+    return info
