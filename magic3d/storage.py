@@ -1,0 +1,63 @@
+"""Files the user sees appear complete or not at all; output folders are checked up front."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from magic3d.errors import InputError, RunError
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success fsync it and rename it into place.
+
+    On any failure the temporary file is removed and an existing ``path`` is left untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp_path, path)
+    except OSError as exc:
+        tmp_path.unlink(missing_ok=True)
+        if exc.errno == errno.ENOSPC:
+            raise RunError(f"The disk is full while writing {str(path)!r}; free space and re-run to resume.") from None
+        raise
+    except BaseException:
+        tmp_path.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def ensure_writable_dir(path: Path) -> None:
+    """Create ``path`` if needed and check that files can be made in it."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"Cannot create the output folder {str(path)!r} ({exc.strerror}); choose another --out.") from None
+    if not path.is_dir():
+        raise InputError(f"The output path {str(path)!r} is a file, not a folder; choose another --out.")
+    try:  # os.access says yes to root even on read-only mounts: try for real
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError:
+        raise InputError(f"The output folder {str(path)!r} is not writable; choose another --out.") from None
