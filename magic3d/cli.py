@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -22,10 +22,10 @@ app = typer.Typer(
 )
 
 PresetOpt = Annotated[
-    Optional[str], typer.Option("--preset", "-p", help="Preset name (fast, paper, builtin, …) or a YAML file.")
+    str | None, typer.Option("--preset", "-p", help="Preset name (fast, paper, builtin, …) or a YAML file.")
 ]
 PriorOpt = Annotated[
-    Optional[str],
+    str | None,
     typer.Option(
         "--prior",
         help="Diffusion prior: 'builtin' (offline, CPU), a hub id such as "
@@ -33,10 +33,10 @@ PriorOpt = Annotated[
     ),
 ]
 SetOpt = Annotated[
-    Optional[list[str]], typer.Option("--set", "-s", help="Config override KEY=VALUE, e.g. coarse.steps=2000. Repeatable.")
+    list[str] | None, typer.Option("--set", "-s", help="Config override KEY=VALUE, e.g. coarse.steps=2000. Repeatable.")
 ]
-SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="Random seed (default: runtime.seed).")]
-DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="cpu, cuda, cuda:N or auto.")]
+SeedOpt = Annotated[int | None, typer.Option("--seed", help="Random seed (default: runtime.seed).")]
+DeviceOpt = Annotated[str | None, typer.Option("--device", help="cpu, cuda, cuda:N or auto.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars; print only result paths.")]
 
 
@@ -69,10 +69,10 @@ def generate(
 def export(
     run_dir: Annotated[Path, typer.Argument(help="A finished run folder (holding run.json).")],
     formats: Annotated[
-        Optional[str], typer.Option("--format", "-f", help="Comma-separated: usdc,usda,usdz,glb,obj.")
+        str | None, typer.Option("--format", "-f", help="Comma-separated: usdc,usda,usdz,glb,obj.")
     ] = None,
-    up_axis: Annotated[Optional[str], typer.Option("--up-axis", help="Y (default) or Z.")] = None,
-    size_m: Annotated[Optional[float], typer.Option("--size", help="Largest side in metres.")] = None,
+    up_axis: Annotated[str | None, typer.Option("--up-axis", help="Y (default) or Z.")] = None,
+    size_m: Annotated[float | None, typer.Option("--size", help="Largest side in metres.")] = None,
 ) -> None:
     """Re-export a finished run in other formats, without optimising again."""
     from magic3d.export import reexport
@@ -85,7 +85,7 @@ def export(
 @app.command()
 def preview(
     asset: Annotated[Path, typer.Argument(help="An exported asset: .usd/.usda/.usdc/.usdz/.glb/.obj.")],
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="GIF path (default: beside the asset).")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="GIF path (default: beside the asset).")] = None,
     frames: Annotated[int, typer.Option("--frames", help="Frames in the turntable.")] = 24,
     resolution: Annotated[int, typer.Option("--resolution", help="Frame size in pixels.")] = 256,
 ) -> None:
@@ -107,19 +107,26 @@ def info() -> None:
 
 def main() -> None:
     try:
-        app()
+        code = app(args=sys.argv[1:] or ["--help"], standalone_mode=False)
     except Magic3DError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        typer.echo("interrupted; re-run the same command to resume from the last checkpoint", err=True)
-        sys.exit(130)
+        fail(str(exc), 2)
+    except typer.TyperException as exc:  # usage errors: one line too, not a boxed panel
+        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        fail(f"{message} (see `magic3d --help`)", getattr(exc, "exit_code", 2))
+    except (KeyboardInterrupt, typer.Abort):
+        fail("interrupted; re-run the same command to resume from the last checkpoint", 130)
     except Exception as exc:  # a bug, not bad input: still one line unless asked for more
         if os.environ.get("MAGIC3D_DEBUG"):
             raise
         msg = str(exc).splitlines()[0] if str(exc) else ""
-        typer.echo(f"error: internal error ({type(exc).__name__}: {msg}); set MAGIC3D_DEBUG=1 for details", err=True)
-        sys.exit(1)
+        fail(f"internal error ({type(exc).__name__}: {msg}); set MAGIC3D_DEBUG=1 for details", 1)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def fail(message: str, code: int) -> None:
+    first = " ".join(message.split()) or "failed"
+    typer.echo(f"error: {first}", err=True)
+    sys.exit(code)
 
 
 if __name__ == "__main__":
