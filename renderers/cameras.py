@@ -36,10 +36,10 @@ class Cameras:
     """A batch of pinhole cameras sharing one image size."""
 
     c2w: Float[Tensor, "B 4 4"]
-    fov_y: Float[Tensor, "B"]  # radians
-    elevation: Float[Tensor, "B"]  # degrees
-    azimuth: Float[Tensor, "B"]  # degrees, wrapped to [-180, 180)
-    distance: Float[Tensor, "B"]
+    fov_y: Float[Tensor, " B"]  # radians
+    elevation: Float[Tensor, " B"]  # degrees
+    azimuth: Float[Tensor, " B"]  # degrees, wrapped to [-180, 180)
+    distance: Float[Tensor, " B"]
     height: int
     width: int
 
@@ -54,7 +54,7 @@ class Cameras:
     def positions(self) -> Float[Tensor, "B 3"]:
         return self.c2w[:, :3, 3]
 
-    def focal(self) -> Float[Tensor, "B"]:
+    def focal(self) -> Float[Tensor, " B"]:
         """Focal length in pixels (square pixels)."""
         return 0.5 * self.height / torch.tan(0.5 * self.fov_y)
 
@@ -99,7 +99,7 @@ class Cameras:
         return self.projection(near, far) @ self.w2c()
 
     def view_buckets(self) -> list[str]:
-        return [view_bucket(float(e), float(a)) for e, a in zip(self.elevation, self.azimuth)]
+        return [view_bucket(float(e), float(a)) for e, a in zip(self.elevation, self.azimuth, strict=True)]
 
     def to(self, device: torch.device | str) -> Cameras:
         return Cameras(
@@ -151,10 +151,10 @@ def look_at(
 
 
 def orbit_cameras(
-    elevation: Float[Tensor, "B"] | list[float],
-    azimuth: Float[Tensor, "B"] | list[float],
-    distance: Float[Tensor, "B"] | list[float] | float,
-    fov_y: Float[Tensor, "B"] | list[float] | float,
+    elevation: Float[Tensor, " B"] | list[float],
+    azimuth: Float[Tensor, " B"] | list[float],
+    distance: Float[Tensor, " B"] | list[float] | float,
+    fov_y: Float[Tensor, " B"] | list[float] | float,
     height: int,
     width: int | None = None,
     device: torch.device | str = "cpu",
