@@ -1,0 +1,88 @@
+"""The built-in prior's networks: a bag-of-words text encoder and a small pixel-space UNet.
+
+The text vector is added to the UNet's time embedding (``class_embed_type="identity"``):
+conv-only, several times cheaper than cross-attention, and enough for prompts made of a
+kind, a colour, a size and a view word.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import torch
+from diffusers import UNet2DModel
+from jaxtyping import Float
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from magic3d.guidance.builtin_world import COLOURS, KINDS, SIZES
+
+VIEW_WORDS = ("front", "side", "back", "overhead", "view")
+# Words that carry nothing for this world; accepted so natural prompts ("a photo of a red cube") work.
+STOPWORDS = ("a", "an", "the", "of", "photo", "dslr", "3d", "model", "render", "object", "one")
+VOCABULARY = (*KINDS, *COLOURS, *SIZES, *VIEW_WORDS)
+RESOLUTION = 32
+BASE_CHANNELS = 64
+TIME_DIM = BASE_CHANNELS * 4
+
+
+def tokenize(text: str) -> tuple[list[str], list[str]]:
+    """Known words of ``text`` and the unknown ones (stopwords are neither)."""
+    words = [w for w in re.split(r"[^a-z0-9]+", text.lower()) if w]
+    known = [w for w in words if w in VOCABULARY]
+    unknown = [w for w in words if w not in VOCABULARY and w not in STOPWORDS]
+    return known, unknown
+
+
+class BagOfWordsEncoder(nn.Module):
+    """Sum of word embeddings through a small MLP; an empty bag is the unconditional prompt."""
+
+    def __init__(self, dim: int = TIME_DIM, vocabulary: tuple[str, ...] = VOCABULARY) -> None:
+        super().__init__()
+        self.vocabulary = vocabulary
+        self.index = {w: i + 1 for i, w in enumerate(vocabulary)}  # 0 is the null token
+        self.embed = nn.Embedding(len(vocabulary) + 1, dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+
+    def ids(self, texts: list[str]) -> Tensor:
+        rows = [[self.index[w] for w in tokenize(t)[0]] or [0] for t in texts]
+        width = max(len(r) for r in rows)
+        return torch.tensor([r + [-1] * (width - len(r)) for r in rows], dtype=torch.long)
+
+    def forward(self, ids: Tensor) -> Float[Tensor, "B D"]:
+        mask = (ids >= 0).unsqueeze(-1)
+        bag = (self.embed(ids.clamp(min=0)) * mask).sum(1)
+        return self.mlp(bag)
+
+    def encode(self, texts: list[str]) -> Float[Tensor, "B D"]:
+        return self(self.ids(texts).to(self.embed.weight.device))
+
+
+def build_unet() -> UNet2DModel:
+    return UNet2DModel(
+        sample_size=RESOLUTION,
+        in_channels=3,
+        out_channels=3,
+        layers_per_block=1,
+        block_out_channels=(BASE_CHANNELS, BASE_CHANNELS * 2, BASE_CHANNELS * 2),
+        down_block_types=("DownBlock2D", "DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D", "UpBlock2D"),
+        class_embed_type="identity",
+        norm_num_groups=16,
+    )
+
+
+def save_text_encoder(encoder: BagOfWordsEncoder, folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in encoder.state_dict().items()}, str(folder / "model.safetensors"))
+    config = {"dim": encoder.embed.embedding_dim, "vocabulary": list(encoder.vocabulary)}
+    (folder / "config.json").write_text(json.dumps(config, indent=1), encoding="utf-8")
+
+
+def load_text_encoder(folder: Path) -> BagOfWordsEncoder:
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    encoder = BagOfWordsEncoder(config["dim"], tuple(config["vocabulary"]))
+    encoder.load_state_dict(load_file(str(folder / "model.safetensors")))
+    return encoder.eval()

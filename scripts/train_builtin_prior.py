@@ -1,0 +1,115 @@
+"""Train the built-in prior: DDPM noise prediction on the procedural world, with CFG dropout.
+
+    python scripts/train_builtin_prior.py DATA.npz [--steps 2500] [--batch 32] [--seed 0]
+        [--out magic3d/guidance/builtin_weights]
+
+Writes the EMA weights in diffusers layout (unet/, scheduler/) plus text_encoder/ every
+``--save-every`` steps (into a temporary folder, then renamed), and a JSON log beside them,
+so a usable model exists whenever the run is stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import platform
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import DDPMScheduler
+
+from magic3d.guidance.builtin_model import BagOfWordsEncoder, build_unet, save_text_encoder
+
+NUM_TRAIN_TIMESTEPS = 1000
+CFG_DROPOUT = 0.1
+
+
+def make_scheduler() -> DDPMScheduler:
+    return DDPMScheduler(num_train_timesteps=NUM_TRAIN_TIMESTEPS, beta_schedule="squaredcos_cap_v2",
+                         prediction_type="epsilon")
+
+
+def save(unet, encoder, scheduler, out: Path, log: dict) -> None:
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    unet.save_pretrained(tmp / "unet", safe_serialization=True)
+    save_text_encoder(encoder, tmp / "text_encoder")
+    scheduler.save_pretrained(tmp / "scheduler")
+    (tmp / "training.json").write_text(json.dumps(log, indent=1), encoding="utf-8")
+    old = out.with_name(out.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if out.exists():
+        out.rename(old)
+    tmp.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("data")
+    parser.add_argument("--steps", type=int, default=2500)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=6e-4)
+    parser.add_argument("--ema", type=float, default=0.998)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--save-every", type=int, default=250)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "magic3d/guidance/builtin_weights"))
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    gen = torch.Generator().manual_seed(args.seed)
+
+    data = np.load(args.data)
+    images = torch.from_numpy(data["images"]).float() / 127.5 - 1.0  # N 3 32 32 in [-1, 1]
+    captions = list(data["captions"])
+    unet, encoder, scheduler = build_unet(), BagOfWordsEncoder(), make_scheduler()
+    ids = encoder.ids(captions)
+    null_ids = encoder.ids([""])[0]
+    ema_unet, ema_encoder = copy.deepcopy(unet).eval(), copy.deepcopy(encoder).eval()
+    params = list(unet.parameters()) + list(encoder.parameters())
+    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.steps, pct_start=0.05)
+    alphas = scheduler.alphas_cumprod
+
+    log = {"machine": platform.platform(), "processor": platform.processor(), "threads": args.threads,
+           "images": len(images), "params_unet": sum(p.numel() for p in unet.parameters()),
+           "steps": 0, "batch": args.batch, "seed": args.seed, "losses": []}
+    start, running = time.perf_counter(), None
+    for step in range(1, args.steps + 1):
+        pick = torch.randint(len(images), (args.batch,), generator=gen)
+        x0 = images[pick]
+        batch_ids = ids[pick].clone()
+        drop = torch.rand(args.batch, generator=gen) < CFG_DROPOUT
+        batch_ids[drop] = -1
+        batch_ids[drop, 0] = null_ids[0]
+        t = torch.randint(NUM_TRAIN_TIMESTEPS, (args.batch,), generator=gen)
+        noise = torch.randn(x0.shape, generator=gen)
+        a = alphas[t].view(-1, 1, 1, 1)
+        xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        pred = unet(xt, t, class_labels=encoder(batch_ids)).sample
+        loss = torch.nn.functional.mse_loss(pred, noise)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        with torch.no_grad():
+            for ema, live in ((ema_unet, unet), (ema_encoder, encoder)):
+                for pe, p in zip(ema.parameters(), live.parameters(), strict=True):
+                    pe.lerp_(p, 1 - args.ema)
+        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
+        if step % 25 == 0:
+            log["losses"].append([step, round(running, 5)])
+            print(f"step {step} loss {running:.4f} {time.perf_counter() - start:.0f}s", flush=True)
+        if step % args.save_every == 0 or step == args.steps:
+            log.update(steps=step, seconds=round(time.perf_counter() - start, 1), final_loss=round(running, 5))
+            save(ema_unet, ema_encoder, scheduler, Path(args.out), log)
+
+
+if __name__ == "__main__":
+    main()
