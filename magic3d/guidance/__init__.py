@@ -1,0 +1,78 @@
+"""Diffusion priors behind one contract (``Prior`` in base.py): loading, checks and configuration.
+
+A prior is named by ``builtin``, a hub id (``stabilityai/stable-diffusion-2-1-base``,
+``DeepFloyd/IF-I-XL-v1.0``) or a local folder in diffusers layout (fine-tuned and DreamBooth
+checkpoints load the same way). The model family is read from ``model_index.json``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from magic3d.guidance.base import Prior, SDSConfig, SDSOutput, TextEmbeddings
+
+BUILTIN = "builtin"
+
+
+@dataclass
+class PriorConfig:
+    id: str = BUILTIN  # coarse-stage prior: "builtin", a hub id or a local diffusers folder
+    fine_id: str = ""  # fine-stage prior; "" uses ``id``
+    dtype: Literal["auto", "float32", "float16"] = "auto"  # auto: fp16 on CUDA, fp32 on CPU
+    attention: Literal["auto", "sdpa", "xformers"] = "auto"  # auto: xformers when installed on CUDA
+    compile: bool = False  # torch.compile the UNet (slow first step, faster after)
+    local_files_only: bool = False  # never reach the hub, even when HF_HUB_OFFLINE is unset
+    negative_prompt: str = ""
+    view_dependent: bool = True  # ", front view" / side / back / overhead by camera
+    perp_neg: bool = False  # Perp-Neg negative-view guidance against multi-face results
+    perp_neg_weight: float = 1.0
+    embedding_cache: bool = True  # text embeddings cached on disk beside the run
+
+
+def load_prior(id_or_path: str, cfg: PriorConfig, device: torch.device) -> Prior:
+    """The prior named ``id_or_path`` on ``device``; PriorError with one sentence when it can't load."""
+    if id_or_path == BUILTIN:
+        from magic3d.guidance.builtin import load_builtin_prior
+
+        return load_builtin_prior(cfg, device)
+    from magic3d.guidance.hub import resolve_pipeline
+
+    folder, family = resolve_pipeline(id_or_path, cfg)
+    if family == "if":
+        from magic3d.guidance.deepfloyd import DeepFloydPrior
+
+        return DeepFloydPrior(folder, id_or_path, cfg, device)
+    from magic3d.guidance.stable_diffusion import StableDiffusionPrior
+
+    return StableDiffusionPrior(folder, id_or_path, cfg, device)
+
+
+def check_prior_available(id_or_path: str, cfg: PriorConfig) -> None:
+    """Cheap check (no model load) that ``id_or_path`` can be loaded here; raises PriorError."""
+    if id_or_path == BUILTIN:
+        from magic3d.errors import PriorError
+        from magic3d.guidance.builtin import WEIGHTS_DIR, weights_available
+
+        if not weights_available():
+            raise PriorError(f"The built-in prior's weights are missing from {str(WEIGHTS_DIR)!r}; reinstall magic3d.")
+        return
+    from magic3d.guidance.hub import resolve_pipeline
+
+    resolve_pipeline(id_or_path, cfg)
+
+
+def validate_prompt_for_prior(prompt: str, id_or_path: str) -> None:
+    """Prompts any open-vocabulary prior accepts; the built-in prior checks its vocabulary."""
+    if id_or_path == BUILTIN:
+        from magic3d.guidance.builtin import validate_prompt
+
+        validate_prompt(prompt)
+
+
+__all__ = [
+    "BUILTIN", "Prior", "PriorConfig", "SDSConfig", "SDSOutput", "TextEmbeddings",
+    "check_prior_available", "load_prior", "validate_prompt_for_prior",
+]

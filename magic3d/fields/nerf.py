@@ -1,0 +1,76 @@
+"""The coarse field: a multi-resolution hash grid (nerfstudio's) with small MLPs for density and albedo.
+
+Magic3D adds a density blob at the centre at initialisation so that SDS starts from a solid
+object instead of empty space; the background is a small MLP of the view direction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float
+from nerfstudio.field_components.encodings import HashEncoding
+from torch import Tensor, nn
+
+
+@dataclass
+class FieldConfig:
+    levels: int = 16
+    features_per_level: int = 2
+    log2_hashmap_size: int = 19
+    min_res: int = 16
+    max_res: int = 2048
+    hidden: int = 64
+    bound: float = 1.0  # the field lives in the sphere/cube of this radius
+    blob_density: float = 10.0  # Magic3D's initial density bump at the centre
+    blob_radius: float = 0.5
+    background: str = "learned"  # "learned" (MLP of view direction) or "white"
+
+
+def hash_encoding(cfg: FieldConfig) -> HashEncoding:
+    try:
+        import tinycudann  # noqa: F401
+
+        implementation = "tcnn" if torch.cuda.is_available() else "torch"
+    except ImportError:
+        implementation = "torch"
+    return HashEncoding(
+        num_levels=cfg.levels, min_res=cfg.min_res, max_res=cfg.max_res, log2_hashmap_size=cfg.log2_hashmap_size,
+        features_per_level=cfg.features_per_level, implementation=implementation,
+    )
+
+
+class NeRFField(nn.Module):
+    def __init__(self, cfg: FieldConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.encoding = hash_encoding(cfg)
+        dim = cfg.levels * cfg.features_per_level
+        self.mlp = nn.Sequential(nn.Linear(dim, cfg.hidden), nn.ReLU(), nn.Linear(cfg.hidden, 4))
+        self.background_mlp = nn.Sequential(nn.Linear(3, 32), nn.ReLU(), nn.Linear(32, 3))
+
+    def _features(self, points: Float[Tensor, "N 3"]) -> Float[Tensor, "N 4"]:
+        unit = ((points / self.cfg.bound) + 1.0) * 0.5
+        return self.mlp(self.encoding(unit.clamp(0.0, 1.0)))
+
+    def blob(self, points: Float[Tensor, "N 3"]) -> Float[Tensor, " N"]:
+        r2 = (points * points).sum(-1)
+        return self.cfg.blob_density * torch.exp(-r2 / (2.0 * self.cfg.blob_radius**2))
+
+    def density(self, points: Float[Tensor, "N 3"]) -> Float[Tensor, " N"]:
+        raw = self._features(points)[:, 0]
+        return F.softplus(raw + self.blob(points) - 1.0)
+
+    def albedo(self, points: Float[Tensor, "N 3"]) -> Float[Tensor, "N 3"]:
+        return torch.sigmoid(self._features(points)[:, 1:])
+
+    def density_and_albedo(self, points: Float[Tensor, "N 3"]) -> tuple[Tensor, Tensor]:
+        out = self._features(points)
+        return F.softplus(out[:, 0] + self.blob(points) - 1.0), torch.sigmoid(out[:, 1:])
+
+    def background(self, dirs: Float[Tensor, "R 3"]) -> Float[Tensor, "R 3"]:
+        if self.cfg.background == "white":
+            return torch.ones_like(dirs)
+        return torch.sigmoid(self.background_mlp(dirs))

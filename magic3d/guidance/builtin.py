@@ -1,0 +1,135 @@
+"""The built-in prior: a small pixel-space diffusion model shipped in the package (offline, CPU).
+
+It knows a closed world (``VOCABULARY``: kinds, colours, sizes, view words) and nothing else;
+prompts outside it are refused before any work with the list of words it knows.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
+from jaxtyping import Float
+from torch import Tensor
+
+from magic3d.errors import InputError, PriorError
+from magic3d.guidance.base import SDSConfig, SDSOutput, TextEmbeddings
+from magic3d.guidance.builtin_model import RESOLUTION, VOCABULARY, load_text_encoder, tokenize
+from magic3d.guidance.builtin_world import KINDS, ORBIT
+from magic3d.guidance.sds import guided_noise, sample_timesteps, sds_loss, sds_weight
+from renderers.cameras import OrbitRange
+
+WEIGHTS_DIR = Path(__file__).parent / "builtin_weights"
+# The training cameras stay below 50 degrees of elevation, so "overhead" never appeared in a
+# caption: its embedding is untrained noise, and it is dropped from prompts rather than fed in.
+UNSEEN_WORDS = ("overhead",)
+# Orbit ranges of the training renders (degrees, scene units); stages using this prior should
+# draw their cameras from these so objects appear at the size the model learned them.
+TRAINING_ORBIT = OrbitRange(**ORBIT)
+
+__all__ = ["TRAINING_ORBIT", "VOCABULARY", "WEIGHTS_DIR", "BuiltinPrior", "load_builtin_prior", "validate_prompt", "weights_available"]
+
+
+def weights_available(folder: Path = WEIGHTS_DIR) -> bool:
+    return (folder / "unet" / "diffusion_pytorch_model.safetensors").is_file() and (
+        folder / "text_encoder" / "model.safetensors"
+    ).is_file()
+
+
+def validate_prompt(prompt: str) -> None:
+    """Refuse prompts the built-in prior cannot draw, naming the unknown words."""
+    known, unknown = tokenize(prompt)
+    hint = "for open-vocabulary prompts use a real prior, e.g. --prior stabilityai/stable-diffusion-2-1-base"
+    if unknown:
+        shown = ", ".join(sorted(set(unknown))[:8]) + (" …" if len(set(unknown)) > 8 else "")
+        raise InputError(
+            f"The built-in prior does not know the word(s) {shown}; it knows {', '.join(VOCABULARY)}; {hint}."
+        )
+    if not any(w in KINDS for w in known):
+        raise InputError(f"The built-in prior needs an object kind in the prompt ({', '.join(KINDS)}); {hint}.")
+
+
+class BuiltinPrior:
+    """Implements the ``Prior`` contract with the shipped UNet and bag-of-words text encoder."""
+
+    name = "builtin"
+    resolution = RESOLUTION
+
+    def __init__(self, folder: Path = WEIGHTS_DIR, device: torch.device | str = "cpu") -> None:
+        if not weights_available(folder):
+            raise PriorError(f"The built-in prior's weights are missing from {str(folder)!r}; reinstall magic3d.")
+        self.device = torch.device(device)
+        self.folder = folder
+        self.unet = UNet2DModel.from_pretrained(folder / "unet").to(self.device).eval().requires_grad_(False)
+        self.text_encoder = load_text_encoder(folder / "text_encoder").to(self.device).requires_grad_(False)
+        self.alphas_cumprod = DDPMScheduler.from_pretrained(folder / "scheduler").alphas_cumprod.to(self.device)
+        self.num_train_timesteps = len(self.alphas_cumprod)
+
+    @torch.no_grad()
+    def encode_prompt(self, prompts: list[str], negative_prompts: list[str]) -> TextEmbeddings:
+        negatives = negative_prompts or [""] * len(prompts)
+        return TextEmbeddings(cond=self.text_encoder.encode([_drop_unseen(p) for p in prompts]),
+                              uncond=self.text_encoder.encode([_drop_unseen(p) for p in negatives]))
+
+    @torch.no_grad()
+    def predict_noise(self, x_t: Tensor, t: Tensor, text: Float[Tensor, "B D"]) -> Tensor:
+        return self.unet(x_t, t, class_labels=text).sample
+
+    def sds(
+        self,
+        images: Float[Tensor, "B 3 H W"],
+        embeddings: TextEmbeddings,
+        step_ratio: float,
+        cfg: SDSConfig,
+        generator: torch.Generator | None = None,
+    ) -> SDSOutput:
+        x = F.interpolate(images, size=(RESOLUTION, RESOLUTION), mode="bilinear", antialias=True,
+                          align_corners=False) * 2.0 - 1.0
+        b = x.shape[0]
+        t = sample_timesteps(b, step_ratio, cfg, self.num_train_timesteps, generator, self.device)
+        noise = torch.randn(x.shape, generator=generator).to(x)
+        a = self.alphas_cumprod[t].view(-1, 1, 1, 1).to(x)
+        x_t = (a.sqrt() * x + (1 - a).sqrt() * noise).detach()
+        cond, uncond = embeddings.cond.to(x), embeddings.uncond.to(x)
+        eps = self.predict_noise(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([uncond, cond]))
+        eps_uncond, eps_cond = eps.chunk(2)
+        eps_neg = None
+        if embeddings.negative_views is not None:
+            k = embeddings.negative_views.shape[1]
+            neg = embeddings.negative_views.to(x).flatten(0, 1)
+            eps_neg = self.predict_noise(x_t.repeat_interleave(k, 0), t.repeat_interleave(k), neg)
+            eps_neg = eps_neg.view(b, k, *x.shape[1:])
+        eps_hat = guided_noise(eps_uncond, eps_cond, cfg.guidance_scale, eps_neg, embeddings.negative_weights)
+        w = sds_weight(self.alphas_cumprod, t, cfg.weighting).view(-1, 1, 1, 1).to(x)
+        loss, grad_norm = sds_loss(x, w * (eps_hat - noise), cfg.grad_clip)
+        return SDSOutput(loss=loss, t=t, grad_norm=grad_norm)
+
+
+    @torch.no_grad()
+    def sample(
+        self, prompts: list[str], steps: int = 50, guidance_scale: float = 4.0,
+        generator: torch.Generator | None = None,
+    ) -> Float[Tensor, "B 3 H W"]:
+        """Images in [0, 1] drawn with DDIM and classifier-free guidance (for checks and previews)."""
+        scheduler = DDIMScheduler.from_pretrained(self.folder / "scheduler")
+        scheduler.set_timesteps(steps)
+        emb = self.encode_prompt(prompts, [])
+        text = torch.cat([emb.uncond, emb.cond])
+        x = torch.randn(len(prompts), 3, RESOLUTION, RESOLUTION, generator=generator).to(self.device)
+        for t in scheduler.timesteps:
+            t_batch = torch.full((2 * len(prompts),), int(t), device=self.device, dtype=torch.long)
+            eps_uncond, eps_cond = self.predict_noise(torch.cat([x, x]), t_batch, text).chunk(2)
+            x = scheduler.step(guided_noise(eps_uncond, eps_cond, guidance_scale), t, x).prev_sample
+        return ((x + 1.0) / 2.0).clamp(0.0, 1.0)
+
+
+def _drop_unseen(prompt: str) -> str:
+    words = prompt.replace(",", " , ").split()
+    return " ".join(w for w in words if w.lower() not in UNSEEN_WORDS)
+
+
+def load_builtin_prior(cfg: object = None, device: torch.device | str = "cpu") -> BuiltinPrior:
+    """The shipped prior (``cfg``, a PriorConfig, has nothing it needs: the model is fp32 and tiny)."""
+    return BuiltinPrior(WEIGHTS_DIR, device)

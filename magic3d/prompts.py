@@ -1,0 +1,85 @@
+"""View-dependent prompts: one embedding per camera bucket, chosen per rendered view.
+
+DreamFusion's trick against the same face drawn from every side: append "front view",
+"side view", "back view" or "overhead view" to the prompt by where the camera is. Perp-Neg
+(optional) adds the other views as negative directions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from magic3d.guidance.base import Prior, TextEmbeddings
+from renderers.cameras import Cameras
+
+BUCKETS = ("front", "side", "back", "overhead")
+# Perp-Neg: which views push away from each bucket (the overhead view has none).
+OPPOSITES = {"front": ("side", "back"), "side": ("front", "back"), "back": ("front", "side"), "overhead": ()}
+
+
+def view_text(prompt: str, bucket: str, view_dependent: bool) -> str:
+    return f"{prompt}, {bucket} view" if view_dependent else prompt
+
+
+@dataclass
+class ViewPrompts:
+    prompt: str
+    per_bucket: dict[str, TextEmbeddings]  # one row each
+    perp_neg: bool = False
+    perp_neg_weight: float = 1.0
+
+    @classmethod
+    def build(cls, prompt: str, prior: Prior, cfg: object, cache_dir: Path | None = None) -> ViewPrompts:
+        view_dependent = bool(getattr(cfg, "view_dependent", True))
+        negative = str(getattr(cfg, "negative_prompt", ""))
+        use_cache = cache_dir is not None and bool(getattr(cfg, "embedding_cache", True))
+        per_bucket = {}
+        for bucket in BUCKETS:
+            text = view_text(prompt, bucket, view_dependent)
+            per_bucket[bucket] = encode_cached(prior, text, negative, cache_dir if use_cache else None)
+        return cls(prompt, per_bucket, bool(getattr(cfg, "perp_neg", False)), float(getattr(cfg, "perp_neg_weight", 1.0)))
+
+    def for_buckets(self, buckets: list[str]) -> TextEmbeddings:
+        cond = torch.cat([self.per_bucket[b].cond for b in buckets])
+        uncond = torch.cat([self.per_bucket[b].uncond for b in buckets])
+        if not self.perp_neg:
+            return TextEmbeddings(cond, uncond)
+        negs, weights = [], []
+        for b in buckets:
+            others = OPPOSITES[b] or ("front", "back")
+            negs.append(torch.cat([self.per_bucket[o].cond for o in others]))
+            weights.append(torch.full((len(others),), self.perp_neg_weight if OPPOSITES[b] else 0.0))
+        return TextEmbeddings(cond, uncond, torch.stack(negs), torch.stack(weights).to(cond))
+
+    def for_cameras(self, cameras: Cameras) -> TextEmbeddings:
+        return self.for_buckets(cameras.view_buckets())
+
+
+def cache_key(prior: Prior, text: str, negative: str) -> str:
+    model = str(getattr(prior, "model_id", prior.name))
+    return hashlib.sha256("\x1f".join((model, text, negative)).encode("utf-8")).hexdigest()[:24]
+
+
+def encode_cached(prior: Prior, text: str, negative: str, cache_dir: Path | None) -> TextEmbeddings:
+    """Embeddings of ``text``, read from ``cache_dir`` when an earlier run computed them."""
+    path = cache_dir / f"emb-{cache_key(prior, text, negative)}.safetensors" if cache_dir else None
+    if path is not None and path.is_file():
+        try:
+            data = load_file(str(path), device=str(prior.device))
+            return TextEmbeddings(data["cond"], data["uncond"])
+        except Exception:  # a damaged cache entry is recomputed, never trusted
+            path.unlink(missing_ok=True)
+    emb = prior.encode_prompt([text], [negative])
+    if path is not None:
+        from magic3d.storage import atomic_path
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            save_file({"cond": emb.cond.detach().cpu().contiguous(), "uncond": emb.uncond.detach().cpu().contiguous()},
+                      str(tmp))
+    return emb
