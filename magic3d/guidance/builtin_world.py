@@ -1,6 +1,6 @@
 """The built-in prior's world: procedural objects with a small vocabulary of kinds, colours and sizes.
 
-Every object is Y-up, centred, and fits inside a sphere of radius ~0.9, the same frame the
+Every object is Y-up, centred, and fits inside the cube [-1, 1]^3, the same frame the
 stages optimise in, so what the prior learned to see is what the stages render.
 """
 
@@ -133,3 +133,70 @@ def canonical_mesh(kind: str) -> trimesh.Trimesh:
     """One watertight-as-possible mesh per kind, for recognising shapes in generated assets."""
     verts, faces, _ = make_object(kind)
     return trimesh.Trimesh(verts, faces, process=True)
+
+
+def occupancy(meshes: list[trimesh.Trimesh], resolution: int = 24) -> np.ndarray:
+    """Inside-voxels "R R R" (x, y, z) of the union of closed meshes, after normalising their joint bounds.
+
+    Normalising position and scale (bounding box centred, longest side spanning the grid) lets a
+    generated asset be compared with ``canonical_mesh`` whatever its size. Parts are tested one by
+    one because overlapping parts would confuse a parity test on their concatenation.
+    """
+    lo = np.min([m.bounds[0] for m in meshes], axis=0)
+    hi = np.max([m.bounds[1] for m in meshes], axis=0)
+    centres = (np.arange(resolution) + 0.5) / resolution * 2.0 - 1.0
+    half = 0.5 * float(np.max(hi - lo))
+    axes = [centres * half + 0.5 * (lo[i] + hi[i]) for i in range(3)]
+    inside = np.zeros((resolution,) * 3, dtype=bool)
+    for mesh in meshes:
+        inside |= _parity_voxels(np.asarray(mesh.vertices, np.float64), np.asarray(mesh.faces), axes)
+    return inside
+
+
+def _parity_voxels(vertices: np.ndarray, faces: np.ndarray, axes: list[np.ndarray]) -> np.ndarray:
+    """Voxel centres inside a closed mesh by counting surface crossings along +Z rays, one per (x, y) column.
+
+    Deterministic (ray parity tests with random directions are not); columns are nudged off the
+    grid by a tiny irrational offset so no ray runs exactly through a shared triangle edge.
+    """
+    nudge = 1e-5 * (np.max(vertices) - np.min(vertices) + 1.0)
+    px, py = np.meshgrid(axes[0] + nudge * 0.618, axes[1] + nudge * 0.414, indexing="ij")
+    p = np.stack([px.ravel(), py.ravel()], axis=-1)  # C 2
+    tri = vertices[faces]  # F 3 3
+    a, b, c = tri[:, 0], tri[:, 1], tri[:, 2]
+    v0, v1 = (b - a)[:, :2], (c - a)[:, :2]
+    den = v0[:, 0] * v1[:, 1] - v1[:, 0] * v0[:, 1]
+    keep = np.abs(den) > 1e-12  # triangles seen edge-on from the ray never cross it
+    a, c_z, b_z, v0, v1, den = a[keep], c[keep, 2], b[keep, 2], v0[keep], v1[keep], den[keep]
+    d = p[:, None, :] - a[None, :, :2]  # C F 2
+    s = (d[..., 0] * v1[:, 1] - v1[:, 0] * d[..., 1]) / den
+    t = (v0[:, 0] * d[..., 1] - d[..., 0] * v0[:, 1]) / den
+    hit = (s >= 0) & (t >= 0) & (s + t <= 1)
+    z_hit = np.where(hit, a[:, 2] + s * (b_z - a[:, 2]) + t * (c_z - a[:, 2]), np.inf)  # C F
+    crossings = (z_hit[:, :, None] < axes[2][None, None, :]).sum(axis=1)  # C R
+    res = len(axes[0])
+    return (crossings % 2 == 1).reshape(res, res, len(axes[2]))
+
+
+_CANONICAL_OCCUPANCY: dict[tuple[str, int], np.ndarray] = {}
+
+
+def canonical_occupancy(kind: str, resolution: int = 24) -> np.ndarray:
+    key = (kind, resolution)
+    if key not in _CANONICAL_OCCUPANCY:
+        _CANONICAL_OCCUPANCY[key] = occupancy([mesh for mesh, _ in _parts(kind)], resolution)
+    return _CANONICAL_OCCUPANCY[key]
+
+
+def recognise_kind(mesh: trimesh.Trimesh, resolution: int = 24) -> tuple[str, dict[str, float]]:
+    """The kind whose canonical shape best overlaps ``mesh`` (Y-up; any quarter turn about Y).
+
+    Returns the best kind and the IoU with every kind, so callers can report the margin.
+    """
+    grid = occupancy([mesh], resolution)
+    turns = [np.rot90(grid, k, axes=(0, 2)) for k in range(4)]  # x-z plane: turns about Y
+    scores = {}
+    for kind in KINDS:
+        ref = canonical_occupancy(kind, resolution)
+        scores[kind] = max(float((g & ref).sum() / max((g | ref).sum(), 1)) for g in turns)
+    return max(scores, key=scores.get), scores
