@@ -72,6 +72,20 @@ def asset_extent(path: str | Path) -> tuple[Vec3, Vec3]:
     return (lo[0], lo[1], lo[2]), (hi[0], hi[1], hi[2])
 
 
+def asset_bounds(path: str | Path) -> dict[str, object]:
+    """``{"min", "max", "up_axis", "meters_per_unit"}`` of an asset file, for building a world later."""
+    from pxr import Usd, UsdGeom
+
+    lo, hi = asset_extent(path)
+    stage = Usd.Stage.Open(str(path))
+    return {
+        "min": list(lo),
+        "max": list(hi),
+        "up_axis": str(UsdGeom.GetStageUpAxis(stage)),
+        "meters_per_unit": float(UsdGeom.GetStageMetersPerUnit(stage)),
+    }
+
+
 def grid_positions(entries: Sequence[WorldEntry], up_axis: str, layout: GridLayout) -> list[Vec3]:
     """Translations that centre each asset in its grid cell and stand it on the ground (up = 0)."""
     up = {"Y": 1, "Z": 2}[up_axis]

@@ -1,0 +1,98 @@
+"""``magic3d batch``: the typer command over ``magic3d.batch.run_batch``.
+
+``magic3d.cli`` calls ``register(app)``; ``python -m magic3d.batch_cli FILE ...`` runs the same
+command on its own (tests, and machines where the console script is not installed).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``batch`` command to ``app``."""
+    app.command("batch")(batch)
+
+
+def batch(
+    file: Annotated[Path, typer.Argument(help="Prompts: a text file (one a line, # comments) or JSONL "
+                                          '({"prompt", "seed", "preset", "name"} per line).')],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder: one run folder per prompt, "
+                                      "plus batch.sqlite, world.usda and index.html.")] = Path("outputs"),
+    preset: Annotated[str | None, typer.Option("--preset", "-p", help="Preset for lines without one.")] = None,
+    prior: Annotated[str | None, typer.Option("--prior", help="Diffusion prior: 'builtin', a hub id or a folder.")] = None,
+    overrides: Annotated[list[str] | None, typer.Option("--set", "-s", help="Config override KEY=VALUE. Repeatable.")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Seed for lines without one.")] = None,
+    device: Annotated[str | None, typer.Option("--device", help="cpu, cuda, cuda:N or auto; with --workers N "
+                                               "and several GPUs each worker gets its own.")] = None,
+    workers: Annotated[int, typer.Option("--workers", "-w", help="Jobs at once (local: processes; ray: tasks in flight).")] = 1,
+    backend: Annotated[str, typer.Option("--backend", help="local or ray.")] = "local",
+    address: Annotated[str | None, typer.Option("--address", help="Ray cluster: auto or HOST:PORT "
+                                                "(default: a local Ray instance).")] = None,
+    num_cpus: Annotated[float, typer.Option("--num-cpus", help="Ray: CPUs per job.")] = 1.0,
+    num_gpus: Annotated[float | None, typer.Option("--num-gpus", help="Ray: GPUs per job (default: 1 if the "
+                                                   "cluster has GPUs, else 0).")] = None,
+    retries: Annotated[int, typer.Option("--retries", help="Extra attempts for a failing job in this run.")] = 1,
+    timeout: Annotated[float | None, typer.Option("--timeout", help="Seconds one job attempt may take.")] = None,
+    skip_invalid: Annotated[bool, typer.Option("--skip-invalid", help="Run the valid lines even if some are not.")] = False,
+    json_events: Annotated[bool, typer.Option("--json", help="One JSON event per line on stdout, no bars.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress; print only result paths.")] = False,
+) -> None:
+    """Generate an asset for every prompt in FILE, resumably, and a world.usda referencing them all."""
+    from magic3d.batch import BatchOptions, run_batch
+    from magic3d.batch_report import Reporter
+    from magic3d.errors import InputError
+
+    if backend not in ("local", "ray"):
+        raise InputError(f"--backend must be 'local' or 'ray', not {backend!r}.")
+    options = BatchOptions(
+        out=out, preset=preset, prior=prior, overrides=tuple(overrides or ()), seed=seed, device=device,
+        workers=workers, backend=backend, address=address, num_cpus=num_cpus, num_gpus=num_gpus,  # type: ignore[arg-type]
+        retries=retries, timeout=timeout, skip_invalid=skip_invalid,
+    )
+    reporter = Reporter(json_mode=json_events, quiet=quiet)
+    try:
+        summary = run_batch(file, options, reporter)
+    finally:
+        reporter.close()
+    if not json_events:
+        typer.echo(f"world: {summary.world}")
+        typer.echo(f"gallery: {summary.gallery}")
+    if summary.failed:
+        first, reason = next(iter(summary.failed.items()))
+        total = len(summary.done) + len(summary.failed)
+        typer.echo(
+            f"error: {len(summary.failed)} of {total} jobs failed ({first}: {reason}); "
+            f"re-run the same command to retry them; details in {summary.gallery}",
+            err=True,
+        )
+        raise typer.Exit(1)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run ``batch`` as a program on its own, with the same one-line errors as ``magic3d``."""
+    from magic3d.cli import fail
+    from magic3d.errors import Magic3DError
+
+    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+    register(app)
+    try:
+        code = app(args=sys.argv[1:] if argv is None else argv, standalone_mode=False)
+    except Magic3DError as exc:
+        fail(str(exc), 2)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except (KeyboardInterrupt, typer.Abort):
+        fail("interrupted; re-run the same command to resume", 130)
+    except typer.TyperException as exc:  # click usage errors
+        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        fail(f"{message} (see --help)", getattr(exc, "exit_code", 2))
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,159 @@
+"""A batch folder's front pages: ``index.html`` (a gallery of previews) and ``world.usda``.
+
+Both are rebuilt from the manifest as jobs finish, written to a temporary name and renamed, and
+under a file lock so two batch processes on one folder never interleave their rewrites.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import html
+import json
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from magic3d.manifest import Job
+from magic3d.storage import atomic_write_text
+
+GALLERY_NAME = "index.html"
+WORLD_NAME = "world.usda"
+_LINKS = (("usdz", "USDZ"), ("usdc", "USD"), ("usda", "USDA"), ("usd", "USD"), ("glb", "GLB"), ("obj", "OBJ"))
+_PREVIEW_KEYS = ("preview", "preview_gif", "preview_png", "gif", "png")
+
+_STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2rem; background: #fafafa; color: #222; }
+h1 { font-size: 1.4rem; } .summary { color: #555; }
+.grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(220px, 1fr)); gap: 1rem; }
+figure { margin: 0; background: #fff; border: 1px solid #ddd; border-radius: 6px; padding: .6rem; }
+figure img { width: 100%; aspect-ratio: 1; object-fit: contain; background: #eee; }
+figure .missing { width: 100%; aspect-ratio: 1; display: grid; place-items: center; background: #eee; color: #888; }
+figcaption .prompt { font-weight: 600; } figcaption .meta { color: #666; font-size: .85rem; }
+figure[data-state="failed"] { border-color: #c33; } .error { color: #c33; font-size: .85rem; }
+a { margin-right: .5rem; }
+"""
+# Lets a headless browser (and a person with devtools) see which previews actually loaded.
+_SCRIPT = """
+window.addEventListener('load', () => {
+  for (const fig of document.querySelectorAll('figure')) {
+    const img = fig.querySelector('img');
+    if (img) fig.dataset.img = img.complete && img.naturalWidth > 0 ? 'ok' : 'broken';
+  }
+});
+"""
+
+
+def _href(path: str) -> str:
+    return quote(Path(path).as_posix())
+
+
+def _run_record(out: Path, job: Job) -> dict[str, Any]:
+    try:
+        return json.loads((out / job.id / "run.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def _card(out: Path, job: Job) -> str:
+    esc = html.escape
+    record = _run_record(out, job) if job.state == "done" else {}
+    seed = job.seed if job.seed is not None else record.get("seed", "default")
+    preview = next((job.outputs[k] for k in _PREVIEW_KEYS if k in job.outputs), None)
+    if preview:
+        image = f'<img src="{_href(preview)}" alt="{esc(job.prompt, quote=True)}" loading="lazy">'
+    else:
+        image = f'<div class="missing">{esc(job.state)}</div>'
+    meta = [f"seed {esc(str(seed))}"]
+    if job.state == "done" and job.duration is not None:
+        meta.append(f"{job.duration:.1f} s")
+    timings = record.get("timings") or {}
+    if timings:
+        meta.append(", ".join(f"{esc(str(k))} {float(v):.1f} s" for k, v in timings.items()))
+    links = []
+    seen_usd = False
+    for key, label in _LINKS:
+        if key in job.outputs and not (label == "USD" and seen_usd):
+            links.append(f'<a href="{_href(job.outputs[key])}" class="{key}">{label}</a>')
+            seen_usd |= label == "USD"
+    error = f'<div class="error">{esc(job.error or "")}</div>' if job.state == "failed" else ""
+    return (
+        f'<figure id="{esc(job.id, quote=True)}" data-state="{job.state}">{image}<figcaption>'
+        f'<div class="prompt">{esc(job.prompt)}</div><div class="meta">{" · ".join(meta)}</div>'
+        f'<div class="links">{"".join(links)}</div>{error}</figcaption></figure>'
+    )
+
+
+def render_gallery(out: Path, jobs: Sequence[Job]) -> str:
+    counts = {s: sum(j.state == s for j in jobs) for s in ("done", "failed", "running", "pending")}
+    summary = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
+    cards = "\n".join(_card(out, j) for j in jobs)
+    world = f' · <a href="{WORLD_NAME}">{WORLD_NAME}</a>' if (out / WORLD_NAME).exists() else ""
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+    return (
+        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
+        f"<title>magic3d batch · {html.escape(out.name)}</title><style>{_STYLE}</style></head>\n<body>"
+        f"<h1>magic3d batch</h1><p class=\"summary\">{summary or 'no jobs'} · updated {stamp}{world}</p>"
+        f"<div class=\"grid\">\n{cards}\n</div><script>{_SCRIPT}</script></body></html>\n"
+    )
+
+
+def write_gallery(out: Path, jobs: Sequence[Job]) -> Path:
+    path = Path(out) / GALLERY_NAME
+    atomic_write_text(path, render_gallery(Path(out), jobs))
+    return path
+
+
+def write_batch_world(out: Path, jobs: Sequence[Job]) -> tuple[Path, int]:
+    """``world.usda`` holding every done job that has a USD file and bounds; returns (path, count)."""
+    from exporters.scene import WorldEntry, write_world
+
+    usable = [j for j in jobs if j.state == "done" and j.bounds]
+    axes = [j.bounds["up_axis"] for j in usable]
+    up = "Z" if axes and axes.count("Z") > axes.count("Y") else "Y"
+    entries = []
+    for j in usable:
+        b = j.bounds
+        if b.get("up_axis", "Y") != up:
+            continue  # one up axis per world; the gallery still lists the asset
+        asset = next(j.outputs[k] for k in ("usdc", "usd", "usda", "usdz") if k in j.outputs)
+        entries.append(
+            WorldEntry(
+                name=j.id, asset_path=Path(out) / asset, extent_min=tuple(b["min"]), extent_max=tuple(b["max"]),
+                display_name=j.prompt[:200], custom_data={"prompt": j.prompt, "seed": -1 if j.seed is None else j.seed},
+            )
+        )
+    mpu = usable[0].bounds.get("meters_per_unit", 1.0) if usable else 1.0
+    path = write_world(entries, Path(out) / WORLD_NAME, up_axis=up, meters_per_unit=mpu)
+    return path, len(entries)
+
+
+@contextlib.contextmanager
+def _folder_lock(out: Path) -> Iterator[None]:
+    try:
+        import fcntl
+    except ImportError:  # no flock (Windows): renames are still atomic, only the order may race
+        yield
+        return
+    with open(Path(out) / ".batch-publish.lock", "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def publish(out: Path, manifest: Any, reporter: Any = None) -> tuple[Path, Path]:
+    """Rewrite ``world.usda`` and ``index.html`` from the folder's whole manifest.
+
+    The manifest is read inside the lock, so the last writer always writes the newest state.
+    """
+    with _folder_lock(out):
+        jobs = manifest.jobs()
+        world, count = write_batch_world(out, jobs)
+        gallery = write_gallery(out, jobs)
+    if reporter is not None:
+        reporter.emit("world", path=str(world), assets=count, gallery=str(gallery))
+    return world, gallery

@@ -1,0 +1,115 @@
+"""A stand-in for the pipeline, for testing batch logic in seconds (loaded by "module:function").
+
+``fake_job`` behaves like ``magic3d.batch.run_job``: it "optimises" for FAKE_STEPS steps of
+FAKE_STEP_S seconds, keeps a checkpoint so an interrupted run resumes, and writes a small USD
+asset, a preview PNG, a GLB and run.json, every file through a temporary name. Words in the
+prompt make it misbehave: "fail" raises, "nan" reports a NaN loss, "hang" never ends, "die"
+kills its own process the first time. Every completion appends a line to <out>/fake-log.txt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import struct
+import time
+from pathlib import Path
+from typing import Any
+
+from magic3d.errors import InputError
+
+
+def _atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _cube_usdc(path: Path, size: float) -> None:
+    from pxr import Gf, Kind, Usd, UsdGeom
+
+    tmp = path.with_name(f".tmp-{path.stem}.usdc")
+    stage = Usd.Stage.CreateNew(str(tmp))
+    UsdGeom.SetStageUpAxis(stage, UsdGeom.Tokens.y)
+    UsdGeom.SetStageMetersPerUnit(stage, 1.0)
+    root = UsdGeom.Xform.Define(stage, "/Asset")
+    stage.SetDefaultPrim(root.GetPrim())
+    Usd.ModelAPI(root.GetPrim()).SetKind(Kind.Tokens.component)
+    h = size / 2
+    mesh = UsdGeom.Mesh.Define(stage, "/Asset/geo")
+    mesh.CreatePointsAttr([Gf.Vec3f(x * h, h + y * h, z * h) for x in (-1, 1) for y in (-1, 1) for z in (-1, 1)])
+    quads = [[0, 1, 3, 2], [4, 6, 7, 5], [0, 4, 5, 1], [2, 3, 7, 6], [0, 2, 6, 4], [1, 5, 7, 3]]
+    mesh.CreateFaceVertexCountsAttr([4] * 6)
+    mesh.CreateFaceVertexIndicesAttr([i for q in quads for i in q])
+    mesh.CreateSubdivisionSchemeAttr(UsdGeom.Tokens.none)
+    mesh.CreateExtentAttr([Gf.Vec3f(-h, 0, -h), Gf.Vec3f(h, size, h)])
+    stage.GetRootLayer().Save()
+    del stage
+    os.replace(tmp, path)
+
+
+def _png(path: Path, rgb: tuple[int, int, int]) -> None:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (16, 16), rgb).save(buf, format="PNG")
+    _atomic(path, buf.getvalue())
+
+
+def _glb() -> bytes:
+    doc = json.dumps({"asset": {"version": "2.0", "generator": "fake"}}).encode()
+    doc += b" " * (-len(doc) % 4)
+    return struct.pack("<III", 0x46546C67, 2, 12 + 8 + len(doc)) + struct.pack("<II", len(doc), 0x4E4F534A) + doc
+
+
+def fake_job(job: dict[str, Any], options: dict[str, Any], progress: Any) -> dict[str, Any]:
+    out = Path(options["out"])
+    run_dir = out / job["id"]
+    ckpt = run_dir / "checkpoints"
+    ckpt.mkdir(parents=True, exist_ok=True)
+    prompt = job["prompt"]
+    steps = int(os.environ.get("FAKE_STEPS", "3"))
+    step_s = float(os.environ.get("FAKE_STEP_S", "0.05"))
+    if "die" in prompt and not (run_dir / "died-once").exists():
+        (run_dir / "died-once").write_text("x")
+        os.kill(os.getpid(), signal.SIGKILL)
+    if "hang" in prompt:
+        time.sleep(3600)
+    state = ckpt / "step.txt"
+    start = int(state.read_text()) if state.exists() else 0
+    for step in range(start, steps):
+        time.sleep(step_s)
+        if "fail" in prompt and step == 1:
+            raise RuntimeError("asked to fail")
+        _atomic(state, str(step + 1).encode())
+        progress("coarse", step + 1, steps, 1.0 / (step + 1))
+    digest = hashlib.sha1(prompt.encode()).digest()
+    size = 0.5 + digest[0] / 255
+    _cube_usdc(run_dir / "asset.usdc", size)
+    _png(run_dir / "preview.png", (digest[1], digest[2], digest[3]))
+    _atomic(run_dir / "asset.glb", _glb())
+    seed = job["seed"] if job.get("seed") is not None else (options.get("seed") or 0)
+    record = {"prompt": prompt, "seed": seed, "status": "done", "timings": {"coarse": steps * step_s}}
+    _atomic(run_dir / "run.json", json.dumps(record).encode())
+    with open(out / "fake-log.txt", "a") as fh:
+        fh.write(f"{job['id']} {os.getpid()} {start}\n")
+    loss = float("nan") if "nan" in prompt else 0.1
+    files = {"usdc": run_dir / "asset.usdc", "glb": run_dir / "asset.glb", "preview": run_dir / "preview.png"}
+    return {"run_dir": str(run_dir), "files": {k: str(v) for k, v in files.items()},
+            "metrics": {"coarse": {"loss": loss}, "resumed_from": start}}
+
+
+def fake_plan(prompt: str, out: Any = None, preset: Any = None, prior: Any = None, overrides: Any = (),
+              seed: Any = None, device: Any = None, name: Any = None) -> None:
+    """Like plan_run: refuses what the prior could not draw and presets that do not exist."""
+    if "forbidden" in prompt:
+        raise InputError("The prompt uses words the built-in prior does not know; see `magic3d info`.")
+    if preset not in (None, "fast", "builtin"):
+        raise InputError(f"Unknown preset {preset!r}; choose fast or builtin.")
