@@ -41,7 +41,7 @@ class BatchOptions:
     overrides: tuple[str, ...] = ()
     seed: int | None = None
     device: str | None = None
-    workers: int = 1
+    workers: int | None = None  # local: 1 (sequential); ray: as many as the cluster's resources allow
     backend: Literal["local", "ray"] = "local"
     address: str | None = None  # Ray: "auto", "HOST:PORT", or None to start/attach a local instance
     num_cpus: float = 1.0  # Ray resources per job
@@ -190,7 +190,7 @@ def run_batch(path: str | Path, options: BatchOptions, reporter: Reporter | None
     from magic3d.gallery import publish
 
     reporter = reporter or Reporter(quiet=True)
-    if options.workers < 1:
+    if options.workers is not None and options.workers < 1:
         raise InputError("--workers must be at least 1.")
     if options.retries < 0:
         raise InputError("--retries must be 0 or more.")

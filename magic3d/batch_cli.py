@@ -29,7 +29,8 @@ def batch(
     seed: Annotated[int | None, typer.Option("--seed", help="Seed for lines without one.")] = None,
     device: Annotated[str | None, typer.Option("--device", help="cpu, cuda, cuda:N or auto; with --workers N "
                                                "and several GPUs each worker gets its own.")] = None,
-    workers: Annotated[int, typer.Option("--workers", "-w", help="Jobs at once (local: processes; ray: tasks in flight).")] = 1,
+    workers: Annotated[int | None, typer.Option("--workers", "-w", help="Jobs at once (local: processes, default 1; "
+                                                "ray: tasks in flight, default what the cluster fits).")] = None,
     backend: Annotated[str, typer.Option("--backend", help="local or ray.")] = "local",
     address: Annotated[str | None, typer.Option("--address", help="Ray cluster: auto or HOST:PORT "
                                                 "(default: a local Ray instance).")] = None,

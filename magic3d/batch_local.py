@@ -101,9 +101,9 @@ def child_main(spec: str, job: dict, options: dict, conn: Connection, parent_pid
 class LocalBackend:
     def __init__(self, options: Any):
         self.spec = options.job_spec()
-        self.capacity = options.workers
+        self.capacity = options.workers or 1
         self.ctx = mp.get_context("spawn")
-        self.envs = _slot_envs(options.workers, options.device)
+        self.envs = _slot_envs(self.capacity, options.device)
         self.children: dict[str, _Child] = {}
 
     def start(self, job: Job, payload: dict, options: dict) -> int:

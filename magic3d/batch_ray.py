@@ -1,0 +1,135 @@
+"""The Ray batch backend: one Ray task per prompt, for many GPUs and machines.
+
+The manifest stays with the driver (this process): Ray only runs jobs. A task whose worker dies
+(killed process, lost node) comes back as ``lost`` and the job is retried, not lost; a task past
+``--timeout`` is cancelled with its worker killed. Ray is an optional extra: ``magic3d[dist]``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from magic3d.errors import InputError
+from magic3d.manifest import Job
+
+# Errors that say the worker or its node went away, not that the job itself failed.
+_LOST_ERRORS = (
+    "WorkerCrashedError", "NodeDiedError", "OwnerDiedError", "ObjectLostError", "ObjectReconstructionFailedError",
+    "LocalRayletDiedError", "RaySystemError", "ActorDiedError", "OutOfMemoryError",
+)
+# Passed on to the workers so they find the same job function and code as the driver.
+_FORWARD_ENV = ("PYTHONPATH", "MAGIC3D_BATCH_JOB", "MAGIC3D_DEBUG")
+
+
+def ray_job(spec: str, job: dict, options: dict) -> dict:
+    """Runs inside a Ray worker: the job's own failures come back as values, not task errors."""
+    from magic3d.batch import describe, execute
+    from magic3d.progress import silent
+
+    started = time.time()
+    try:
+        return {"ok": True, "result": execute(spec, job, options, silent), "host": os.uname().nodename,
+                "seconds": time.time() - started}
+    except Exception as exc:
+        return {"ok": False, "error": describe(exc)}
+
+
+def import_ray() -> Any:
+    try:
+        import ray
+    except ImportError:
+        raise InputError(
+            "--backend ray needs Ray, which is not installed; install it with pip install 'magic3d[dist]'."
+        ) from None
+    return ray
+
+
+class RayBackend:
+    def __init__(self, options: Any):
+        ray = import_ray()
+        self.ray = ray
+        self.spec = options.job_spec()
+        self.started_ray = False
+        if not ray.is_initialized():
+            env = {k: os.environ[k] for k in _FORWARD_ENV if k in os.environ}
+            try:
+                ray.init(address=options.address, runtime_env={"env_vars": env} if env else None,
+                         include_dashboard=False, log_to_driver=False)
+            except (ConnectionError, RuntimeError, ValueError) as exc:
+                where = options.address or "a local instance"
+                raise InputError(
+                    f"Cannot start or reach a Ray cluster at {where} ({' '.join(str(exc).split())[:200]}); "
+                    "start one with `ray start --head`, or leave out --address to run a local one."
+                ) from None
+            self.started_ray = True
+        resources = ray.cluster_resources()
+        num_gpus = options.num_gpus
+        if num_gpus is None:
+            wants_gpu = (options.device or "auto").startswith("cuda") or options.device in (None, "auto")
+            num_gpus = 1.0 if wants_gpu and resources.get("GPU", 0) >= 1 else 0.0
+        if options.num_cpus <= 0 or num_gpus < 0:
+            raise InputError("--num-cpus must be positive and --num-gpus not negative.")
+        if num_gpus > resources.get("GPU", 0) or options.num_cpus > resources.get("CPU", 0):
+            raise InputError(
+                f"Each job asks for {options.num_cpus:g} CPUs and {num_gpus:g} GPUs but the Ray cluster has "
+                f"{resources.get('CPU', 0):g} CPUs and {resources.get('GPU', 0):g} GPUs; lower --num-cpus/--num-gpus."
+            )
+        slots = resources.get("GPU", 0) / num_gpus if num_gpus else resources.get("CPU", 0) / options.num_cpus
+        self.capacity = options.workers or max(1, int(slots))
+        # max_retries=0: a crashed worker is reported to us, and the manifest decides about the retry.
+        self.remote = ray.remote(ray_job).options(num_cpus=options.num_cpus, num_gpus=num_gpus, max_retries=0)
+        self.refs: dict[Any, str] = {}
+        self.by_job: dict[str, Any] = {}
+
+    def start(self, job: Job, payload: dict, options: dict) -> int:
+        ref = self.remote.remote(self.spec, payload, options)
+        self.refs[ref] = job.id
+        self.by_job[job.id] = ref
+        return len(self.by_job) - 1
+
+    def wait(self, timeout: float) -> list:
+        from magic3d.batch import Outcome
+
+        if not self.refs:
+            time.sleep(timeout)
+            return []
+        ready, _ = self.ray.wait(list(self.refs), num_returns=len(self.refs), timeout=timeout)
+        outcomes = []
+        for ref in ready:
+            job_id = self.refs.pop(ref)
+            self.by_job.pop(job_id, None)
+            try:
+                value = self.ray.get(ref)
+            except Exception as exc:  # the task never returned: decide whether its worker died
+                names = {c.__name__ for c in type(exc).__mro__}
+                text = " ".join(str(exc).split())[:300]
+                if names & set(_LOST_ERRORS):
+                    outcomes.append(Outcome(job_id, "lost", error=f"the Ray worker died ({type(exc).__name__})"))
+                else:
+                    outcomes.append(Outcome(job_id, "failed", error=f"{type(exc).__name__}: {text}"))
+                continue
+            if value.get("ok"):
+                outcomes.append(Outcome(job_id, "done", result=value["result"]))
+            else:
+                outcomes.append(Outcome(job_id, "failed", error=value.get("error", "failed")))
+        return outcomes
+
+    def cancel(self, job_id: str, reason: str) -> Any:
+        from magic3d.batch import Outcome
+
+        ref = self.by_job.pop(job_id, None)
+        if ref is not None:
+            self.refs.pop(ref, None)
+            try:
+                self.ray.cancel(ref, force=True)
+            except Exception:  # already finished or gone: nothing left to stop
+                pass
+        return Outcome(job_id, "failed", error=reason)
+
+    def close(self) -> None:
+        for job_id in list(self.by_job):
+            self.cancel(job_id, "closed")
+        if self.started_ray:
+            self.ray.shutdown()

@@ -1,0 +1,57 @@
+"""The Ray backend on a local Ray instance started by the test, with the fake job."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from magic3d.batch import BatchOptions, run_batch
+from magic3d.batch_report import Reporter
+from magic3d.errors import InputError
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+
+
+def test_ray_missing_gives_an_install_hint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
+    monkeypatch.setenv("MAGIC3D_BATCH_PLAN", "test_batch_fakes:fake_plan")
+    f = tmp_path / "p.txt"
+    f.write_text("a red cube\n")
+    with pytest.raises(InputError, match=r"pip install 'magic3d\[dist\]'"):
+        run_batch(f, BatchOptions(out=tmp_path / "out", backend="ray"))
+
+
+@pytest.mark.slow
+def test_ray_runs_every_prompt_and_retries_a_killed_worker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ray = pytest.importorskip("ray")
+    # The workers inherit this environment from the Ray instance started below.
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), str(HERE)]))
+    monkeypatch.setenv("MAGIC3D_BATCH_JOB", "test_batch_fakes:fake_job")
+    monkeypatch.setenv("MAGIC3D_BATCH_PLAN", "test_batch_fakes:fake_plan")
+    monkeypatch.setenv("FAKE_STEPS", "2")
+    monkeypatch.setenv("FAKE_STEP_S", "0.05")
+    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
+    f = tmp_path / "p.txt"
+    f.write_text("a red cube\ndie once please\na blue ball\nplease fail\n")
+    out = tmp_path / "out"
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        rep = Reporter(quiet=True)
+        summary = run_batch(f, BatchOptions(out=out, backend="ray", retries=0, num_gpus=0), rep)
+    finally:
+        ray.shutdown()
+    assert sorted(summary.done) == ["a-blue-ball", "a-red-cube", "die-once-please"]
+    assert list(summary.failed) == ["please-fail"] and "asked to fail" in summary.failed["please-fail"]
+    lost = [e for e in rep.events if e["event"] == "job_failed" and e["lost"]]
+    assert [e["job"] for e in lost] == ["die-once-please"] and lost[0]["retry"]
+    assert "WorkerCrashedError" in lost[0]["error"] or "died" in lost[0]["error"]
+    start = next(e for e in rep.events if e["event"] == "batch_start")
+    assert start["workers"] == 2  # capacity from the cluster's 2 CPUs
+    completed = (out / "fake-log.txt").read_text().split("\n")
+    assert sorted(x.split()[0] for x in completed if x) == sorted(summary.done)
+    assert (out / "world.usda").is_file()
+
