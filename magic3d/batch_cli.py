@@ -92,6 +92,8 @@ def main(argv: list[str] | None = None) -> None:
     except typer.TyperException as exc:  # click usage errors
         message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
         fail(f"{message} (see --help)", getattr(exc, "exit_code", 2))
+    if code == 130:  # typer returns Ctrl-C (and SIGTERM, see run_batch) as exit code 130
+        fail("interrupted; re-run the same command to resume", 130)
     sys.exit(code if isinstance(code, int) else 0)
 
 

@@ -13,8 +13,10 @@ import signal
 import sys
 import threading
 import time
+import traceback
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
+from pathlib import Path
 from typing import Any
 
 from magic3d.manifest import Job
@@ -74,11 +76,29 @@ def _die_with_parent(parent_pid: int) -> None:
     threading.Thread(target=watch, daemon=True).start()
 
 
+def log_path(out: str | Path, job_id: str) -> Path:
+    """Where a job's own output goes: ``<out>/<slug>/batch.log`` (appended to on every attempt)."""
+    return Path(out) / job_id / "batch.log"
+
+
+def _log_to_file(path: Path, job: dict) -> None:
+    """Send this process's stdout/stderr to the job's log: bars and --json output stay clean."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    print(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} pid {os.getpid()}: {job['prompt']}", flush=True)
+
+
 def child_main(spec: str, job: dict, options: dict, conn: Connection, parent_pid: int, env: dict) -> None:
     """Entry of a job process: run the job, send progress and then one final message."""
     os.environ.update(env)
     _die_with_parent(parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the batch's to handle; it stops us
+    _log_to_file(log_path(options["out"], job["id"]), job)
     from magic3d.batch import describe, execute
 
     last = [0.0]
@@ -92,6 +112,8 @@ def child_main(spec: str, job: dict, options: dict, conn: Connection, parent_pid
     try:
         result = execute(spec, job, options, progress)
     except BaseException as exc:  # noqa: BLE001 - everything is reported, the parent decides
+        traceback.print_exc()
+        sys.stderr.flush()
         conn.send(("failed", describe(exc)))
     else:
         conn.send(("done", result))
@@ -137,7 +159,8 @@ class LocalBackend:
             if child.final is not None or not child.process.is_alive():
                 self._reap(child)
                 if child.final is None:
-                    outcomes.append(Outcome(child.job_id, "lost", error=_death_reason(child.process.exitcode)))
+                    reason = f"{_death_reason(child.process.exitcode)}; see {child.job_id}/batch.log"
+                    outcomes.append(Outcome(child.job_id, "lost", error=reason))
                 elif child.final[0] == "done":
                     outcomes.append(Outcome(child.job_id, "done", result=child.final[1]))
                 else:

@@ -77,6 +77,8 @@ def _card(out: Path, job: Job) -> str:
         if key in job.outputs and not (label == "USD" and seen_usd):
             links.append(f'<a href="{_href(job.outputs[key])}" class="{key}">{label}</a>')
             seen_usd |= label == "USD"
+    if (out / job.id / "batch.log").is_file():
+        links.append(f'<a href="{_href(f"{job.id}/batch.log")}" class="log">log</a>')
     error = f'<div class="error">{esc(job.error or "")}</div>' if job.state == "failed" else ""
     return (
         f'<figure id="{esc(job.id, quote=True)}" data-state="{job.state}">{image}<figcaption>'

@@ -161,6 +161,8 @@ def test_one_failing_prompt_leaves_the_others_done_and_rerun_does_only_it(tmp_pa
     assert len(summary.done) == 5
     assert list(summary.failed) == ["please-fail-now"]
     assert "asked to fail" in summary.failed["please-fail-now"]
+    log = (out / "please-fail-now" / "batch.log").read_text()
+    assert log.count("RuntimeError: asked to fail") == 2 and "Traceback" in log  # both attempts logged
     assert starts(rep).count("please-fail-now") == 2  # first try + one retry
     assert sorted(r[0] for r in log_lines(out)) == sorted(s for s in summary.done)
     rep2 = Reporter(quiet=True)
@@ -294,3 +296,25 @@ def test_cli_exit_codes(tmp_path: Path) -> None:
     r = subprocess.run(_batch_cmd(bad, tmp_path / "out2"), env=_env(), capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and r.stderr.startswith("error: ") and "line 1:" in r.stderr
     assert r.stderr.count("\n") == 1
+
+
+def test_sigterm_stops_children_and_hands_jobs_back(tmp_path: Path) -> None:
+    f = write(tmp_path / "p.txt", ["a red cube", "a blue ball"])
+    out = tmp_path / "out"
+    env = _env(FAKE_STEPS="40", FAKE_STEP_S="0.1")
+    proc = subprocess.Popen(_batch_cmd(f, out, "--quiet"), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.time() + 60
+    while time.time() < deadline and not (out / "a-red-cube" / "checkpoints" / "step.txt").exists():
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "interrupted" in err
+    with sqlite3.connect(out / "batch.sqlite") as db:
+        states = dict(db.execute("SELECT id, state FROM jobs"))
+        attempts = dict(db.execute("SELECT id, attempts FROM jobs"))
+    assert states == {"a-red-cube": "pending", "a-blue-ball": "pending"}
+    assert attempts == {"a-red-cube": 0, "a-blue-ball": 0}  # an interruption is not charged
+    step = int((out / "a-red-cube" / "checkpoints" / "step.txt").read_text())
+    time.sleep(0.5)
+    assert int((out / "a-red-cube" / "checkpoints" / "step.txt").read_text()) == step  # the child is gone

@@ -82,6 +82,7 @@ def fake_job(job: dict[str, Any], options: dict[str, Any], progress: Any) -> dic
         os.kill(os.getpid(), signal.SIGKILL)
     if "hang" in prompt:
         time.sleep(3600)
+    print(f"fake job {job['id']} starting")  # must land in the job's log, never in --json output
     state = ckpt / "step.txt"
     start = int(state.read_text()) if state.exists() else 0
     for step in range(start, steps):
