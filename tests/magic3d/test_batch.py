@@ -267,6 +267,7 @@ def test_two_batch_processes_on_one_folder_never_run_a_job_twice(tmp_path: Path)
     assert len(completed) == 8 == len(set(completed))
 
 
+@pytest.mark.filterwarnings("ignore:Use of UsdUtils.ComplianceChecker is deprecated")
 def test_world_and_gallery_list_exactly_the_done_assets(tmp_path: Path) -> None:
     from pxr import Usd
 
@@ -277,6 +278,11 @@ def test_world_and_gallery_list_exactly_the_done_assets(tmp_path: Path) -> None:
     names = sorted(p.GetName() for p in stage.GetDefaultPrim().GetAllChildren())  # unloaded: not "children"
     assert names == sorted(s.replace("-", "_") for s in summary.done)
     assert sorted(stage.GetRootLayer().GetExternalReferences()) == sorted(f"./{s}/asset.usdc" for s in summary.done)
+    from pxr import UsdUtils
+
+    checker = UsdUtils.ComplianceChecker(arkit=False)
+    checker.CheckCompliance(str(summary.world))
+    assert checker.GetErrors() == [] and checker.GetFailedChecks() == []
     page = summary.gallery.read_text()
     assert "a &quot;quoted&quot; &lt;b&gt;tag&lt;/b&gt;" in page and "<b>tag" not in page
     assert page.count('data-state="done">') == 2 and page.count('data-state="failed">') == 1
@@ -318,3 +324,14 @@ def test_sigterm_stops_children_and_hands_jobs_back(tmp_path: Path) -> None:
     step = int((out / "a-red-cube" / "checkpoints" / "step.txt").read_text())
     time.sleep(0.5)
     assert int((out / "a-red-cube" / "checkpoints" / "step.txt").read_text()) == step  # the child is gone
+
+
+def test_each_local_worker_gets_its_own_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    from magic3d.batch_local import _slot_envs
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
+    assert [e.get("CUDA_VISIBLE_DEVICES") for e in _slot_envs(3, "cuda")] == ["2", "3", "2"]
+    assert _slot_envs(3, "cpu") == [{}, {}, {}]
+    assert _slot_envs(2, "cuda:1") == [{}, {}]  # an explicit device is the user's choice
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert _slot_envs(2, "auto") == [{}, {}]  # no GPU: nothing to split

@@ -25,6 +25,18 @@ def test_ray_missing_gives_an_install_hint(tmp_path: Path, monkeypatch: pytest.M
         run_batch(f, BatchOptions(out=tmp_path / "out", backend="ray"))
 
 
+def test_ray_address_without_a_cluster_is_an_input_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ray = pytest.importorskip("ray")
+    if ray.is_initialized():
+        pytest.skip("a Ray instance is already running in this process")
+    monkeypatch.setenv("MAGIC3D_BATCH_PLAN", "test_batch_fakes:fake_plan")
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    f = tmp_path / "p.txt"
+    f.write_text("a red cube\n")
+    with pytest.raises(InputError, match="ray start --head"):
+        run_batch(f, BatchOptions(out=tmp_path / "out", backend="ray", address="auto"))
+
+
 @pytest.mark.slow
 def test_ray_runs_every_prompt_and_retries_a_killed_worker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     ray = pytest.importorskip("ray")
@@ -36,16 +48,18 @@ def test_ray_runs_every_prompt_and_retries_a_killed_worker(tmp_path: Path, monke
     monkeypatch.setenv("FAKE_STEP_S", "0.05")
     monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
     f = tmp_path / "p.txt"
-    f.write_text("a red cube\ndie once please\na blue ball\nplease fail\n")
+    f.write_text("a red cube\ndie once please\na blue ball\nplease fail\nhang forever\n")
     out = tmp_path / "out"
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         rep = Reporter(quiet=True)
-        summary = run_batch(f, BatchOptions(out=out, backend="ray", retries=0, num_gpus=0), rep)
+        summary = run_batch(f, BatchOptions(out=out, backend="ray", retries=0, num_gpus=0, timeout=8), rep)
     finally:
         ray.shutdown()
     assert sorted(summary.done) == ["a-blue-ball", "a-red-cube", "die-once-please"]
-    assert list(summary.failed) == ["please-fail"] and "asked to fail" in summary.failed["please-fail"]
+    assert sorted(summary.failed) == ["hang-forever", "please-fail"]
+    assert "asked to fail" in summary.failed["please-fail"]
+    assert "timed out after 8 s" in summary.failed["hang-forever"]
     lost = [e for e in rep.events if e["event"] == "job_failed" and e["lost"]]
     assert [e["job"] for e in lost] == ["die-once-please"] and lost[0]["retry"]
     assert "WorkerCrashedError" in lost[0]["error"] or "died" in lost[0]["error"]
