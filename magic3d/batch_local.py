@@ -116,8 +116,14 @@ def child_main(spec: str, job: dict, options: dict, conn: Connection, parent_pid
         sys.stderr.flush()
         conn.send(("failed", describe(exc)))
     else:
-        conn.send(("done", result))
+        try:
+            conn.send(("done", result))
+        except Exception as exc:  # e.g. an unpicklable metric: a failure of this job, not a crash
+            conn.send(("failed", f"the job's result could not be sent back ({describe(exc)})"))
     conn.close()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)  # the result is sent: don't wait on threads a library may have left running
 
 
 class LocalBackend:
