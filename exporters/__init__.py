@@ -3,3 +3,60 @@
 A library, not part of the pipeline: it never imports ``magic3d``. Every writer takes a
 ``trimesh.Trimesh`` with UVs and a ``PBRMaterial`` and writes to a temporary name first.
 """
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import trimesh
+
+from exporters.common import AssetInfo, check_up_axis, placed, placement
+from exporters.gltf import write_glb
+from exporters.obj import write_obj
+from exporters.read import load_asset
+from exporters.usd import write_usd, write_usdz
+
+FORMATS = ("usdc", "usda", "usdz", "glb", "obj")
+
+
+def export_asset(
+    mesh: trimesh.Trimesh, out_dir: str | Path, formats: list[str] | tuple[str, ...], info: AssetInfo | None = None,
+    up_axis: str = "Y", size_m: float = 1.0, stem: str = "asset",
+) -> dict[str, Path]:
+    """Write ``<out_dir>/<stem>.<format>`` for each format; returns ``{format: path}``.
+
+    Every format gets the same placement: largest side ``size_m`` metres, standing on the ground at
+    the origin. USD honours ``up_axis``; glTF is Y-up by definition and OBJ is conventionally Y-up.
+    """
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown or not formats:
+        raise ValueError(f"unknown export formats {unknown or list(formats)}; choose from {', '.join(FORMATS)}")
+    check_up_axis(up_axis)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    info = info or AssetInfo(name=stem)
+    files: dict[str, Path] = {}
+    y_up = None
+    for fmt in dict.fromkeys(formats):
+        target = out_dir / f"{stem}.{fmt}"
+        if fmt in ("usdc", "usda"):
+            files[fmt] = write_usd(mesh, target, info, up_axis=up_axis, size_m=size_m)
+        elif fmt == "usdz":
+            files[fmt] = write_usdz(mesh, target, info, up_axis=up_axis, size_m=size_m, arkit=up_axis.upper() == "Y")
+        else:
+            if y_up is None:
+                y_up = placed(mesh, placement(mesh.vertices, "Y", size_m))
+            files[fmt] = write_glb(y_up, target) if fmt == "glb" else write_obj(y_up, target)
+    return files
+
+
+__all__ = [
+    "FORMATS",
+    "AssetInfo",
+    "export_asset",
+    "load_asset",
+    "write_glb",
+    "write_obj",
+    "write_usd",
+    "write_usdz",
+]

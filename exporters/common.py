@@ -1,0 +1,149 @@
+"""What every writer shares: asset metadata, atomic file output, placement, and the mesh's material."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import trimesh
+from PIL import Image
+
+UP_AXES = ("Y", "Z")
+
+
+@dataclass(frozen=True)
+class AssetInfo:
+    """Who made an asset and from what; written into every format that has room for it."""
+
+    name: str = "asset"
+    prompt: str = ""
+    seed: int = 0
+    generator: str = "magic3d"
+    version: str = "0"
+
+
+@dataclass(frozen=True)
+class Surface:
+    """The parts of a mesh's material the writers understand (a PBR metallic-roughness subset)."""
+
+    uv: np.ndarray | None  # "V 2" float, v = 0 at the bottom of the image (OpenGL, as trimesh)
+    image: Image.Image | None  # base colour, sRGB
+    base_color: tuple[float, float, float, float]  # linear factor multiplied with the texture, 0..1
+    roughness: float
+    metallic: float
+
+
+@contextlib.contextmanager
+def atomic_output(path: Path, suffix: str | None = None) -> Iterator[Path]:
+    """Yield a temporary path in ``path``'s folder; rename it onto ``path`` only if the block succeeds.
+
+    The temporary name keeps the real extension (``suffix``) because USD picks its file format from it.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + (suffix or path.suffix), dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp_path, path)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+
+def write_png(image: Image.Image, path: Path) -> Path:
+    with atomic_output(path) as tmp:
+        image.save(tmp, format="PNG")
+    return Path(path)
+
+
+def check_up_axis(up_axis: str) -> str:
+    axis = up_axis.upper()
+    if axis not in UP_AXES:
+        raise ValueError(f"up_axis must be 'Y' or 'Z', not {up_axis!r}")
+    return axis
+
+
+def placement(vertices: np.ndarray, up_axis: str = "Y", size_m: float | None = 1.0) -> np.ndarray:
+    """The 4x4 transform from generator units to the exported asset's frame.
+
+    The largest side of the bounding box becomes ``size_m`` metres (``None`` keeps the scale), the
+    footprint is centred on the origin and the lowest point sits at height 0, so AR viewers and
+    world stages put the object on the ground; ``up_axis="Z"`` then turns Y-up into Z-up with the
+    front (+Z) facing -Y, as Blender and most Z-up tools expect.
+    """
+    axis = check_up_axis(up_axis)
+    if size_m is not None and not size_m > 0:
+        raise ValueError(f"size_m must be positive, not {size_m!r}")
+    lo, hi = vertices.min(0), vertices.max(0)
+    largest = float((hi - lo).max())
+    scale = 1.0 if size_m is None or largest <= 0 else size_m / largest
+    move = np.eye(4)
+    move[:3, 3] = -np.array([(lo[0] + hi[0]) / 2, lo[1], (lo[2] + hi[2]) / 2])
+    resize = np.diag([scale, scale, scale, 1.0])
+    turn = np.eye(4)
+    if axis == "Z":
+        turn[:3, :3] = [[1, 0, 0], [0, 0, -1], [0, 1, 0]]
+    return turn @ resize @ move
+
+
+def placed(mesh: trimesh.Trimesh, transform: np.ndarray) -> trimesh.Trimesh:
+    """A copy of ``mesh`` moved by ``transform``, with its UVs and material untouched."""
+    out = mesh.copy()
+    out.apply_transform(transform)
+    return out
+
+
+def surface(mesh: trimesh.Trimesh) -> Surface:
+    """UVs, base-colour image and PBR constants from whatever visuals the mesh carries."""
+    visual = mesh.visual
+    uv = None
+    image = None
+    base = (1.0, 1.0, 1.0, 1.0)
+    roughness, metallic = 1.0, 0.0
+    if isinstance(visual, trimesh.visual.texture.TextureVisuals):
+        if visual.uv is not None and len(visual.uv) == len(mesh.vertices):
+            uv = np.asarray(visual.uv, dtype=np.float64)
+        mat = visual.material
+        if isinstance(mat, trimesh.visual.material.SimpleMaterial):
+            # A bare image gets trimesh's 0.4 grey "diffuse"; with a texture the image is the colour.
+            bare = mat.image is not None
+            mat = mat.to_pbr()
+            if bare:
+                mat.baseColorFactor = np.array([255, 255, 255, 255], dtype=np.uint8)
+        if isinstance(mat, trimesh.visual.material.PBRMaterial):
+            image = mat.baseColorTexture
+            if mat.baseColorFactor is not None:
+                base = tuple(float(c) for c in np.asarray(mat.baseColorFactor, dtype=np.float64) / 255.0)
+            if mat.roughnessFactor is not None:
+                roughness = float(mat.roughnessFactor)
+            if mat.metallicFactor is not None:
+                metallic = float(mat.metallicFactor)
+    elif isinstance(visual, trimesh.visual.color.ColorVisuals) and visual.kind in ("face", "vertex"):
+        rgba = np.asarray(visual.main_color, dtype=np.float64) / 255.0
+        base = tuple(float(c) for c in rgba)
+    if image is not None and image.mode not in ("RGB", "RGBA"):
+        image = image.convert("RGB")
+    if uv is None:
+        image = None
+    return Surface(uv=uv, image=image, base_color=base, roughness=roughness, metallic=metallic)  # type: ignore[arg-type]
+
+
+def pbr_material(surf: Surface, name: str = "material") -> trimesh.visual.material.PBRMaterial:
+    """An explicit PBR material (a bare image would export trimesh's 0.4 grey factor)."""
+    factor = np.round(np.asarray(surf.base_color) * 255).astype(np.uint8)
+    return trimesh.visual.material.PBRMaterial(
+        name=name,
+        baseColorTexture=surf.image,
+        baseColorFactor=factor,
+        roughnessFactor=surf.roughness,
+        metallicFactor=surf.metallic,
+        doubleSided=False,
+    )

@@ -1,0 +1,61 @@
+"""Wavefront OBJ with its MTL and PNG, for tools that read nothing newer.
+
+The three files are written to temporary names and renamed texture first, OBJ last, so a reader
+never finds an OBJ pointing at a missing material.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import trimesh
+
+from exporters.common import Surface, atomic_output, pbr_material, surface, write_png
+
+
+def write_obj(mesh: trimesh.Trimesh, path: str | Path) -> Path:
+    """Write ``path`` (.obj) plus ``<stem>.mtl`` and ``<stem>_albedo.png`` beside it; returns ``path``."""
+    path = Path(path)
+    if path.suffix != ".obj":
+        raise ValueError(f"write_obj writes .obj, not {path.name!r}")
+    if len(mesh.faces) == 0:
+        raise ValueError("cannot write an empty mesh to OBJ")
+    surf = surface(mesh)
+    stem = path.stem
+    out = trimesh.Trimesh(vertices=mesh.vertices, faces=mesh.faces, process=False)
+    out.vertex_normals = mesh.vertex_normals
+    out.visual = trimesh.visual.TextureVisuals(uv=surf.uv, material=pbr_material(surf, name=stem))
+    text, assets = trimesh.exchange.obj.export_obj(
+        out, include_normals=True, include_texture=True, return_texture=True, mtl_name=f"{stem}.mtl",
+        write_texture=False,
+    )
+    del assets  # trimesh's MTL gives every material a shiny 0.4 specular; ours is written below
+    texture_name = f"{stem}_albedo.png"
+    mtl_text = _mtl(stem, surf, texture_name if surf.image is not None else None)
+    if surf.image is not None:
+        write_png(surf.image, path.with_name(texture_name))
+    with atomic_output(path.with_suffix(".mtl")) as tmp:
+        tmp.write_text(mtl_text, encoding="utf-8")
+    with atomic_output(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return path
+
+
+def _mtl(name: str, surf: Surface, texture: str | None) -> str:
+    # Kd multiplies map_Kd, so it carries the base-colour factor; Pr/Pm are the PBR extension
+    # Blender and others read; Ks 0 because a rough, non-metal surface has no shiny highlight.
+    r, g, b, _ = surf.base_color
+    lines = [
+        "# magic3d asset material",
+        f"newmtl {name}",
+        f"Kd {r:.6f} {g:.6f} {b:.6f}",
+        "Ka 0 0 0",
+        "Ks 0 0 0",
+        "Ns 10",
+        "illum 1",
+        f"Pr {surf.roughness:.6f}",
+        f"Pm {surf.metallic:.6f}",
+    ]
+    if texture is not None:
+        lines.append(f"map_Kd {texture}")
+    return "\n".join(lines) + "\n"

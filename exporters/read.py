@@ -1,0 +1,169 @@
+"""Read any exported asset back into a ``trimesh.Trimesh`` (UVs + PBR material): USD via pxr, GLB/OBJ via trimesh.
+
+``frame="source"`` (default) returns the generator's coordinates: the placement our USD writer baked
+into the points is undone with the transform it recorded. ``frame="stage"`` returns the points as
+the file stores them (after each mesh's own transforms).
+"""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import trimesh
+from PIL import Image
+
+from exporters.common import Surface, pbr_material
+from exporters.usd import SOURCE_TRANSFORM_KEY
+
+Frame = Literal["source", "stage"]
+READABLE = (".usd", ".usda", ".usdc", ".usdz", ".glb", ".gltf", ".obj")
+
+
+def load_asset(path: str | Path, frame: Frame = "source") -> trimesh.Trimesh:
+    """One mesh (all meshes of the file concatenated) with UVs and material where the file has them."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in READABLE:
+        raise ValueError(f"cannot read {path.name!r}: expected one of {', '.join(READABLE)}")
+    if not path.is_file():
+        raise FileNotFoundError(f"no such asset: {str(path)!r}")
+    if suffix.startswith(".usd"):
+        return _load_usd(path, frame)
+    mesh = trimesh.load(str(path), force="mesh", process=False, maintain_order=True)
+    if not isinstance(mesh, trimesh.Trimesh) or len(mesh.faces) == 0:
+        raise ValueError(f"{str(path)!r} holds no triangle mesh")
+    visual = mesh.visual
+    if isinstance(visual, trimesh.visual.texture.TextureVisuals) and isinstance(
+        visual.material, trimesh.visual.material.SimpleMaterial
+    ):
+        visual.material = visual.material.to_pbr()
+    return mesh
+
+
+def _triangulate(counts: np.ndarray, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Fan-triangulate polygons; returns faces "F 3" into the point array and, per triangle corner,
+    the index into the face-vertex list (to fetch faceVarying primvars)."""
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    tris, corners = [], []
+    for k in range(3, int(counts.max(initial=3)) + 1):
+        poly = starts[counts == k]
+        for j in range(1, k - 1):
+            c = np.stack([poly, poly + j, poly + j + 1], axis=1)
+            corners.append(c)
+    if not corners:
+        return np.zeros((0, 3), np.int64), np.zeros((0, 3), np.int64)
+    corner = np.concatenate(corners)
+    corner = corner[np.argsort(corner[:, 0], kind="stable")]
+    tris = indices[corner]
+    return tris, corner
+
+
+def _read_texture(shader_file) -> Image.Image | None:
+    resolved = str(shader_file.resolvedPath or "")
+    if not resolved:
+        return None
+    if "[" in resolved and resolved.endswith("]"):  # inside a usdz package: "pkg.usdz[inner/path]"
+        package, inner = resolved[:-1].split("[", 1)
+        with zipfile.ZipFile(package) as zf:
+            data = zf.read(inner)
+        return Image.open(io.BytesIO(data)).copy()
+    return Image.open(resolved).copy()
+
+
+def _material(prim) -> Surface:
+    from pxr import UsdShade
+
+    image, base, roughness, metallic = None, (1.0, 1.0, 1.0, 1.0), 1.0, 0.0
+    material, _ = UsdShade.MaterialBindingAPI(prim).ComputeBoundMaterial()
+    if material:
+        source = material.ComputeSurfaceSource()[0]
+        if source:
+            for name, default in (("roughness", 1.0), ("metallic", 0.0)):
+                value = source.GetInput(name).Get() if source.GetInput(name) else None
+                if name == "roughness":
+                    roughness = float(value) if value is not None else default
+                else:
+                    metallic = float(value) if value is not None else default
+            diffuse = source.GetInput("diffuseColor")
+            if diffuse:
+                connected = diffuse.GetConnectedSources()[0]
+                if connected:
+                    texture = UsdShade.Shader(connected[0].source.GetPrim())
+                    file_input = texture.GetInput("file")
+                    if file_input:
+                        image = _read_texture(file_input.Get())
+                    scale = texture.GetInput("scale")
+                    if scale and scale.Get() is not None:
+                        base = tuple(float(c) for c in scale.Get())
+                elif diffuse.Get() is not None:
+                    base = (*[float(c) for c in diffuse.Get()], 1.0)
+    return Surface(uv=None, image=image, base_color=base, roughness=roughness, metallic=metallic)  # type: ignore[arg-type]
+
+
+def _load_usd(path: Path, frame: Frame) -> trimesh.Trimesh:
+    from pxr import Usd, UsdGeom
+
+    stage = Usd.Stage.Open(str(path))
+    if stage is None:
+        raise ValueError(f"cannot open {str(path)!r} as a USD stage")
+    cache = UsdGeom.XformCache(Usd.TimeCode.Default())
+    parts = []
+    surf: Surface | None = None
+    for prim in stage.Traverse():
+        if not prim.IsA(UsdGeom.Mesh):
+            continue
+        mesh = UsdGeom.Mesh(prim)
+        points = np.asarray(mesh.GetPointsAttr().Get(), dtype=np.float64)
+        counts = np.asarray(mesh.GetFaceVertexCountsAttr().Get(), dtype=np.int64)
+        indices = np.asarray(mesh.GetFaceVertexIndicesAttr().Get(), dtype=np.int64)
+        if len(points) == 0 or len(counts) == 0:
+            continue
+        faces, corners = _triangulate(counts, indices)
+        if mesh.GetOrientationAttr().Get() == UsdGeom.Tokens.leftHanded:
+            faces, corners = faces[:, ::-1], corners[:, ::-1]
+        world = np.asarray(cache.GetLocalToWorldTransform(prim), dtype=np.float64).T
+        points = points @ world[:3, :3].T + world[:3, 3]
+        uv = None
+        st = UsdGeom.PrimvarsAPI(prim).GetPrimvar("st")
+        if st and st.HasValue():
+            values = np.asarray(st.ComputeFlattened(), dtype=np.float64)
+            interp = st.GetInterpolation()
+            if interp in (UsdGeom.Tokens.vertex, UsdGeom.Tokens.varying) and len(values) == len(points):
+                uv = values
+            elif interp == UsdGeom.Tokens.faceVarying and len(values) == len(indices):
+                # Give every corner its own vertex so each can carry its own UV.
+                points, uv = points[faces.reshape(-1)], values[corners.reshape(-1)]
+                faces = np.arange(len(points)).reshape(-1, 3)
+        parts.append((points, faces, uv))
+        if surf is None:
+            surf = _material(prim)
+    if not parts:
+        raise ValueError(f"{str(path)!r} holds no mesh")
+
+    offsets = np.cumsum([0] + [len(p) for p, _, _ in parts[:-1]])
+    vertices = np.concatenate([p for p, _, _ in parts])
+    faces = np.concatenate([f + o for (_, f, _), o in zip(parts, offsets, strict=True)])
+    uvs = [u for _, _, u in parts]
+    uv = np.concatenate(uvs) if all(u is not None for u in uvs) else None
+
+    if frame == "source":
+        root = stage.GetDefaultPrim()
+        recorded = root.GetCustomDataByKey(SOURCE_TRANSFORM_KEY) if root else None
+        if recorded is not None:
+            transform = np.asarray(recorded, dtype=np.float64).T
+            inverse = np.linalg.inv(transform)
+            vertices = vertices @ inverse[:3, :3].T + inverse[:3, 3]
+    elif frame != "stage":
+        raise ValueError(f"frame must be 'source' or 'stage', not {frame!r}")
+
+    out = trimesh.Trimesh(vertices=vertices, faces=faces, process=False)
+    surf = surf or Surface(uv=None, image=None, base_color=(1.0, 1.0, 1.0, 1.0), roughness=1.0, metallic=0.0)
+    if uv is not None:
+        full = Surface(uv=uv, image=surf.image, base_color=surf.base_color, roughness=surf.roughness,
+                       metallic=surf.metallic)
+        out.visual = trimesh.visual.TextureVisuals(uv=uv, material=pbr_material(full))
+    return out

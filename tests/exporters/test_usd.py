@@ -1,0 +1,142 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import trimesh
+
+pytest.importorskip("pxr")
+from pxr import Kind, Sdf, Usd, UsdGeom, UsdShade  # noqa: E402
+
+from exporters import AssetInfo, load_asset, write_usd, write_usdz  # noqa: E402
+from exporters.common import placement  # noqa: E402
+from exporters.validate import compliance_problems, nvidia_available, nvidia_problems  # noqa: E402
+
+INFO = AssetInfo(name="a-red-ball", prompt="a red ball, shiny", seed=7, generator="magic3d", version="0.3")
+
+
+@pytest.mark.parametrize("suffix", [".usdc", ".usda", ".usdz"])
+def test_usd_round_trip_returns_the_source_mesh(tmp_path: Path, suffix: str, textured_mesh, same_mesh) -> None:
+    mesh = textured_mesh()
+    path = tmp_path / f"asset{suffix}"
+    (write_usdz if suffix == ".usdz" else write_usd)(mesh, path, INFO, size_m=2.5)
+    same_mesh(load_asset(path), mesh)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no temp files left
+
+
+@pytest.mark.parametrize("up_axis", ["Y", "Z"])
+def test_usd_stage_is_scaled_placed_and_oriented(tmp_path: Path, up_axis: str, textured_mesh) -> None:
+    mesh = textured_mesh()
+    path = write_usd(mesh, tmp_path / "asset.usdc", INFO, up_axis=up_axis, size_m=0.3)
+    stage = Usd.Stage.Open(str(path))
+    assert UsdGeom.GetStageUpAxis(stage) == up_axis
+    assert UsdGeom.GetStageMetersPerUnit(stage) == 1.0
+    points = load_asset(path, frame="stage").vertices
+    up = 1 if up_axis == "Y" else 2
+    size = points.max(0) - points.min(0)
+    assert size.max() == pytest.approx(0.3, rel=1e-5)
+    assert points[:, up].min() == pytest.approx(0.0, abs=1e-6)  # stands on the ground
+    ground = [a for a in range(3) if a != up]
+    np.testing.assert_allclose((points.max(0) + points.min(0))[ground] / 2, 0.0, atol=1e-6)
+    expected = mesh.vertices @ placement(mesh.vertices, up_axis, 0.3)[:3, :3].T
+    # Same shape up to the translation: compare centred coordinates.
+    np.testing.assert_allclose(points - points.mean(0), expected - expected.mean(0), atol=1e-6)
+    if up_axis == "Z":  # the front (+Z in generator space) faces -Y
+        front = np.argmax(mesh.vertices[:, 2])
+        assert points[front, 1] == pytest.approx(points[:, 1].min(), abs=1e-6)
+
+
+def test_usd_conventions(tmp_path: Path, textured_mesh) -> None:
+    path = write_usd(textured_mesh(), tmp_path / "asset.usdc", INFO)
+    stage = Usd.Stage.Open(str(path))
+    root = stage.GetDefaultPrim()
+    assert root.GetPath() == Sdf.Path("/a_red_ball") and root.IsA(UsdGeom.Xform)
+    model = Usd.ModelAPI(root)
+    assert model.GetKind() == Kind.Tokens.component
+    assert model.GetAssetName() == "a-red-ball" and model.GetAssetVersion() == "0.3"
+    doc = root.GetDocumentation()
+    assert "a red ball, shiny" in doc and "seed: 7" in doc and "magic3d" in doc
+    assert [c.GetName() for c in root.GetChildren()] == ["Geometry", "Materials"]
+    assert all(c.GetTypeName() == "Scope" for c in root.GetChildren())
+
+    mesh = UsdGeom.Mesh(stage.GetPrimAtPath("/a_red_ball/Geometry/mesh"))
+    assert mesh.GetSubdivisionSchemeAttr().Get() == UsdGeom.Tokens.none
+    points = np.asarray(mesh.GetPointsAttr().Get())
+    np.testing.assert_allclose(np.asarray(mesh.GetExtentAttr().Get()), [points.min(0), points.max(0)])
+    normals = np.asarray(mesh.GetNormalsAttr().Get())
+    assert normals.shape == points.shape and mesh.GetNormalsInterpolation() == UsdGeom.Tokens.vertex
+    np.testing.assert_allclose(np.linalg.norm(normals, axis=1), 1.0, atol=1e-5)
+    st = UsdGeom.PrimvarsAPI(mesh).GetPrimvar("st")
+    assert st.GetTypeName() == Sdf.ValueTypeNames.TexCoord2fArray and st.GetInterpolation() == "vertex"
+    assert "MaterialBindingAPI" in mesh.GetPrim().GetAppliedSchemas()
+
+    material, _ = UsdShade.MaterialBindingAPI(mesh.GetPrim()).ComputeBoundMaterial()
+    assert material.GetPath() == Sdf.Path("/a_red_ball/Materials/material")
+    surface = material.ComputeSurfaceSource()[0]
+    assert surface.GetIdAttr().Get() == "UsdPreviewSurface"
+    texture = UsdShade.Shader(surface.GetInput("diffuseColor").GetConnectedSources()[0][0].source.GetPrim())
+    assert texture.GetIdAttr().Get() == "UsdUVTexture"
+    assert texture.GetInput("sourceColorSpace").Get() == "sRGB"
+    assert texture.GetInput("file").Get().path == "./textures/albedo.png"
+    assert (tmp_path / "textures" / "albedo.png").is_file()
+    reader = UsdShade.Shader(texture.GetInput("st").GetConnectedSources()[0][0].source.GetPrim())
+    assert reader.GetIdAttr().Get() == "UsdPrimvarReader_float2"
+    varname = reader.GetInput("varname")
+    assert varname.GetTypeName() == Sdf.ValueTypeNames.String and varname.Get() == "st"
+
+
+def test_usdz_package_holds_the_layer_and_its_texture(tmp_path: Path, textured_mesh) -> None:
+    import zipfile
+
+    path = write_usdz(textured_mesh(), tmp_path / "asset.usdz", INFO)
+    with zipfile.ZipFile(path) as zf:
+        names = zf.namelist()
+    assert names[0].endswith(".usdc") and "textures/albedo.png" in names
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["asset.usdz"]  # nothing else left behind
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+@pytest.mark.parametrize("suffix", [".usdc", ".usda", ".usdz"])
+def test_compliance_checker_passes(tmp_path: Path, suffix: str, textured_mesh) -> None:
+    path = tmp_path / f"asset{suffix}"
+    (write_usdz if suffix == ".usdz" else write_usd)(textured_mesh(), path, INFO)
+    assert compliance_problems(path) == []
+    if suffix == ".usdz":
+        assert compliance_problems(path, arkit=True) == []
+
+
+@pytest.mark.skipif(not nvidia_available(), reason="usd-validation-nvidia is a dev dependency")
+@pytest.mark.parametrize("suffix", [".usdc", ".usdz"])
+def test_nvidia_validator_reports_no_issues(tmp_path: Path, suffix: str, textured_mesh) -> None:
+    path = tmp_path / f"asset{suffix}"
+    (write_usdz if suffix == ".usdz" else write_usd)(textured_mesh(), path, INFO, up_axis="Z")
+    assert nvidia_problems(path, min_severity="INFO") == []
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_validators_catch_a_broken_asset(tmp_path: Path) -> None:
+    """The wrappers must be able to fail: a stage without defaultPrim and a material binding that
+    lacks MaterialBindingAPI is flagged by both."""
+    path = tmp_path / "broken.usda"
+    stage = Usd.Stage.CreateNew(str(path))
+    mesh = UsdGeom.Mesh.Define(stage, "/Root/mesh")
+    mesh.CreatePointsAttr([(0, 0, 0), (1, 0, 0), (0, 1, 0)])
+    mesh.CreateFaceVertexCountsAttr([3])
+    mesh.CreateFaceVertexIndicesAttr([0, 1, 2])
+    material = UsdShade.Material.Define(stage, "/Root/mat")
+    mesh.GetPrim().CreateRelationship("material:binding").AddTarget(material.GetPath())
+    stage.GetRootLayer().Save()
+    assert compliance_problems(path)
+    if nvidia_available():
+        assert nvidia_problems(path)
+
+
+def test_bad_arguments_are_refused(tmp_path: Path, textured_mesh) -> None:
+    with pytest.raises(ValueError, match="up_axis"):
+        write_usd(textured_mesh(), tmp_path / "a.usdc", INFO, up_axis="X")
+    with pytest.raises(ValueError, match=".usdc"):
+        write_usd(textured_mesh(), tmp_path / "a.glb", INFO)
+    with pytest.raises(ValueError, match="empty"):
+        write_usd(trimesh.Trimesh(), tmp_path / "a.usdc", INFO)
+    assert not (tmp_path / "a.usdc").exists()
