@@ -47,6 +47,9 @@ def _cube_usdc(path: Path, size: float) -> None:
     mesh.CreateFaceVertexCountsAttr([4] * 6)
     mesh.CreateFaceVertexIndicesAttr([i for q in quads for i in q])
     mesh.CreateSubdivisionSchemeAttr(UsdGeom.Tokens.none)
+    face_normals = [(-1, 0, 0), (1, 0, 0), (0, -1, 0), (0, 1, 0), (0, 0, -1), (0, 0, 1)]  # one per quad above
+    mesh.CreateNormalsAttr([Gf.Vec3f(*n) for n in face_normals for _ in range(4)])
+    mesh.SetNormalsInterpolation(UsdGeom.Tokens.faceVarying)
     mesh.CreateExtentAttr([Gf.Vec3f(-h, 0, -h), Gf.Vec3f(h, size, h)])
     stage.GetRootLayer().Save()
     del stage
@@ -114,3 +117,12 @@ def fake_plan(prompt: str, out: Any = None, preset: Any = None, prior: Any = Non
         raise InputError("The prompt uses words the built-in prior does not know; see `magic3d info`.")
     if preset not in (None, "fast", "builtin"):
         raise InputError(f"Unknown preset {preset!r}; choose fast or builtin.")
+
+
+def real_or_fail(job: dict[str, Any], options: dict[str, Any], progress: Any) -> dict[str, Any]:
+    """The real pipeline, except for the job named in $FAIL_JOB, which is made to fail."""
+    if job["id"] == os.environ.get("FAIL_JOB"):
+        raise RuntimeError("made to fail")
+    from magic3d.batch import run_job
+
+    return run_job(job, options, progress)
