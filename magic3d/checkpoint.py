@@ -1,0 +1,144 @@
+"""Checkpoints: tensors in safetensors, everything else in a JSON sidecar holding the file's sha256.
+
+Nothing is pickled, so loading a checkpoint can never run code. A checkpoint counts only when
+both files are complete and the checksum matches; a truncated newest one is skipped with a
+warning and the previous one used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from magic3d.storage import atomic_path, atomic_write_text
+
+KEEP = 2
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Checkpoint:
+    stage: str
+    step: int
+    tensors: dict[str, Tensor]
+    state: dict[str, Any]
+    path: Path
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def checkpoint_path(ckpt_dir: Path, stage: str, step: int) -> Path:
+    return ckpt_dir / f"{stage}-{step:06d}.safetensors"
+
+
+def save_checkpoint(
+    ckpt_dir: Path, stage: str, step: int, tensors: dict[str, Tensor], state: dict[str, Any], keep: int = KEEP
+) -> Path:
+    """Write tensors then the sidecar (the sidecar last: it is what makes the checkpoint count)."""
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    path = checkpoint_path(ckpt_dir, stage, step)
+    with atomic_path(path) as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp))
+    sidecar = {"stage": stage, "step": step, "sha256": sha256(path), "state": state}
+    atomic_write_text(path.with_suffix(".json"), json.dumps(sidecar, indent=1))
+    for old in list_checkpoints(ckpt_dir, stage)[:-keep]:
+        old.with_suffix(".json").unlink(missing_ok=True)
+        old.unlink(missing_ok=True)
+    return path
+
+
+def list_checkpoints(ckpt_dir: Path, stage: str) -> list[Path]:
+    """Checkpoint files of ``stage``, oldest first."""
+    return sorted(ckpt_dir.glob(f"{stage}-[0-9]*.safetensors")) if ckpt_dir.is_dir() else []
+
+
+def load_latest_checkpoint(ckpt_dir: Path, stage: str, device: torch.device | str = "cpu") -> Checkpoint | None:
+    for path in reversed(list_checkpoints(ckpt_dir, stage)):
+        try:
+            sidecar = json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))
+            if sidecar.get("sha256") != sha256(path):
+                raise ValueError("checksum mismatch")
+            tensors = load_file(str(path), device=str(device))
+        except Exception as exc:  # truncated, missing sidecar, bad JSON: fall back to an older one
+            message = f"skipping damaged checkpoint {path.name} ({type(exc).__name__}: {exc}); trying the previous one"
+            log.warning(message)
+            warnings.warn(message, stacklevel=2)
+            continue
+        return Checkpoint(stage, int(sidecar["step"]), tensors, sidecar.get("state", {}), path)
+    return None
+
+
+def optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """An optimizer's state as flat tensors plus its JSON-able param groups."""
+    sd = opt.state_dict()
+    tensors = {}
+    for index, slots in sd["state"].items():
+        for name, value in slots.items():
+            tensors[f"optim/{index}/{name}"] = torch.as_tensor(value)
+    return tensors, {"param_groups": sd["param_groups"]}
+
+
+def load_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, Tensor], state: dict[str, Any]) -> None:
+    slots: dict[int, dict[str, Tensor]] = {}
+    for key, value in tensors.items():
+        if key.startswith("optim/"):
+            _, index, name = key.split("/", 2)
+            slots.setdefault(int(index), {})[name] = value
+    opt.load_state_dict({"state": slots, "param_groups": state["param_groups"]})
+
+
+def generator_state(gen: torch.Generator) -> Tensor:
+    return gen.get_state().clone()
+
+
+def rng_state(generator: torch.Generator | None = None) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """Every random number source a run may touch: the stage's own generator, torch's global CPU
+    and CUDA generators, NumPy's and Python's; tensors for safetensors plus JSON-able parts."""
+    tensors = {"rng/torch_cpu": torch.get_rng_state().clone()}
+    if generator is not None:
+        tensors["rng/generator"] = generator.get_state().clone()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        for i, state in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng/cuda/{i}"] = state.clone()
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    tensors["rng/numpy_keys"] = torch.from_numpy(np.asarray(keys, dtype=np.uint32).astype(np.int64))
+    version, internal, py_gauss = random.getstate()
+    state = {"numpy": [str(kind), int(pos), int(has_gauss), float(gauss)],
+             "python": [version, list(internal), py_gauss]}
+    return tensors, state
+
+
+def restore_rng_state(tensors: dict[str, Tensor], state: dict[str, Any], generator: torch.Generator | None = None) -> None:
+    """Undo ``rng_state``; sources missing from an older checkpoint are left as they are."""
+    if generator is not None and "rng/generator" in tensors:
+        generator.set_state(tensors["rng/generator"].cpu())
+    if "rng/torch_cpu" in tensors:
+        torch.set_rng_state(tensors["rng/torch_cpu"].cpu())
+    cuda = sorted((k for k in tensors if k.startswith("rng/cuda/")), key=lambda k: int(k.rsplit("/", 1)[1]))
+    if cuda and torch.cuda.is_available():
+        for key in cuda[: torch.cuda.device_count()]:
+            torch.cuda.set_rng_state(tensors[key].cpu(), int(key.rsplit("/", 1)[1]))
+    if "rng/numpy_keys" in tensors and "numpy" in state:
+        kind, pos, has_gauss, gauss = state["numpy"]
+        keys = tensors["rng/numpy_keys"].cpu().numpy().astype(np.uint32)
+        np.random.set_state((kind, keys, int(pos), int(has_gauss), float(gauss)))
+    if "python" in state:
+        version, internal, py_gauss = state["python"]
+        random.setstate((version, tuple(internal), py_gauss))

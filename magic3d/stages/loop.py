@@ -1,0 +1,158 @@
+"""The one optimisation loop both stages run: step, Adam, checkpoints, resume, previews, NaN guard.
+
+A stage supplies a ``Trainable`` (what to optimise and how one step's loss is computed); the
+loop owns everything that makes a long run safe: resuming bit-identically from the newest valid
+checkpoint (parameters, optimizer moments, RNG state, step), and rolling back once, at half the
+learning rate, when the loss or the parameters stop being finite.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from magic3d.checkpoint import (
+    load_latest_checkpoint,
+    load_optimizer,
+    optimizer_tensors,
+    restore_rng_state,
+    rng_state,
+    save_checkpoint,
+)
+from magic3d.errors import RunError
+from magic3d.progress import ProgressFn, silent
+
+# One loss function contract for every stage: rgb "B H W 3" in [0, 1] -> (loss, metrics).
+LossFn = Callable[..., tuple[Tensor, dict[str, float]]]
+log = logging.getLogger(__name__)
+
+
+class Trainable(Protocol):
+    """What a stage hands the loop. ``param_groups`` are Adam's (each with its own "lr");
+    ``state_tensors`` is everything besides the optimizer a resume needs (parameters, buffers,
+    occupancy grids); ``step`` renders a camera batch and returns the scalar loss to minimise.
+    ``preview`` returns an "H W 3" uint8 image of a few fixed views."""
+
+    def param_groups(self) -> list[dict[str, Any]]: ...
+
+    def state_tensors(self) -> dict[str, Tensor]: ...
+
+    def load_state_tensors(self, tensors: dict[str, Tensor]) -> None: ...
+
+    def step(self, step: int, ratio: float, generator: torch.Generator) -> tuple[Tensor, dict[str, float]]: ...
+
+    def after_step(self, step: int, generator: torch.Generator) -> None: ...
+
+    def preview(self) -> np.ndarray: ...
+
+
+@dataclass
+class LoopSpec:
+    stage: str
+    steps: int
+    checkpoint_every: int
+    preview_every: int = 0
+    lr_drop_on_nan: float = 0.5
+    betas: tuple[float, float] = (0.9, 0.99)
+    eps: float = 1e-15  # hash tables see rare, tiny gradients: Instant-NGP's epsilon keeps them moving
+
+
+@dataclass
+class LoopResult:
+    steps: int
+    metrics: dict[str, float] = field(default_factory=dict)
+    resumed_from: int = 0
+
+
+def run_loop(
+    model: Trainable, spec: LoopSpec, run_dir: Path, generator: torch.Generator,
+    progress: ProgressFn = silent, resume: bool = True,
+) -> LoopResult:
+    ckpt_dir = run_dir / "checkpoints"
+    opt = torch.optim.Adam(model.param_groups(), betas=spec.betas, eps=spec.eps)
+    base_lrs = [g["lr"] for g in opt.param_groups]
+    start, metrics, lr_scale, nan_events = 0, {}, 1.0, 0
+    # Loaded on the CPU: the optimizer moves moments to the parameters' device itself and wants
+    # Adam's step counters left on the CPU.
+    if resume and (ck := load_latest_checkpoint(ckpt_dir, spec.stage, "cpu")) is not None:
+        model.load_state_tensors(ck.tensors)
+        load_optimizer(opt, ck.tensors, ck.state)
+        restore_rng_state(ck.tensors, ck.state.get("rng", {}), generator)
+        start, metrics = ck.step, ck.state.get("metrics", {})
+        lr_scale, nan_events = ck.state.get("lr_scale", 1.0), ck.state.get("nan_events", 0)
+    resumed_from = start
+    # The last state known to be finite, in memory, for rollback before the first checkpoint.
+    good = snapshot(model, opt, generator, start, lr_scale)
+
+    step = start
+    while step < spec.steps:
+        loss, metrics = model.step(step, step / max(spec.steps, 1), generator)
+        healthy = bool(torch.isfinite(loss))
+        if healthy:
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            healthy = all(bool(torch.isfinite(p).all()) for g in opt.param_groups for p in g["params"])
+        if not healthy:
+            nan_events += 1
+            if nan_events > 1:
+                raise RunError(
+                    f"Training diverged twice in the {spec.stage} stage (non-finite loss or parameters at step "
+                    f"{step + 1}, even after a rollback at half the learning rate); lower {spec.stage}.lr or "
+                    f"{spec.stage}.sds.guidance_scale with --set and run again with --restart."
+                )
+            log.warning("%s step %d: non-finite loss or parameters; rolling back to step %d at lr x%g",
+                        spec.stage, step + 1, good["step"], lr_scale * spec.lr_drop_on_nan)
+            lr_scale *= spec.lr_drop_on_nan
+            step = restore(model, opt, generator, good)
+            for group, base in zip(opt.param_groups, base_lrs, strict=True):
+                group["lr"] = base * lr_scale
+            continue
+        metrics = {**metrics, "loss": float(loss.detach())}
+        model.after_step(step, generator)
+        step += 1
+        progress(spec.stage, step, spec.steps, float(loss.detach()))
+        if step % max(spec.checkpoint_every, 1) == 0 or step == spec.steps:
+            tensors, opt_state = optimizer_tensors(opt)
+            rng_tensors, rng_json = rng_state(generator)
+            state = {**opt_state, "metrics": metrics, "lr_scale": lr_scale, "nan_events": nan_events, "rng": rng_json}
+            save_checkpoint(ckpt_dir, spec.stage, step, {**model.state_tensors(), **tensors, **rng_tensors}, state)
+            good = snapshot(model, opt, generator, step, lr_scale)
+        if spec.preview_every and (step % spec.preview_every == 0 or step == spec.steps):
+            write_preview(run_dir / "previews" / f"{spec.stage}-{step:06d}.png", model.preview())
+    return LoopResult(steps=step, metrics=metrics, resumed_from=resumed_from)
+
+
+def snapshot(model: Trainable, opt: torch.optim.Optimizer, gen: torch.Generator, step: int, lr_scale: float) -> dict:
+    tensors, opt_state = optimizer_tensors(opt)
+    return {"model": {k: v.detach().clone() for k, v in model.state_tensors().items()},
+            "optim": ({k: v.clone() for k, v in tensors.items()}, opt_state), "rng": gen.get_state().clone(),
+            "step": step}
+
+
+def restore(model: Trainable, opt: torch.optim.Optimizer, gen: torch.Generator, good: dict) -> int:
+    model.load_state_tensors(good["model"])
+    tensors, opt_state = good["optim"]
+    if tensors:
+        load_optimizer(opt, tensors, opt_state)
+    else:
+        opt.state.clear()
+    gen.set_state(good["rng"])
+    return good["step"]
+
+
+def write_preview(path: Path, image: np.ndarray) -> None:
+    from PIL import Image
+
+    from magic3d.storage import atomic_path
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        Image.fromarray(image).save(tmp, format="PNG")

@@ -1,0 +1,41 @@
+"""Stage losses. Every stage loss maps renders to (loss, metrics); SDS is the one real runs use.
+
+The fitting tests pass an image loss through the same stage loops, which is how they prove
+that field, renderer and optimiser can make a shape with only the loss swapped.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float
+from torch import Tensor
+
+from magic3d.guidance.base import Prior, SDSConfig
+from magic3d.prompts import ViewPrompts
+from renderers.cameras import Cameras
+
+
+class SDSLoss:
+    """Score distillation from ``prior`` with one prompt embedding per camera's view bucket."""
+
+    def __init__(self, prior: Prior, view_prompts: ViewPrompts, sds_cfg: SDSConfig) -> None:
+        self.prior, self.view_prompts, self.cfg = prior, view_prompts, sds_cfg
+
+    def __call__(
+        self, rgb: Float[Tensor, "B H W 3"], cameras: Cameras, step_ratio: float,
+        generator: torch.Generator | None = None,
+    ) -> tuple[Tensor, dict[str, float]]:
+        images = to_prior_images(rgb, int(self.prior.resolution))
+        embeddings = self.view_prompts.for_cameras(cameras)
+        out = self.prior.sds(images, embeddings, step_ratio, self.cfg, generator)
+        metrics = {"sds": float(out.loss.detach()), "t": float(out.t.float().mean()), "grad_norm": float(out.grad_norm)}
+        return out.loss, metrics
+
+
+def to_prior_images(rgb: Float[Tensor, "B H W 3"], resolution: int) -> Float[Tensor, "B 3 R R"]:
+    """Channels-first renders at the prior's side length (bilinear both ways, differentiable)."""
+    images = rgb.permute(0, 3, 1, 2)
+    if images.shape[-2:] != (resolution, resolution):
+        images = F.interpolate(images, size=(resolution, resolution), mode="bilinear", align_corners=False)
+    return images
