@@ -1,0 +1,92 @@
+"""The fine stage's texture: a hash-grid albedo field queried at rasterized surface points.
+
+Colour lives in 3D rather than on the (changing) mesh, so the texture survives every
+re-extraction of the DMTet surface; baking samples the same field at the final mesh.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from jaxtyping import Float
+from nerfstudio.field_components.encodings import HashEncoding
+from torch import Tensor, nn
+
+
+@dataclass
+class TextureConfig:
+    levels: int = 16
+    features_per_level: int = 2
+    log2_hashmap_size: int = 19
+    min_res: int = 16
+    max_res: int = 2048
+    hidden: int = 32
+    bound: float = 1.0
+
+
+class TextureField(nn.Module):
+    """``points "N 3" -> albedo "N 3"`` in [0, 1]."""
+
+    def __init__(self, cfg: TextureConfig | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg = cfg or TextureConfig()
+        self.encoding = HashEncoding(
+            num_levels=cfg.levels, min_res=cfg.min_res, max_res=cfg.max_res,
+            log2_hashmap_size=cfg.log2_hashmap_size, features_per_level=cfg.features_per_level,
+            implementation=_implementation(),
+        )
+        dim = cfg.levels * cfg.features_per_level
+        self.mlp = nn.Sequential(nn.Linear(dim, cfg.hidden), nn.ReLU(), nn.Linear(cfg.hidden, 3))
+
+    def forward(self, points: Float[Tensor, "N 3"]) -> Float[Tensor, "N 3"]:
+        unit = ((points / self.cfg.bound) + 1.0) * 0.5
+        features = self.encoding(unit.clamp(0.0, 1.0))
+        return torch.sigmoid(self.mlp(features.to(self.mlp[0].weight.dtype)))
+
+    def fit(
+        self, target_fn: Callable[[Tensor], Tensor], points: Float[Tensor, "N 3"], steps: int = 200,
+        lr: float = 1e-2, batch: int = 8192, generator: torch.Generator | None = None,
+    ) -> float:
+        """Regress the field onto ``target_fn`` at ``points`` (e.g. the coarse albedo on the new
+        surface); returns the final mean squared error. Used to start the fine stage from the coarse colours."""
+        with torch.no_grad():
+            targets = torch.cat([target_fn(points[i : i + 65536]).float() for i in range(0, points.shape[0], 65536)])
+        opt = torch.optim.Adam(self.parameters(), lr=lr, betas=(0.9, 0.99), eps=1e-15)
+        loss = torch.zeros(())
+        for _ in range(steps):
+            index = torch.randint(0, points.shape[0], (min(batch, points.shape[0]),), generator=generator)
+            index = index.to(points.device)
+            loss = ((self(points[index]) - targets[index]) ** 2).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        return float(loss)
+
+
+def _implementation() -> str:
+    """tiny-cuda-nn when it is installed and CUDA is there; nerfstudio's PyTorch hash grid otherwise."""
+    if not torch.cuda.is_available():
+        return "torch"
+    try:
+        import tinycudann  # noqa: F401
+    except ImportError:
+        return "torch"
+    return "tcnn"
+
+
+def sample_surface(
+    vertices: Float[Tensor, "V 3"], faces: Tensor, count: int, generator: torch.Generator | None = None
+) -> Float[Tensor, "N 3"]:
+    """Points uniformly distributed by area over a triangle mesh."""
+    p = vertices[faces.long()]
+    area = torch.cross(p[:, 1] - p[:, 0], p[:, 2] - p[:, 0], dim=-1).norm(dim=-1)
+    if faces.shape[0] == 0 or float(area.sum()) <= 0:
+        raise ValueError("cannot sample points on an empty mesh")
+    face = torch.multinomial(area.cpu().double(), count, replacement=True, generator=generator).to(vertices.device)
+    r = torch.rand(count, 2, generator=generator).to(vertices)
+    s = r[:, :1].sqrt()
+    u, v = 1 - s, s * (1 - r[:, 1:])
+    tri = p[face]
+    return u * tri[:, 0] + v * tri[:, 1] + (1 - u - v) * tri[:, 2]
