@@ -149,14 +149,14 @@ def otsu_threshold(values: Float[Tensor, " N"], bins: int = 256) -> float:
 def auto_density_threshold(density: Float[Tensor, " N"]) -> float:
     """Density level separating occupied space from empty space, chosen from the distribution alone.
 
-    Rule: Otsu's split of ``log(min(density, q) + 0.1 q)`` over the grid vertices, where ``q``
+    Rule: Otsu's split of ``log(min(density, q) + q / 4)`` over the grid vertices, where ``q``
     is the 99.9th percentile of the density. Dividing through by ``q`` shows the rule is
     scale-invariant (NeRF densities of different runs differ by orders of magnitude); the
     percentile ignores the few spikes a NeRF grows; the log keeps weakly dense parts of an
-    object (density 10 next to a core at 200) on the occupied side, and the ``0.1 q`` offset
+    object (density 20 next to a core at 200) on the occupied side, and the ``q / 4`` offset
     stops the near-zero densities of empty space, which spread over many decades in log space,
     from pulling the split down into the haze. For a field that is 0 outside and ``q`` inside
-    the split is ~0.33 q. It is kept within 5%..95% of the log range so a nearly empty or
+    the split is ~0.31 q. It is kept within 5%..95% of the log range so a nearly empty or
     nearly full field still yields a surface.
     """
     d = density.detach().float().flatten().clamp(min=0.0)
@@ -166,10 +166,10 @@ def auto_density_threshold(density: Float[Tensor, " N"]) -> float:
         q = float(d.max())
     if q <= 1e-12 or float(d.max() - d.min()) <= 1e-12 * max(q, 1.0):
         raise ValueError("the density is constant over the grid, so there is no surface to extract")
-    values = torch.log(d.clamp(max=q) + 0.1 * q)
+    values = torch.log(d.clamp(max=q) + 0.25 * q)
     lo, hi = float(values.min()), float(values.max())
     split = min(max(otsu_threshold(values), lo + 0.05 * (hi - lo)), lo + 0.95 * (hi - lo))
-    return math.exp(split) - 0.1 * q
+    return math.exp(split) - 0.25 * q
 
 
 class DMTet(nn.Module):

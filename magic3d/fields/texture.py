@@ -62,7 +62,7 @@ class TextureField(nn.Module):
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-        return float(loss)
+        return float(loss.detach())
 
 
 def _implementation() -> str:
@@ -76,6 +76,7 @@ def _implementation() -> str:
     return "tcnn"
 
 
+@torch.no_grad()
 def sample_surface(
     vertices: Float[Tensor, "V 3"], faces: Tensor, count: int, generator: torch.Generator | None = None
 ) -> Float[Tensor, "N 3"]:

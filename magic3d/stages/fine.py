@@ -1,0 +1,244 @@
+"""Stage 2: the coarse density becomes a DMTet mesh with a hash-grid texture, refined through a rasterizer.
+
+Initialisation: the SDF comes from the coarse density at the tet grid vertices (threshold chosen
+automatically unless ``density_threshold`` is set) and the texture is regressed onto the coarse
+albedo at points of the new surface, so step 0 already looks like the coarse result. Each step
+extracts the surface by marching tetrahedra, renders a batch of random orbit views (albedo,
+diffuse or textureless), scores them with the stage loss and adds normal-consistency and
+Laplacian regularisers that keep the surface smooth while the prior pushes on it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from magic3d.checkpoint import load_latest_checkpoint
+from magic3d.errors import RunError
+from magic3d.fields.dmtet import DMTet, laplacian_smoothness, normal_consistency
+from magic3d.fields.texture import TextureConfig, TextureField, sample_surface
+from magic3d.guidance.base import SDSConfig
+from magic3d.progress import ProgressFn, silent
+from magic3d.stages.coarse import CameraSampler, OrbitConfig
+from magic3d.stages.loop import LoopSpec, LossFn, run_loop
+from renderers.cameras import Cameras, sample_orbit_cameras, turntable_cameras
+from renderers.mesh_render import MeshRender, render_mesh
+from renderers.raster import get_rasterizer
+from renderers.shading import SHADING_MODES, random_lights
+
+
+def _fine_sds() -> SDSConfig:
+    # Magic3D samples t in [0.02, 0.5] for the fine stage: detail, not new structure.
+    return SDSConfig(t_min=0.02, t_max=0.5)
+
+
+@dataclass
+class FineConfig:
+    steps: int = 300  # 0 skips optimisation: the mesh is extracted from the coarse density as is
+    batch_size: int = 1
+    resolution: int = 64  # render side in pixels (512 in the paper)
+    tet_resolution: int = 32  # tet grid cells per side (128 in the paper)
+    bound: float = 1.0
+    density_threshold: float | None = None  # None: automatic (see magic3d.fields.dmtet.auto_density_threshold)
+    lr: float = 1e-2  # texture hash grid (its MLP gets a tenth)
+    sdf_lr: float = 2e-3  # world units per step, roughly
+    deform_lr: float = 1e-2
+    texture: TextureConfig = dataclasses.field(default_factory=TextureConfig)
+    texture_init_steps: int = 150  # regression onto the coarse albedo before the first step
+    texture_init_points: int = 20000
+    sds: SDSConfig = dataclasses.field(default_factory=_fine_sds)
+    orbit: OrbitConfig = dataclasses.field(default_factory=OrbitConfig)
+    shading: tuple[float, float, float] = (0.2, 0.5, 0.3)  # probabilities of albedo / diffuse / textureless
+    ambient: float = 0.3
+    smooth_normals: bool = True
+    background: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    normal_consistency_weight: float = 1e3
+    laplacian_weight: float = 1e4
+    checkpoint_every: int = 100
+    preview_every: int = 0  # 0: only a final preview
+    preview_views: int = 4
+
+
+@dataclass
+class FineResult:
+    vertices: Float[Tensor, "V 3"]
+    faces: Int[Tensor, "F 3"]
+    color_fn: Callable[[Tensor], Tensor]  # points "N 3" -> albedo "N 3" in [0, 1], no gradients
+    metrics: dict[str, float]
+
+
+class FineModel:
+    """What the loop optimises in stage 2: SDF, deformation and texture, and how a step is scored."""
+
+    def __init__(self, cfg: FineConfig, loss_fn: LossFn, device: torch.device,
+                 camera_sampler: CameraSampler | None = None) -> None:
+        self.cfg, self.loss_fn, self.device = cfg, loss_fn, device
+        self.dmtet = DMTet(cfg.tet_resolution, cfg.bound).to(device)
+        self.texture = TextureField(dataclasses.replace(cfg.texture, bound=cfg.bound)).to(device)
+        self.camera_sampler = camera_sampler
+        self.rasterizer = get_rasterizer(device)
+        self.threshold = float("nan")
+
+    def initialise(self, coarse_field, generator: torch.Generator) -> dict[str, float]:
+        self.threshold = _init_from_density(self.dmtet, coarse_field, self.cfg)
+        with torch.no_grad():
+            vertices, faces = self.mesh()
+        metrics = {"density_threshold": self.threshold}
+        if self.cfg.texture_init_steps > 0:
+            points = sample_surface(vertices, faces, self.cfg.texture_init_points, generator)
+            metrics["texture_init_mse"] = self.texture.fit(
+                coarse_field.albedo, points, steps=self.cfg.texture_init_steps, lr=self.cfg.lr, generator=generator)
+        return metrics
+
+    def mesh(self) -> tuple[Tensor, Tensor]:
+        vertices, faces = self.dmtet.extract()
+        if faces.shape[0] == 0:
+            raise RunError(
+                f"The fine stage's surface is empty (density threshold {self.threshold:.4g}); set "
+                "--set fine.density_threshold=... lower, or train the coarse stage longer."
+            )
+        return vertices, faces
+
+    def param_groups(self) -> list[dict]:
+        return [{"params": [self.dmtet.sdf], "lr": self.cfg.sdf_lr},
+                {"params": [self.dmtet.deform], "lr": self.cfg.deform_lr},
+                {"params": list(self.texture.encoding.parameters()), "lr": self.cfg.lr},
+                {"params": list(self.texture.mlp.parameters()), "lr": self.cfg.lr * 0.1}]
+
+    def state_tensors(self) -> dict[str, Tensor]:
+        tensors = {"dmtet/sdf": self.dmtet.sdf, "dmtet/deform": self.dmtet.deform}
+        tensors.update({f"texture/{k}": v for k, v in self.texture.state_dict().items()})
+        tensors["dmtet/threshold"] = torch.tensor(self.threshold)
+        return tensors
+
+    def load_state_tensors(self, tensors: dict[str, Tensor]) -> None:
+        with torch.no_grad():
+            self.dmtet.sdf.copy_(tensors["dmtet/sdf"])
+            self.dmtet.deform.copy_(tensors["dmtet/deform"])
+            for k, v in self.texture.state_dict().items():
+                v.copy_(tensors[f"texture/{k}"])
+        self.threshold = float(tensors["dmtet/threshold"])
+
+    def cameras(self, step: int, generator: torch.Generator) -> Cameras:
+        if self.camera_sampler is not None:
+            return self.camera_sampler(step, generator).to(self.device)
+        return sample_orbit_cameras(self.cfg.batch_size, self.cfg.orbit.range(), self.cfg.resolution,
+                                    generator=generator, device=self.device)
+
+    def shading_mode(self, generator: torch.Generator) -> str:
+        probs = torch.tensor(self.cfg.shading, dtype=torch.float64)
+        return SHADING_MODES[int(torch.multinomial(probs / probs.sum(), 1, generator=generator))]
+
+    def render(self, vertices: Tensor, faces: Tensor, cams: Cameras, mode: str,
+               generator: torch.Generator | None) -> MeshRender:
+        light = random_lights(cams.positions, generator) if mode != "albedo" else None
+        if light is not None:
+            light = dataclasses.replace(light, ambient=self.cfg.ambient, strength=1.0 - self.cfg.ambient)
+        background = torch.tensor(self.cfg.background, device=self.device)
+        return render_mesh(vertices, faces, cams, albedo_fn=self.texture, mode=mode, light=light,
+                           background=background, rasterizer=self.rasterizer,
+                           smooth_normals=self.cfg.smooth_normals)
+
+    def step(self, step: int, ratio: float, generator: torch.Generator) -> tuple[Tensor, dict[str, float]]:
+        cams = self.cameras(step, generator)
+        mode = self.shading_mode(generator)
+        vertices, faces = self.mesh()
+        out = self.render(vertices, faces, cams, mode, generator)
+        loss, metrics = self.loss_fn(out.rgb, cams, ratio, generator)
+        if self.cfg.normal_consistency_weight > 0:
+            nc = normal_consistency(vertices, faces)
+            loss = loss + self.cfg.normal_consistency_weight * nc
+            metrics = {**metrics, "normal_consistency": float(nc)}
+        if self.cfg.laplacian_weight > 0:
+            lap = laplacian_smoothness(vertices, faces)
+            loss = loss + self.cfg.laplacian_weight * lap
+            metrics = {**metrics, "laplacian": float(lap)}
+        return loss, {**metrics, "faces": float(faces.shape[0])}
+
+    def after_step(self, step: int, generator: torch.Generator) -> None:
+        return None
+
+    @torch.no_grad()
+    def preview(self) -> np.ndarray:
+        cams = turntable_cameras(self.cfg.preview_views, self.cfg.resolution, device=self.device)
+        vertices, faces = self.mesh()
+        rows = []
+        for mode in ("albedo", "textureless"):
+            out = self.render(vertices, faces, cams, mode, torch.Generator().manual_seed(0))
+            rows.append(torch.cat(list(out.rgb), dim=1))
+        return (torch.cat(rows, dim=0).clamp(0, 1) * 255).round().byte().cpu().numpy()
+
+    def result(self, metrics: dict[str, float]) -> FineResult:
+        with torch.no_grad():
+            vertices, faces = self.mesh()
+        texture = self.texture.eval()
+
+        def color_fn(points: Tensor) -> Tensor:
+            with torch.no_grad():
+                return torch.cat([texture(points[i : i + 65536].to(self.device))
+                                  for i in range(0, points.shape[0], 65536)]) if points.shape[0] else \
+                    points.new_zeros(0, 3)
+
+        full = {**metrics, "density_threshold": self.threshold,
+                "vertices": float(vertices.shape[0]), "faces": float(faces.shape[0])}
+        return FineResult(vertices.detach(), faces.detach(), color_fn, full)
+
+
+def run_fine(
+    coarse_field, loss_fn: LossFn, cfg: FineConfig, run_dir: Path, device: torch.device | str, seed: int,
+    progress: ProgressFn = silent, resume: bool = True, camera_sampler: CameraSampler | None = None,
+) -> FineResult:
+    """Refine the coarse result into a textured mesh; resumes from run_dir/checkpoints/fine-*.
+
+    ``coarse_field`` needs ``density(points "N 3") -> "N"`` and ``albedo(points "N 3") -> "N 3"``.
+    """
+    device = torch.device(device)
+    run_dir = Path(run_dir)
+    torch.manual_seed(seed)  # the texture hash table's initial values
+    model = FineModel(cfg, loss_fn, device, camera_sampler)
+    generator = torch.Generator().manual_seed(seed)
+    metrics: dict[str, float] = {}
+    # A valid checkpoint replaces everything initialise() would compute: skip the texture regression.
+    if not (resume and load_latest_checkpoint(run_dir / "checkpoints", "fine") is not None):
+        metrics = model.initialise(coarse_field, generator)
+    if cfg.steps <= 0:
+        return model.result(metrics)
+    spec = LoopSpec("fine", cfg.steps, cfg.checkpoint_every, cfg.preview_every or cfg.steps)
+    result = run_loop(model, spec, run_dir, generator, progress, resume)
+    return model.result({**metrics, **result.metrics})
+
+
+def extract_mesh(coarse_field, cfg: FineConfig, device: torch.device | str) -> FineResult:
+    """The coarse density as a mesh (marching tetrahedra at the automatic or given threshold),
+    coloured by the coarse albedo: what a run with ``fine.steps=0`` exports."""
+    device = torch.device(device)
+    dmtet = DMTet(cfg.tet_resolution, cfg.bound).to(device)
+    threshold = _init_from_density(dmtet, coarse_field, cfg)
+    with torch.no_grad():
+        vertices, faces = dmtet.extract()
+    if faces.shape[0] == 0:
+        raise RunError(
+            f"The coarse density gives an empty surface at threshold {threshold:.4g}; set "
+            "--set fine.density_threshold=... lower, or train the coarse stage longer."
+        )
+
+    def color_fn(points: Tensor) -> Tensor:
+        with torch.no_grad():
+            return coarse_field.albedo(points.to(device)).clamp(0.0, 1.0)
+
+    metrics = {"density_threshold": threshold, "vertices": float(vertices.shape[0]), "faces": float(faces.shape[0])}
+    return FineResult(vertices.detach(), faces.detach(), color_fn, metrics)
+
+
+def _init_from_density(dmtet: DMTet, coarse_field, cfg: FineConfig) -> float:
+    try:
+        return dmtet.init_from_density(coarse_field.density, cfg.density_threshold)
+    except ValueError as exc:
+        raise RunError(f"The coarse stage produced no usable density ({exc}); train it longer or check its prompt.") from None
