@@ -1,7 +1,7 @@
 """Read any exported asset back into a ``trimesh.Trimesh`` (UVs + PBR material): USD via pxr, GLB/OBJ via trimesh.
 
 ``frame="source"`` (default) returns the generator's coordinates: the placement our USD writer baked
-into the points is undone with the transform it recorded. ``frame="stage"`` returns the points as
+into the points is undone with the transform it recorded (files from elsewhere are only turned Y-up). ``frame="stage"`` returns the points as
 the file stores them (after each mesh's own transforms).
 """
 
@@ -157,6 +157,8 @@ def _load_usd(path: Path, frame: Frame) -> trimesh.Trimesh:
             transform = np.asarray(recorded, dtype=np.float64).T
             inverse = np.linalg.inv(transform)
             vertices = vertices @ inverse[:3, :3].T + inverse[:3, 3]
+        elif UsdGeom.GetStageUpAxis(stage) == UsdGeom.Tokens.z:  # someone else's Z-up file: make it Y-up
+            vertices = vertices @ np.array([[1.0, 0, 0], [0, 0, 1], [0, -1, 0]]).T
     elif frame != "stage":
         raise ValueError(f"frame must be 'source' or 'stage', not {frame!r}")
 

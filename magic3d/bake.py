@@ -9,6 +9,7 @@ pull in the empty background (the dark seams of a naive bake).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -114,6 +115,9 @@ def uv_atlas(
     pack.padding = padding_px
     pack.bilinear = True
     atlas.generate(xatlas.ChartOptions(), pack)
+    if atlas.atlas_count != 1:  # several pages would overlap in one image; let xatlas size one page
+        pack.resolution = 0
+        atlas.generate(xatlas.ChartOptions(), pack)
     vmap, indices, uvs = atlas[0]
     return vmap.astype(np.int64), indices.astype(np.int64), uvs.astype(np.float64)
 
@@ -206,13 +210,24 @@ def _as_numpy(x) -> np.ndarray:
 
 
 def bake(
-    vertices: Float[Tensor, "V 3"] | np.ndarray, faces, color_fn: ColorFn, cfg: BakeConfig | None = None
+    vertices: Float[Tensor, "V 3"] | np.ndarray, faces, color_fn: ColorFn, cfg: BakeConfig | None = None,
+    timings: dict[str, float] | None = None,
 ) -> trimesh.Trimesh:
     """Clean, decimate, unwrap and bake ``color_fn`` into a textured mesh with an explicit PBR material.
 
     ``color_fn(points "N 3") -> "N 3"`` in [0, 1] is called under ``torch.no_grad`` on ``vertices``' device.
+    ``timings``, when given, receives the seconds each step took (clean, decimate, atlas, texture).
     """
     cfg = cfg or BakeConfig()
+    timings = timings if timings is not None else {}
+    clock = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        timings[name] = now - clock
+        clock = now
+
     if not 16 <= cfg.texture_size <= 8192:
         raise RunError(f"bake.texture_size must be between 16 and 8192, not {cfg.texture_size}.")
     device = vertices.device if isinstance(vertices, Tensor) else torch.device("cpu")
@@ -220,12 +235,16 @@ def bake(
     if len(f) == 0:
         raise RunError("The extracted mesh has no faces left after clean-up; the object is empty, "
                        "try more steps or a lower fine.density_threshold.")
+    lap("clean")
     v, f = decimate(v, f, cfg.face_budget)
+    lap("decimate")
     # Normals of the unsplit mesh, so shading stays smooth across UV seams.
     normals = np.asarray(trimesh.Trimesh(v, f, process=False).vertex_normals)
     vmap, uv_faces, uv = uv_atlas(v, f, cfg.texture_size, cfg.padding_px)
     positions = v[vmap]
+    lap("atlas")
     pixels = bake_texture(positions, uv_faces, uv, color_fn, cfg, device)
+    lap("texture")
     material = trimesh.visual.material.PBRMaterial(
         name="material",
         baseColorTexture=Image.fromarray(pixels),

@@ -140,3 +140,30 @@ def test_bad_arguments_are_refused(tmp_path: Path, textured_mesh) -> None:
     with pytest.raises(ValueError, match="empty"):
         write_usd(trimesh.Trimesh(), tmp_path / "a.usdc", INFO)
     assert not (tmp_path / "a.usdc").exists()
+
+
+def test_load_asset_reads_foreign_usd_quads_face_varying_uvs_and_z_up(tmp_path: Path) -> None:
+    path = tmp_path / "foreign.usda"
+    stage = Usd.Stage.CreateNew(str(path))
+    UsdGeom.SetStageUpAxis(stage, UsdGeom.Tokens.z)
+    xform = UsdGeom.Xform.Define(stage, "/Root")
+    xform.AddTranslateOp().Set((0.0, 0.0, 2.0))
+    mesh = UsdGeom.Mesh.Define(stage, "/Root/quad")
+    mesh.CreatePointsAttr([(0, 0, 0), (1, 0, 0), (1, 1, 0), (0, 1, 0), (2, 0, 0)])
+    mesh.CreateFaceVertexCountsAttr([4, 3])
+    mesh.CreateFaceVertexIndicesAttr([0, 1, 2, 3, 1, 4, 2])
+    st = UsdGeom.PrimvarsAPI(mesh).CreatePrimvar("st", Sdf.ValueTypeNames.TexCoord2fArray,
+                                                 UsdGeom.Tokens.faceVarying)
+    st.Set([(0, 0), (1, 0), (1, 1), (0, 1), (0.5, 0.5)])
+    st.SetIndices([0, 1, 2, 3, 4, 4, 4])
+    stage.GetRootLayer().Save()
+
+    read = load_asset(path)
+    assert read.faces.shape == (3, 3)  # the quad fanned into two triangles
+    # Z-up with the translation applied, then turned Y-up: (x, y, z) -> (x, z, -y).
+    corners = read.vertices[read.faces[0]]
+    np.testing.assert_allclose(corners, [[0, 2, 0], [1, 2, 0], [1, 2, -1]], atol=1e-6)
+    np.testing.assert_allclose(read.visual.uv[read.faces[1]], [[0, 0], [1, 1], [0, 1]], atol=1e-7)
+    np.testing.assert_allclose(read.visual.uv[read.faces[2]], [[0.5, 0.5]] * 3, atol=1e-7)
+    stage_frame = load_asset(path, frame="stage")
+    np.testing.assert_allclose(stage_frame.vertices[stage_frame.faces[0]], [[0, 0, 2], [1, 0, 2], [1, 1, 2]])

@@ -129,3 +129,15 @@ def test_baked_cube_matches_the_field_through_usd(tmp_path: Path) -> None:
     cube = trimesh.creation.box(extents=(1.2, 1.2, 1.2)).subdivide().subdivide()
     error = bake_error(cube, lambda mesh: load_asset(write_usd(mesh, tmp_path / "cube.usdc", size_m=3.0)))
     assert error < 0.02
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_baked_asset_passes_the_validators(tmp_path: Path) -> None:
+    from exporters import AssetInfo, export_asset
+    from exporters.validate import validate_asset
+
+    sphere = trimesh.creation.icosphere(subdivisions=2, radius=0.8)
+    mesh = bake(sphere.vertices, sphere.faces, field, BakeConfig(texture_size=64))
+    files = export_asset(mesh, tmp_path, ["usdc", "usdz"], AssetInfo(name="ball", prompt="a ball", seed=3))
+    assert validate_asset(files["usdc"]) == []
+    assert validate_asset(files["usdz"]) == []  # ARKit rules included for packages
