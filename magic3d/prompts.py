@@ -42,6 +42,11 @@ class ViewPrompts:
         for bucket in BUCKETS:
             text = view_text(prompt, bucket, view_dependent)
             per_bucket[bucket] = encode_cached(prior, text, negative, cache_dir if use_cache else None)
+        # Every embedding a run needs now exists: large text encoders (IF's T5-XXL) give their
+        # memory back to the UNet. Priors reload them lazily if a later prompt needs them.
+        free = getattr(prior, "free_text_encoder", None)
+        if callable(free):
+            free()
         return cls(prompt, per_bucket, bool(getattr(cfg, "perp_neg", False)), float(getattr(cfg, "perp_neg_weight", 1.0)))
 
     def for_buckets(self, buckets: list[str]) -> TextEmbeddings:

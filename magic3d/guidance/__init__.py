@@ -61,7 +61,7 @@ def check_prior_available(id_or_path: str, cfg: PriorConfig) -> None:
         return
     from magic3d.guidance.hub import resolve_pipeline
 
-    resolve_pipeline(id_or_path, cfg)
+    resolve_pipeline(id_or_path, cfg, check_only=True)
 
 
 def validate_prompt_for_prior(prompt: str, id_or_path: str) -> None:

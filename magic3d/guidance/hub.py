@@ -18,6 +18,9 @@ Family = Literal["sd", "if"]
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 # What a pipeline needs; skips the safety checker, other precisions and framework duplicates.
 ALLOW = ["model_index.json", "*/config.json", "*/*.safetensors", "*/*.txt", "*/*.json", "*/*.model"]
+# fp16 duplicates of the fp32 weights (same file names with ``.fp16.``): loading reads the fp32
+# files and casts, so fetching both would double the download.
+IGNORE = ["*.fp16.*", "*fp16-*", "safety_checker/*", "feature_extractor/*", "watermarker/*"]
 
 
 def hub_cache_dir() -> Path:
@@ -31,8 +34,12 @@ def offline(cfg_local_only: bool) -> bool:
     return cfg_local_only or os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
-def resolve_pipeline(id_or_path: str, cfg: object) -> tuple[Path, Family]:
-    """(folder holding model_index.json, model family) or PriorError naming what is missing."""
+def resolve_pipeline(id_or_path: str, cfg: object, check_only: bool = False) -> tuple[Path, Family]:
+    """(folder holding model_index.json, model family) or PriorError naming what is missing.
+
+    ``check_only`` never downloads weights: a hub id must be cached, or (hub allowed) its
+    model_index.json fetchable; the returned folder then may hold only that file.
+    """
     local_only = bool(getattr(cfg, "local_files_only", False))
     looks_like_path = id_or_path.startswith(("/", ".", "~")) or (os.sep in id_or_path and not HUB_ID.match(id_or_path))
     path = Path(id_or_path).expanduser()
@@ -42,25 +49,54 @@ def resolve_pipeline(id_or_path: str, cfg: object) -> tuple[Path, Family]:
         return path, family_of(path, id_or_path)
     if not HUB_ID.match(id_or_path):
         raise PriorError(f"{id_or_path!r} is neither a local folder nor a hub id like org/model; or use --prior builtin.")
-    folder = download(id_or_path, local_only)
+    folder = check_available(id_or_path, local_only) if check_only else download(id_or_path, local_only)
     return folder, family_of(folder, id_or_path)
 
 
 def download(repo_id: str, local_only: bool) -> Path:
+    """The snapshot folder of ``repo_id``: from the cache, or downloaded when the hub is allowed."""
     from huggingface_hub import snapshot_download
 
     cache = hub_cache_dir()
     no_hub = offline(local_only)
     try:
-        return Path(snapshot_download(repo_id, cache_dir=cache, local_files_only=no_hub, allow_patterns=ALLOW))
+        return Path(snapshot_download(repo_id, cache_dir=cache, local_files_only=no_hub,
+                                      allow_patterns=ALLOW, ignore_patterns=IGNORE))
     except Exception as exc:  # LocalEntryNotFound, connection errors, gated repos: all mean "not here"
-        how = ("it is not in the cache and the hub is offline" if no_hub
-               else f"it could not be downloaded ({type(exc).__name__})")
-        raise PriorError(
-            f"Model {repo_id!r} is not available: {how}; cache folder {str(cache)!r}. Download it on a "
-            f"connected machine with `huggingface-cli download {repo_id}` and copy the cache, pass a local "
-            "diffusers folder to --prior, or use --prior builtin."
-        ) from None
+        raise missing_model(repo_id, cache, no_hub, exc) from None
+
+
+def check_available(repo_id: str, local_only: bool) -> Path:
+    """Cheap availability check: the cached snapshot's model_index.json, else (hub allowed)
+    that one small file fetched, which proves the hub is reachable and the repo is readable."""
+    from huggingface_hub import hf_hub_download, snapshot_download
+
+    cache = hub_cache_dir()
+    try:
+        folder = Path(snapshot_download(repo_id, cache_dir=cache, local_files_only=True, allow_patterns=ALLOW))
+        if (folder / "model_index.json").is_file():
+            return folder
+    except Exception:
+        pass
+    no_hub = offline(local_only)
+    if no_hub:
+        raise missing_model(repo_id, cache, True, None)
+    try:
+        return Path(hf_hub_download(repo_id, "model_index.json", cache_dir=cache)).parent
+    except Exception as exc:
+        raise missing_model(repo_id, cache, False, exc) from None
+
+
+def missing_model(repo_id: str, cache: Path, no_hub: bool, exc: Exception | None) -> PriorError:
+    """The one sentence a user sees when a hub model can't be had."""
+    how = ("it is not in the local cache and the hub is offline (HF_HUB_OFFLINE or prior.local_files_only)" if no_hub
+           else f"it could not be fetched from the hub ({type(exc).__name__})")
+    return PriorError(
+        f"Model {repo_id!r} is not available because {how}; the cache folder is {str(cache)!r} "
+        f"(set HF_HOME to use another), so download it on a connected machine with "
+        f"`hf download {repo_id}` and copy that cache here, pass a local diffusers folder to --prior, "
+        "or use --prior builtin."
+    )
 
 
 def family_of(folder: Path, name: str) -> Family:

@@ -3,30 +3,39 @@
 Renders are resized to the VAE's input size (512 for SD 2.1 base), encoded with gradients
 flowing through the encoder, noised at t, and scored by the UNet with classifier-free guidance.
 On CUDA the networks run in fp16 while the SDS arithmetic stays in fp32.
+
+``DiffusersPrior`` holds what the latent and the pixel (DeepFloyd IF) priors share: precision
+and attention choices, the noise schedule, guided noise prediction and the SDS step itself.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor
 
+from magic3d.errors import PriorError
 from magic3d.guidance.base import SDSConfig, SDSOutput, TextEmbeddings
-from magic3d.guidance.sds import guided_noise, sample_timesteps, sds_loss, sds_weight
+from magic3d.guidance.sds import guided_noise, sample_noise, sample_timesteps, sds_loss, sds_weight
 
 
 def network_dtype(cfg: object, device: torch.device) -> torch.dtype:
+    """fp16 on CUDA (``auto`` or ``float16``); always fp32 on CPU, where fp16 convolutions are slow or missing."""
     choice = getattr(cfg, "dtype", "auto")
-    if choice == "float16" or (choice == "auto" and device.type == "cuda"):
+    if device.type == "cpu":
+        return torch.float32
+    if choice == "float16" or choice == "auto":
         return torch.float16
     return torch.float32
 
 
 def configure_attention(unet: torch.nn.Module, cfg: object, device: torch.device) -> str:
-    """SDPA by default; xformers when asked for, or on CUDA with ``auto`` when it is installed."""
+    """SDPA by default (diffusers' default processor); xformers when asked for, or on CUDA with
+    ``auto`` when the ``gpu`` extra installed it. Returns the backend in use."""
     choice = getattr(cfg, "attention", "auto")
     if choice == "sdpa" or device.type != "cuda":
         return "sdpa"
@@ -37,86 +46,172 @@ def configure_attention(unet: torch.nn.Module, cfg: object, device: torch.device
         return "xformers"
     except Exception:
         if choice == "xformers":
-            from magic3d.errors import PriorError
-
             raise PriorError("prior.attention=xformers needs the gpu extra: pip install 'magic3d[gpu]'.") from None
         return "sdpa"
 
 
-class StableDiffusionPrior:
-    name = "stable-diffusion"
+def resize(images: Float[Tensor, "B 3 H W"], size: int) -> Float[Tensor, "B 3 S S"]:
+    """Bilinear resize; antialiased when shrinking so high-resolution renders don't alias."""
+    if images.shape[-2:] == (size, size):
+        return images
+    shrink = images.shape[-1] > size or images.shape[-2] > size
+    return F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False, antialias=shrink)
+
+
+def load_component(cls: Any, folder: Path, model_id: str, **kwargs: Any) -> Any:
+    """``cls.from_pretrained(folder)`` from local files only (never remote code), or PriorError."""
+    try:
+        return cls.from_pretrained(folder, local_files_only=True, **kwargs)
+    except ImportError as exc:
+        raise PriorError(f"Loading {model_id!r} needs a missing package ({exc}); install it and run again.") from None
+    except Exception as exc:
+        raise PriorError(
+            f"The {folder.name} of prior {model_id!r} could not be loaded from {str(folder)!r} "
+            f"({type(exc).__name__}); re-download the model or use --prior builtin."
+        ) from None
+
+
+class DiffusersPrior:
+    """Shared machinery: subclasses set ``unet``, ``resolution`` and implement ``to_model_input``."""
+
+    name = "diffusers"
+    text_encoder_cls: Any = None
+    tokenizer_cls: Any = None
 
     def __init__(self, folder: Path, model_id: str, cfg: object, device: torch.device | str) -> None:
-        from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-        from transformers import CLIPTextModel, CLIPTokenizer
+        from diffusers import DDPMScheduler
 
-        self.device = torch.device(device)
+        self.folder = Path(folder)
         self.model_id = model_id
+        self.cfg = cfg
+        self.device = torch.device(device)
         self.dtype = network_dtype(cfg, self.device)
-        load = {"torch_dtype": self.dtype, "local_files_only": True}
-        self.tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer", local_files_only=True)
-        self.text_encoder = CLIPTextModel.from_pretrained(folder / "text_encoder", **load).to(self.device)
-        self.vae = AutoencoderKL.from_pretrained(folder / "vae", **load).to(self.device).requires_grad_(False)
-        self.unet = UNet2DConditionModel.from_pretrained(folder / "unet", **load).to(self.device)
-        self.unet.requires_grad_(False).eval()
-        self.text_encoder.requires_grad_(False).eval()
-        scheduler = DDPMScheduler.from_pretrained(folder / "scheduler", local_files_only=True)
+        self.tokenizer = load_component(self.tokenizer_cls, self.folder / "tokenizer", model_id)
+        self.text_encoder: torch.nn.Module | None = None
+        # Only the noise schedule is needed: every scheduler config of a diffusers folder
+        # (PNDM for SD, DDPM for IF) carries the betas that DDPMScheduler turns into alpha_bar.
+        scheduler = load_component(DDPMScheduler, self.folder / "scheduler", model_id)
+        self.prediction_type = str(scheduler.config.get("prediction_type", "epsilon"))
         self.alphas_cumprod = scheduler.alphas_cumprod.to(self.device, torch.float32)
         self.num_train_timesteps = len(self.alphas_cumprod)
-        self.resolution = int(self.vae.config.sample_size)
-        self.scale_factor = float(self.vae.config.scaling_factor)
+
+    def setup_unet(self, unet: torch.nn.Module) -> torch.nn.Module:
+        unet = unet.to(self.device).requires_grad_(False).eval()
         if self.device.type == "cuda":
-            self.unet.to(memory_format=torch.channels_last)
-        self.attention = configure_attention(self.unet, cfg, self.device)
-        if getattr(cfg, "compile", False):
-            self.unet = torch.compile(self.unet)
+            unet.to(memory_format=torch.channels_last)
+        self.attention = configure_attention(unet, self.cfg, self.device)
+        if getattr(self.cfg, "compile", False):
+            unet = torch.compile(unet)
+        return unet
+
+    # --- text ---------------------------------------------------------------------------
+
+    def load_text_encoder(self) -> torch.nn.Module:
+        if self.text_encoder is None:
+            enc = load_component(self.text_encoder_cls, self.folder / "text_encoder", self.model_id, torch_dtype=self.dtype)
+            self.text_encoder = enc.to(self.device).requires_grad_(False).eval()
+        return self.text_encoder
+
+    def free_text_encoder(self) -> None:
+        """Drop the text encoder (T5-XXL is ~9 GB in fp16); it reloads if a new prompt needs it."""
+        self.text_encoder = None
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
 
     @torch.no_grad()
     def encode_text(self, texts: list[str]) -> Tensor:
+        encoder = self.load_text_encoder()
         tokens = self.tokenizer(texts, padding="max_length", max_length=self.tokenizer.model_max_length,
                                 truncation=True, return_tensors="pt")
-        return self.text_encoder(tokens.input_ids.to(self.device))[0]
+        return self.run_text_encoder(encoder, tokens)
+
+    def run_text_encoder(self, encoder: torch.nn.Module, tokens: Any) -> Tensor:
+        return encoder(tokens.input_ids.to(self.device))[0]
 
     def encode_prompt(self, prompts: list[str], negative_prompts: list[str]) -> TextEmbeddings:
-        return TextEmbeddings(cond=self.encode_text(prompts), uncond=self.encode_text(negative_prompts or [""] * len(prompts)))
+        negatives = negative_prompts or [""] * len(prompts)
+        return TextEmbeddings(cond=self.encode_text(prompts), uncond=self.encode_text(negatives))
 
-    def free_text_encoder(self) -> None:
-        """Embeddings are cached once per run; the encoder's memory is better spent on the UNet."""
-        self.text_encoder = None
+    # --- score distillation ---------------------------------------------------------------
 
-    def encode_images(self, images: Float[Tensor, "B 3 H W"]) -> Float[Tensor, "B 4 h w"]:
-        x = F.interpolate(images, size=(self.resolution, self.resolution), mode="bilinear", align_corners=False)
-        posterior = self.vae.encode((x * 2.0 - 1.0).to(self.dtype)).latent_dist
-        return posterior.mean.float() * self.scale_factor
+    def to_model_input(self, images: Float[Tensor, "B 3 H W"]) -> Tensor:
+        raise NotImplementedError
 
     @torch.no_grad()
-    def predict_noise(self, latents: Tensor, t: Tensor, text: Tensor) -> Tensor:
-        return self.unet(latents.to(self.dtype), t, encoder_hidden_states=text.to(self.dtype)).sample.float()
+    def predict_noise(self, x_t: Tensor, t: Tensor, text: Tensor) -> Tensor:
+        """eps predicted by the UNet in fp32 (v-prediction models are converted to eps)."""
+        out = self.unet(x_t.to(self.dtype), t, encoder_hidden_states=text.to(self.device, self.dtype)).sample
+        out = out[:, : x_t.shape[1]].float()  # IF also predicts a variance interpolation: drop it
+        if self.prediction_type == "v_prediction":
+            a = self.alphas_cumprod[t].view(-1, 1, 1, 1)
+            out = a.sqrt() * out + (1 - a).sqrt() * x_t.float()
+        return out
 
-    def sds_on_latents(
-        self, latents: Tensor, embeddings: TextEmbeddings, step_ratio: float, cfg: SDSConfig,
-        generator: torch.Generator | None = None,
-    ) -> SDSOutput:
-        b = latents.shape[0]
-        t = sample_timesteps(b, step_ratio, cfg, self.num_train_timesteps, generator, self.device)
-        noise = torch.randn(latents.shape, generator=generator).to(latents)
-        a = self.alphas_cumprod[t].view(-1, 1, 1, 1)
-        noisy = (a.sqrt() * latents + (1 - a).sqrt() * noise).detach()
-        eps = self.predict_noise(torch.cat([noisy, noisy]), torch.cat([t, t]),
+    def noise_predictions(
+        self, x_t: Tensor, t: Tensor, embeddings: TextEmbeddings
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        """(eps_uncond, eps_cond, eps_neg "B K ..." or None), one batched UNet call for the first two."""
+        b = x_t.shape[0]
+        eps = self.predict_noise(torch.cat([x_t, x_t]), torch.cat([t, t]),
                                  torch.cat([embeddings.uncond, embeddings.cond]))
         eps_uncond, eps_cond = eps.chunk(2)
         eps_neg = None
         if embeddings.negative_views is not None:
             k = embeddings.negative_views.shape[1]
-            eps_neg = self.predict_noise(noisy.repeat_interleave(k, 0), t.repeat_interleave(k),
-                                         embeddings.negative_views.flatten(0, 1)).view(b, k, *latents.shape[1:])
+            eps_neg = self.predict_noise(x_t.repeat_interleave(k, 0), t.repeat_interleave(k),
+                                         embeddings.negative_views.flatten(0, 1)).view(b, k, *x_t.shape[1:])
+        return eps_uncond, eps_cond, eps_neg
+
+    def sds_on_input(
+        self, x: Tensor, embeddings: TextEmbeddings, step_ratio: float, cfg: SDSConfig,
+        generator: torch.Generator | None = None,
+    ) -> SDSOutput:
+        """SDS on the model's own input (latents or pixels in [-1, 1]); draws t, then the noise."""
+        t = sample_timesteps(x.shape[0], step_ratio, cfg, self.num_train_timesteps, generator, self.device)
+        noise = sample_noise(x.shape, generator, x)
+        a = self.alphas_cumprod[t].view(-1, 1, 1, 1)
+        x_t = (a.sqrt() * x.detach().float() + (1 - a).sqrt() * noise).detach()
+        eps_uncond, eps_cond, eps_neg = self.noise_predictions(x_t, t, embeddings)
         eps_hat = guided_noise(eps_uncond, eps_cond, cfg.guidance_scale, eps_neg, embeddings.negative_weights)
         w = sds_weight(self.alphas_cumprod, t, cfg.weighting).view(-1, 1, 1, 1)
-        loss, grad_norm = sds_loss(latents, w * (eps_hat - noise), cfg.grad_clip)
+        loss, grad_norm = sds_loss(x, w * (eps_hat - noise), cfg.grad_clip)
         return SDSOutput(loss=loss, t=t, grad_norm=grad_norm)
 
     def sds(
         self, images: Float[Tensor, "B 3 H W"], embeddings: TextEmbeddings, step_ratio: float, cfg: SDSConfig,
         generator: torch.Generator | None = None,
     ) -> SDSOutput:
-        return self.sds_on_latents(self.encode_images(images), embeddings, step_ratio, cfg, generator)
+        return self.sds_on_input(self.to_model_input(images), embeddings, step_ratio, cfg, generator)
+
+
+class StableDiffusionPrior(DiffusersPrior):
+    name = "stable-diffusion"
+
+    def __init__(self, folder: Path, model_id: str, cfg: object, device: torch.device | str) -> None:
+        from diffusers import AutoencoderKL, UNet2DConditionModel
+        from transformers import CLIPTextModel, CLIPTokenizer
+
+        self.text_encoder_cls, self.tokenizer_cls = CLIPTextModel, CLIPTokenizer
+        super().__init__(folder, model_id, cfg, device)
+        vae = load_component(AutoencoderKL, self.folder / "vae", model_id, torch_dtype=self.dtype)
+        self.vae = vae.to(self.device).requires_grad_(False).eval()
+        if self.device.type == "cuda":
+            self.vae.to(memory_format=torch.channels_last)
+        unet = load_component(UNet2DConditionModel, self.folder / "unet", model_id, torch_dtype=self.dtype)
+        self.unet = self.setup_unet(unet)
+        self.resolution = int(self.vae.config.sample_size)
+        self.scale_factor = float(self.vae.config.scaling_factor)
+
+    def encode_images(self, images: Float[Tensor, "B 3 H W"]) -> Float[Tensor, "B 4 h w"]:
+        """Latents of renders in [0, 1]; differentiable (the encoder's weights are frozen, not its input)."""
+        x = resize(images, self.resolution) * 2.0 - 1.0
+        posterior = self.vae.encode(x.to(self.dtype)).latent_dist
+        return posterior.mean.float() * self.scale_factor
+
+    to_model_input = encode_images
+
+    def sds_on_latents(
+        self, latents: Tensor, embeddings: TextEmbeddings, step_ratio: float, cfg: SDSConfig,
+        generator: torch.Generator | None = None,
+    ) -> SDSOutput:
+        return self.sds_on_input(latents, embeddings, step_ratio, cfg, generator)

@@ -1,0 +1,42 @@
+"""Pixel prior: DeepFloyd IF stage I at 64x64 (the role eDiff-I's base model plays in Magic3D's coarse stage).
+
+No VAE: renders are resized to the UNet's resolution and scored in pixel space ([-1, 1]).
+IF's UNet predicts eps and a variance interpolation (6 channels); SDS uses the eps half.
+Its T5-XXL text encoder is ~9 GB in fp16 and only needed once per prompt: embeddings are
+computed up front (and cached on disk by ``magic3d.prompts``), then the encoder is freed.
+Real IF checkpoints ship a sentencepiece model for their tokenizer, which needs the
+``sentencepiece`` package; the weights are gated on the hub (accept the licence first).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from magic3d.guidance.stable_diffusion import DiffusersPrior, load_component, resize
+
+
+class DeepFloydPrior(DiffusersPrior):
+    name = "deepfloyd-if"
+
+    def __init__(self, folder: Path, model_id: str, cfg: object, device: torch.device | str) -> None:
+        from diffusers import UNet2DConditionModel
+        from transformers import AutoTokenizer, T5EncoderModel
+
+        self.text_encoder_cls, self.tokenizer_cls = T5EncoderModel, AutoTokenizer
+        super().__init__(folder, model_id, cfg, device)
+        unet = load_component(UNet2DConditionModel, self.folder / "unet", model_id, torch_dtype=self.dtype)
+        self.unet = self.setup_unet(unet)
+        self.resolution = int(self.unet.config.sample_size)
+
+    def run_text_encoder(self, encoder: torch.nn.Module, tokens: Any) -> Tensor:
+        # T5 sees the padding mask (as IF's own pipeline does), so padded positions don't
+        # attend to each other and the embedding of a prompt doesn't depend on padding length.
+        return encoder(tokens.input_ids.to(self.device), attention_mask=tokens.attention_mask.to(self.device))[0]
+
+    def to_model_input(self, images: Float[Tensor, "B 3 H W"]) -> Float[Tensor, "B 3 S S"]:
+        return resize(images, self.resolution).float() * 2.0 - 1.0

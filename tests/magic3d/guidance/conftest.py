@@ -1,0 +1,31 @@
+"""Tiny random SD- and IF-shaped pipelines, written once per test session and loaded through the real path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from magic3d.guidance import PriorConfig, load_prior
+from magic3d.guidance.tiny import TinySizes, build_tiny_if, build_tiny_sd
+
+
+@pytest.fixture(scope="session")
+def tiny_sd_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_sd(tmp_path_factory.mktemp("tiny") / "sd")
+
+
+@pytest.fixture(scope="session")
+def tiny_if_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_if(tmp_path_factory.mktemp("tiny") / "if", TinySizes(image_size=16))
+
+
+@pytest.fixture(scope="module")
+def sd_prior(tiny_sd_dir: Path):
+    return load_prior(str(tiny_sd_dir), PriorConfig(), torch.device("cpu"))
+
+
+@pytest.fixture(scope="module")
+def if_prior(tiny_if_dir: Path):
+    return load_prior(str(tiny_if_dir), PriorConfig(), torch.device("cpu"))
