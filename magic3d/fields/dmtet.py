@@ -27,7 +27,7 @@ TET_EDGES = ((0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3))
 
 
 def tet_grid(resolution: int, bound: float = 1.0) -> tuple[Float[Tensor, "V 3"], Int[Tensor, "T 4"]]:
-    """Lattice vertices in [-bound, bound]^3 and the tetrahedra (6 per cell) indexing them."""
+    """Lattice vertices in [-bound, bound]^3 and the tetrahedra (6 per cell, positively oriented)."""
     if resolution < 1:
         raise ValueError(f"tet grid resolution must be positive, not {resolution}")
     n = resolution + 1
@@ -49,15 +49,23 @@ def tet_grid(resolution: int, bound: float = 1.0) -> tuple[Float[Tensor, "V 3"],
             offset = offset + unit[axis_index]
             corners.append(vid(ci + offset[0], cj + offset[1], ck + offset[2]))
         tets.append(torch.stack(corners, dim=-1))
-    return vertices, torch.cat(tets, dim=0)
+    tets = torch.cat(tets, dim=0)
+    # Positive orientation for every tet (odd permutations come out negative): swap two corners.
+    p = vertices[tets]
+    negative = torch.linalg.det(p[:, 1:] - p[:, :1]) < 0
+    tets[negative] = tets[negative][:, [0, 2, 1, 3]]
+    return vertices, tets
 
 
 def _triangle_table() -> tuple[Tensor, Tensor]:
     """Per inside-pattern (4 bits), up to two triangles given as local edge indices (-1 = none).
 
-    Winding is not fixed here: ``marching_tetrahedra`` orients each triangle outwards from the
-    actual geometry, which stays right even for deformed tetrahedra.
+    Winding is fixed combinatorially for a positively oriented tetrahedron (``tet_grid`` makes all
+    of them so): each triangle is wound counter-clockwise seen from outside, decided once on a
+    reference tetrahedron. Deciding it from the deformed geometry instead fails on the
+    near-degenerate triangles that appear where the SDF is ~0 at a grid vertex.
     """
+    ref = torch.tensor([[0.0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]], dtype=torch.float64)
     edge = {pair: i for i, pair in enumerate(TET_EDGES)}
 
     def e(a: int, b: int) -> int:
@@ -76,6 +84,12 @@ def _triangle_table() -> tuple[Tensor, Tensor]:
             # The crossing points form the planar quad ac-ad-bd-bc, split along ac-bd.
             table[code, 0] = torch.tensor([e(a, c), e(a, d), e(b, d)])
             table[code, 1] = torch.tensor([e(a, c), e(b, d), e(b, c)])
+        if inside and outside:
+            outward = ref[outside].mean(0) - ref[inside].mean(0)
+            for k in range(2 if len(inside) == 2 else 1):
+                p = torch.stack([ref[list(TET_EDGES[i])].mean(0) for i in table[code, k]])
+                if torch.dot(torch.linalg.cross(p[1] - p[0], p[2] - p[0]), outward) < 0:
+                    table[code, k] = table[code, k][[0, 2, 1]]
     return table
 
 
@@ -85,7 +99,11 @@ TRIANGLE_TABLE = _triangle_table()
 def marching_tetrahedra(
     vertices: Float[Tensor, "V 3"], tets: Int[Tensor, "T 4"], sdf: Float[Tensor, " V"]
 ) -> tuple[Float[Tensor, "M 3"], Int[Tensor, "F 3"]]:
-    """The zero level set of ``sdf`` as a triangle mesh with outward-facing (counter-clockwise) faces."""
+    """The zero level set of ``sdf`` as a triangle mesh with outward-facing (counter-clockwise) faces.
+
+    ``tets`` must be positively oriented in the undeformed grid (``tet_grid``'s are); the winding
+    then stays consistent across the whole mesh however the vertices are deformed.
+    """
     device = vertices.device
     occ = sdf < 0
     tet_occ = occ[tets]
@@ -118,14 +136,6 @@ def marching_tetrahedra(
     owner = torch.arange(tets.shape[0], device=device).unsqueeze(1).expand(-1, 2)[has]
     faces = torch.gather(edge_vertex[owner], 1, tri_edges)
 
-    with torch.no_grad():  # orientation only: point each face from the inside corners to the outside ones
-        corners = vertices[tets]  # T 4 3
-        w_in = tet_occ.to(vertices.dtype).unsqueeze(-1)
-        outward = (corners * (1 - w_in)).sum(1) / (1 - w_in).sum(1) - (corners * w_in).sum(1) / w_in.sum(1)
-        p = surface[faces]
-        normal = torch.cross(p[:, 1] - p[:, 0], p[:, 2] - p[:, 0], dim=-1)
-        flip = (normal * outward[owner]).sum(-1) < 0
-    faces = torch.where(flip.unsqueeze(-1), faces[:, [0, 2, 1]], faces)
     return surface, faces
 
 

@@ -42,7 +42,9 @@ def test_grid_tets_fill_the_cube_without_overlap():
     vertices, tets = tet_grid(3, bound=1.0)
     assert vertices.shape == (64, 3) and tets.shape == (6 * 27, 4)
     p = vertices[tets]
-    volume = torch.linalg.det(p[:, 1:] - p[:, :1]).abs() / 6
+    signed = torch.linalg.det(p[:, 1:] - p[:, :1]) / 6
+    assert (signed > 0).all(), "marching tetrahedra's winding assumes positively oriented tets"
+    volume = signed.abs()
     # Total volume equals the cube's, and every tet is non-degenerate: the 6 per cell tile it.
     assert torch.isclose(volume.sum(), torch.tensor(8.0), atol=1e-4)
     assert volume.min() > 0.9 * (2 / 3) ** 3 / 6
@@ -92,6 +94,20 @@ def test_surface_touching_the_grid_boundary_stays_closed():
     dmtet.init_from_sdf(lambda p: p.norm(dim=-1) - 1.5)  # everything inside, boundary forced outside
     v, f = dmtet.extract()
     assert f.shape[0] > 0 and check_closed_manifold(v, f) == 2
+
+
+def test_deformed_noisy_surface_stays_closed_and_consistently_wound():
+    gen = torch.Generator().manual_seed(0)
+    dmtet = DMTet(16)
+    # A lumpy SDF with many vertices at exactly zero (degenerate triangles) and strong deformation.
+    dmtet.init_from_sdf(lambda p: (p.norm(dim=-1) - 0.6 + 0.1 * torch.randn(p.shape[0], generator=gen)))
+    with torch.no_grad():
+        dmtet.sdf[torch.rand(dmtet.sdf.shape[0], generator=gen) < 0.05] = 0.0
+        dmtet.deform.copy_(3.0 * torch.randn(dmtet.deform.shape, generator=gen))
+    v, f = dmtet.extract()
+    check_closed_manifold(v, f)
+    mesh = trimesh.Trimesh(v.detach().numpy(), f.numpy(), process=False)
+    assert mesh.is_watertight and mesh.is_winding_consistent
 
 
 def test_gradients_reach_sdf_and_deformation():
