@@ -1,0 +1,140 @@
+"""Turntable previews of any ``trimesh.Trimesh``: frames around the object, and a GIF writer.
+
+Colour comes from the mesh itself: a UV texture (glTF ``PBRMaterial.baseColorTexture`` times
+``baseColorFactor``, or an OBJ ``SimpleMaterial`` image), else vertex or face colours, else a
+plain material colour, else light grey. Texture images keep row 0 at the top and uv v = 0 at the
+bottom row, which is trimesh's convention and the rasterizer's. The object is centred on its
+bounding box and scaled so its bounding sphere fills the view; it is lit by a light beside the
+camera so shape reads even on flat-coloured assets.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import trimesh
+from PIL import Image
+
+from renderers.cameras import fov_for_extent, orbit_cameras
+from renderers.mesh_render import render_mesh
+from renderers.raster import get_rasterizer
+from renderers.shading import Light
+
+GREY = (0.75, 0.75, 0.75)
+DISTANCE = 3.2
+FRAMES_PER_BATCH = 6  # bounds memory at 512 px and large meshes
+
+
+def render_turntable(
+    mesh: trimesh.Trimesh,
+    frames: int = 24,
+    resolution: int = 256,
+    elevation: float = 20.0,
+    *,
+    background: tuple[float, float, float] = (1.0, 1.0, 1.0),
+    lit: bool = True,
+    device: torch.device | str = "cpu",
+) -> list[np.ndarray]:
+    """``frames`` views evenly spaced in azimuth from the front (+Z), as HxWx3 uint8 arrays."""
+    if frames < 1 or resolution < 1:
+        raise ValueError(f"need at least one frame and one pixel, got frames={frames}, resolution={resolution}")
+    if len(mesh.faces) == 0:
+        raise ValueError("the mesh has no faces to render")
+    verts, faces, colour = _mesh_inputs(mesh)
+    verts = _normalise(verts)
+    raster = get_rasterizer(device)
+    v = torch.as_tensor(verts, dtype=torch.float32, device=device)
+    f = torch.as_tensor(faces, dtype=torch.int64, device=device)
+    colour = {k: torch.as_tensor(x, dtype=torch.float32, device=device) for k, x in colour.items()}
+    fov = fov_for_extent(1.08, DISTANCE)  # a little margin round the unit bounding sphere
+    bg = torch.tensor(background, dtype=torch.float32, device=device)
+    out: list[np.ndarray] = []
+    for start in range(0, frames, FRAMES_PER_BATCH):
+        az = [360.0 * k / frames for k in range(start, min(frames, start + FRAMES_PER_BATCH))]
+        cams = orbit_cameras([elevation] * len(az), az, DISTANCE, fov, resolution, device=device)
+        light = None
+        if lit:
+            # Above and to the right of the camera: faces turned away from it still get ambient.
+            up = torch.tensor([0.0, 1.5, 0.0], device=device)
+            light = Light(position=cams.positions * 1.5 + up, ambient=0.45, strength=0.6)
+        with torch.no_grad():
+            render = render_mesh(
+                v, f, cams, mode="diffuse" if lit else "albedo", light=light, background=bg,
+                rasterizer=raster, antialias=True, **colour,
+            )
+        rgb = (render.rgb.clamp(0.0, 1.0) * 255.0 + 0.5).to(torch.uint8).cpu().numpy()
+        out.extend(list(rgb))
+    return out
+
+
+def write_gif(frames: Sequence[np.ndarray], path: str | os.PathLike[str], fps: float = 12.0) -> Path:
+    """Write an endlessly looping GIF; it appears at ``path`` complete or not at all."""
+    if len(frames) == 0:
+        raise ValueError("no frames to write")
+    path = Path(path)
+    images = [Image.fromarray(np.asarray(f, dtype=np.uint8)).convert("RGB") for f in frames]
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            images[0].save(handle, format="GIF", save_all=True, append_images=images[1:],
+                           duration=max(1, round(1000.0 / fps)), loop=0, optimize=False)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _normalise(verts: np.ndarray) -> np.ndarray:
+    lo, hi = verts.min(0), verts.max(0)
+    centred = verts - (lo + hi) / 2.0
+    radius = float(np.linalg.norm(centred, axis=1).max())
+    return centred / radius if radius > 0 and math.isfinite(radius) else centred
+
+
+def _mesh_inputs(mesh: trimesh.Trimesh) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """Vertices, faces and the ``render_mesh`` colour arguments for this mesh's visual."""
+    verts = np.asarray(mesh.vertices, dtype=np.float64)
+    faces = np.asarray(mesh.faces, dtype=np.int64)
+    visual = mesh.visual
+    if isinstance(visual, trimesh.visual.TextureVisuals):
+        image, factor = _material_image(visual.material)
+        uv = visual.uv
+        if image is not None and uv is not None and len(uv) == len(verts):
+            tex = np.asarray(image, dtype=np.float32)[..., :3] / 255.0 * factor
+            return verts, faces, {"uv": np.asarray(uv, dtype=np.float64), "texture": tex}
+        return verts, faces, {"vertex_colors": np.tile(factor, (len(verts), 1))}
+    if isinstance(visual, trimesh.visual.ColorVisuals) and visual.defined:
+        if visual.kind == "face":
+            # Each face keeps its own flat colour: give every corner its own vertex.
+            colours = np.repeat(np.asarray(visual.face_colors)[:, :3] / 255.0, 3, axis=0)
+            return verts[faces].reshape(-1, 3), np.arange(3 * len(faces)).reshape(-1, 3), {"vertex_colors": colours}
+        return verts, faces, {"vertex_colors": np.asarray(visual.vertex_colors)[:, :3] / 255.0}
+    return verts, faces, {"vertex_colors": np.tile(np.array(GREY), (len(verts), 1))}
+
+
+def _material_image(material: object) -> tuple[Image.Image | None, np.ndarray]:
+    """The base-colour image (RGB, row 0 at the top) and the colour factor multiplying it."""
+    factor = np.ones(3)
+    image = None
+    if isinstance(material, trimesh.visual.material.PBRMaterial):
+        image = material.baseColorTexture
+        if material.baseColorFactor is not None:
+            factor = np.asarray(material.baseColorFactor, dtype=np.float64)[:3] / 255.0
+    elif isinstance(material, trimesh.visual.material.SimpleMaterial):
+        image = material.image
+        if image is None and material.diffuse is not None:
+            factor = np.asarray(material.diffuse, dtype=np.float64)[:3] / 255.0
+    if image is not None and not isinstance(image, Image.Image):
+        image = Image.fromarray(np.asarray(image))
+    if image is not None:
+        image = image.convert("RGB")
+    return image, factor
