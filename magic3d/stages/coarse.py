@@ -46,7 +46,8 @@ class CoarseConfig:
     batch_size: int = 1
     resolution: int = 64
     samples_per_ray: int = 64
-    lr: float = 1e-2
+    lr: float = 1e-2  # hash grid
+    mlp_lr_scale: float = 1.0  # density/albedo and background MLPs learn at lr * this
     field: FieldConfig = dataclasses.field(default_factory=FieldConfig)
     sds: SDSConfig = dataclasses.field(default_factory=SDSConfig)
     orbit: OrbitConfig = dataclasses.field(default_factory=OrbitConfig)
@@ -76,14 +77,14 @@ class CoarseModel:
     def __init__(self, cfg: CoarseConfig, loss_fn: LossFn, device: torch.device,
                  camera_sampler: CameraSampler | None = None) -> None:
         self.cfg, self.loss_fn, self.device = cfg, loss_fn, device
-        self.field = NeRFField(cfg.field).to(device)
+        self.field = NeRFField(cfg.field, device).to(device)
         self.occupancy = OccupancyGrid(cfg.occupancy_resolution, cfg.field.bound, cfg.occupancy_threshold)
         self.camera_sampler = camera_sampler
 
     def param_groups(self) -> list[dict]:
         return [{"params": list(self.field.encoding.parameters()), "lr": self.cfg.lr},
                 {"params": list(self.field.mlp.parameters()) + list(self.field.background_mlp.parameters()),
-                 "lr": self.cfg.lr * 0.1}]
+                 "lr": self.cfg.lr * self.cfg.mlp_lr_scale}]
 
     def state_tensors(self) -> dict[str, Tensor]:
         tensors = {f"field/{k}": v for k, v in self.field.state_dict().items()}
