@@ -188,25 +188,45 @@ def antialias(
     """Blend neighbouring pixels across silhouette edges by where the edge crosses between them.
 
     For each horizontal and vertical pair of pixels covered by different triangles (or one by
-    none), the nearer triangle's edge that separates the two pixel centres is intersected with
-    the segment joining them; the crossing point sets how much of each pixel the triangle covers.
-    The crossing is a function of the vertices, which is what gives silhouettes their gradients.
+    none), the nearer triangle's silhouette edge that separates the two pixel centres is
+    intersected with the segment joining them; the crossing point sets how much of each pixel the
+    triangle covers. Silhouette edges are mesh boundaries and edges whose two faces turn opposite
+    ways on screen, so edges inside a surface leave colours untouched (as nvdiffrast). Each pair's
+    blend is weighted by how squarely the edge faces that axis, so a vertical edge is resolved by
+    horizontal pairs alone. The crossing is a function of the vertices, which is what gives
+    silhouettes their gradients.
     """
     out = color
     height, width = rast.shape[1:3]
     faces = faces.long()
+    neighbours = edge_neighbours(faces)
     for b in range(color.shape[0]):
         screen = to_screen(clip_pos[b], height, width)
         delta = torch.zeros_like(color[b])
         for axis in (0, 1):
-            delta = delta + 0.5 * _edge_blend(color[b], rast[b], screen, faces, axis)
+            delta = delta + _edge_blend(color[b], rast[b], screen, faces, neighbours, axis)
         out = out.index_put((torch.tensor([b], device=color.device),), (color[b] + delta).unsqueeze(0))
     return out
 
 
+def edge_neighbours(faces: Int[Tensor, "F 3"]) -> Int[Tensor, "F 3"]:
+    """The face across edge (k, k+1) of every face, -1 on open boundaries."""
+    faces = faces.long()
+    a, b = faces, faces.roll(-1, dims=1)
+    nv = int(faces.max()) + 1 if faces.numel() else 1
+    key = (torch.minimum(a, b) * nv + torch.maximum(a, b)).reshape(-1)
+    order = torch.argsort(key)
+    pair = torch.nonzero(key[order][1:] == key[order][:-1]).squeeze(1)
+    first, second = order[pair], order[pair + 1]
+    out = torch.full_like(key, -1)
+    out[first] = second // 3
+    out[second] = first // 3
+    return out.view(-1, 3)
+
+
 def _edge_blend(
     color: Float[Tensor, "H W C"], rast: Float[Tensor, "H W 4"], screen: Float[Tensor, "V 3"],
-    faces: Int[Tensor, "F 3"], axis: int,
+    faces: Int[Tensor, "F 3"], neighbours: Int[Tensor, "F 3"], axis: int,
 ) -> Float[Tensor, "H W C"]:
     tri_id = rast[..., 3].long() - 1
     depth = rast[..., 2]
@@ -230,23 +250,26 @@ def _edge_blend(
     p_out_x = torch.where(a_front, pb_x, pa_x)
     p_out_y = torch.where(a_front, pb_y, pa_y)
     tri = screen[faces[front]][..., :2]  # N 3 2
+    edges = tri.roll(-1, dims=1) - tri  # edge k runs from corner k to corner k+1
     # Edge functions of the three edges at both centres, signed so the inside is positive.
-    e_in, e_out = [], []
-    for k in range(3):
-        p0, p1 = tri[:, k], tri[:, (k + 1) % 3]
-        def edge(px, py, p0=p0, p1=p1):
-            return (p1[:, 0] - p0[:, 0]) * (py - p0[:, 1]) - (p1[:, 1] - p0[:, 1]) * (px - p0[:, 0])
-        e_in.append(edge(p_in_x, p_in_y))
-        e_out.append(edge(p_out_x, p_out_y))
-    e_in, e_out = torch.stack(e_in, -1), torch.stack(e_out, -1)
+    e_in = edges[..., 0] * (p_in_y.unsqueeze(-1) - tri[..., 1]) - edges[..., 1] * (p_in_x.unsqueeze(-1) - tri[..., 0])
+    e_out = edges[..., 0] * (p_out_y.unsqueeze(-1) - tri[..., 1]) - edges[..., 1] * (p_out_x.unsqueeze(-1) - tri[..., 0])
     sign = torch.where(e_in.detach().sum(-1, keepdim=True) >= 0, 1.0, -1.0)
     e_in, e_out = e_in * sign, e_out * sign
-    crossing = (e_in.detach() > 0) & (e_out.detach() < 0)
+    with torch.no_grad():
+        area = _signed_area(screen[:, :2][faces])
+        nb = neighbours[front]
+        silhouette = (nb < 0) | (torch.sign(area[nb.clamp(min=0)]) != torch.sign(area[front]).unsqueeze(-1))
+    crossing = (e_in.detach() > 0) & (e_out.detach() < 0) & silhouette
     denom = e_in - e_out
     t = torch.where(crossing, e_in / torch.where(crossing, denom, torch.ones_like(denom)), torch.full_like(e_in, 2.0))
-    t = t.min(-1).values  # the first edge the segment leaves the triangle through
+    t, which = t.min(-1)  # the first edge the segment leaves the triangle through
     valid = t <= 1.0
     t = t.clamp(0.0, 1.0)
+    # How squarely the edge faces this axis: its normal's share along the pixel pair.
+    d = torch.gather(edges.detach(), 1, which.view(-1, 1, 1).expand(-1, 1, 2)).squeeze(1).abs()
+    along = d[:, 1] if axis == 1 else d[:, 0]
+    weight = (along / (d.sum(-1) + EPS)) * valid
     in_rows = torch.where(a_front, rows, rows + (1 if axis == 0 else 0))
     in_cols = torch.where(a_front, cols, cols + (1 if axis == 1 else 0))
     out_rows = torch.where(a_front, rows + (1 if axis == 0 else 0), rows)
@@ -255,9 +278,14 @@ def _edge_blend(
     c_out = color[out_rows, out_cols]
     # Inside pixel loses (0.5 - t) of its footprint when the edge is on its side of the midpoint;
     # the outside pixel gains (t - 0.5) when the triangle reaches past the midpoint.
-    lose = (0.5 - t).clamp(min=0.0).unsqueeze(-1) * valid.unsqueeze(-1)
-    gain = (t - 0.5).clamp(min=0.0).unsqueeze(-1) * valid.unsqueeze(-1)
+    lose = ((0.5 - t).clamp(min=0.0) * weight).unsqueeze(-1)
+    gain = ((t - 0.5).clamp(min=0.0) * weight).unsqueeze(-1)
     delta = torch.zeros_like(color)
     delta = delta.index_put((in_rows, in_cols), lose * (c_out - c_in), accumulate=True)
     delta = delta.index_put((out_rows, out_cols), gain * (c_in - c_out), accumulate=True)
     return delta
+
+
+def _signed_area(tri: Float[Tensor, "F 3 2"]) -> Float[Tensor, " F"]:
+    e1, e2 = tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]
+    return e1[:, 0] * e2[:, 1] - e1[:, 1] * e2[:, 0]

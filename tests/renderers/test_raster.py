@@ -134,3 +134,50 @@ def test_cuda_backend_agrees_with_torch_backend():
     interior = (tri_cpu == tri_gpu) & (tri_cpu > 0)
     assert interior.float().mean() > 0.3
     assert (cpu.rgb - gpu.rgb.cpu()).abs()[interior].mean() < 1e-3
+
+
+def test_antialiased_vertical_edge_covers_its_pixel_by_the_exact_fraction():
+    n = 16
+    faces = torch.tensor([[0, 1, 2], [0, 2, 3]])
+    for frac in (0.2, 0.45, 0.7, 0.9):
+        right = -1 + 2 * (10 + frac) / n  # the edge crosses pixel column 10 at `frac` of its width
+        clip = clip_of([[-0.5, -0.6, 0], [right, -0.6, 0], [right, 0.6, 0], [-0.5, 0.6, 0]])
+        rast = R.rasterize(clip, faces, (n, n))
+        alpha = R.antialias((rast[..., 3:4] > 0).double(), rast, clip, faces)[0, 8, :, 0]
+        assert alpha[10].item() == pytest.approx(frac, abs=1e-6)
+        assert alpha[9].item() == pytest.approx(1.0) and alpha[11].item() == pytest.approx(0.0)
+
+
+def test_antialias_leaves_edges_inside_a_surface_alone():
+    sphere = trimesh.creation.icosphere(2, radius=0.8)
+    v = torch.tensor(sphere.vertices, dtype=torch.float32)
+    faces = torch.tensor(sphere.faces)
+    cams = orbit_cameras([15.0], [40.0], 3.0, 45.0, 32)
+    clip = torch.cat([v, torch.ones(len(v), 1)], -1) @ cams.mvp().transpose(1, 2)
+    rast = R.rasterize(clip, faces, (32, 32))
+    colour = R.interpolate((v + 1) / 2, rast, faces)
+    out = R.antialias(colour, rast, clip, faces)
+    covered = rast[0, ..., 3] > 0
+    # Pixels whose four neighbours are all on the sphere keep their colour exactly.
+    interior = covered.clone()
+    interior[1:] &= covered[:-1]
+    interior[:-1] &= covered[1:]
+    interior[:, 1:] &= covered[:, :-1]
+    interior[:, :-1] &= covered[:, 1:]
+    assert interior.sum() > 100
+    assert torch.equal(out[0][interior], colour[0][interior])
+    assert not torch.equal(out[0][covered & ~interior], colour[0][covered & ~interior])
+
+
+def test_edge_neighbours_of_a_closed_mesh_are_mutual():
+    from renderers.raster.torch_backend import edge_neighbours
+
+    box = trimesh.creation.box()
+    nb = edge_neighbours(torch.tensor(box.faces))
+    assert (nb >= 0).all()
+    for f in range(len(box.faces)):
+        for k in range(3):
+            g = nb[f, k].item()
+            assert f in nb[g].tolist() and g != f
+    open_quad = edge_neighbours(torch.tensor([[0, 1, 2], [0, 2, 3]]))
+    assert open_quad.tolist() == [[-1, -1, 1], [0, -1, -1]]
