@@ -194,12 +194,38 @@ class StableDiffusionPrior(DiffusersPrior):
         self.text_encoder_cls, self.tokenizer_cls = CLIPTextModel, CLIPTokenizer
         super().__init__(folder, model_id, cfg, device)
         vae = load_component(AutoencoderKL, self.folder / "vae", model_id, torch_dtype=self.dtype)
+        unet = load_component(UNet2DConditionModel, self.folder / "unet", model_id, torch_dtype=self.dtype)
+        self.setup_networks(unet, vae)
+
+    @classmethod
+    def from_components(
+        cls, unet: torch.nn.Module, vae: torch.nn.Module, alphas_cumprod: Tensor, cfg: object,
+        device: torch.device | str, model_id: str = "in-memory",
+    ) -> StableDiffusionPrior:
+        """A prior around networks already in memory (benchmarks with random weights); it has
+        no text encoder, so embeddings must be supplied directly."""
+        self = cls.__new__(cls)
+        self.folder, self.model_id, self.cfg = Path("."), model_id, cfg
+        self.device = torch.device(device)
+        self.dtype = network_dtype(cfg, self.device)
+        self.tokenizer, self.text_encoder = None, None
+        self.prediction_type = "epsilon"
+        self.alphas_cumprod = alphas_cumprod.to(self.device, torch.float32)
+        self.num_train_timesteps = len(self.alphas_cumprod)
+        if self.dtype != torch.float32:
+            unet, vae = unet.to(dtype=self.dtype), vae.to(dtype=self.dtype)
+        self.setup_networks(unet, vae)
+        return self
+
+    def setup_networks(self, unet: torch.nn.Module, vae: torch.nn.Module) -> None:
         self.vae = vae.to(self.device).requires_grad_(False).eval()
         if self.device.type == "cuda":
             self.vae.to(memory_format=torch.channels_last)
-        unet = load_component(UNet2DConditionModel, self.folder / "unet", model_id, torch_dtype=self.dtype)
         self.unet = self.setup_unet(unet)
-        self.resolution = int(self.vae.config.sample_size)
+        # The UNet's latent size times the VAE's downsampling (512 for SD 2.1 base, 768 for the
+        # v-models); ``vae.config.sample_size`` is unreliable (SD 2 repositories say 768 for both).
+        down = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        self.resolution = int(unet.config.sample_size) * down
         self.scale_factor = float(self.vae.config.scaling_factor)
 
     def encode_images(self, images: Float[Tensor, "B 3 H W"]) -> Float[Tensor, "B 4 h w"]:
