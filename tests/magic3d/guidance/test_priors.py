@@ -159,3 +159,14 @@ def test_other_pipelines_are_refused(tmp_path: Path):
     (tmp_path / "model_index.json").write_text('{"_class_name": "KandinskyPipeline"}')
     with pytest.raises(PriorError, match="KandinskyPipeline"):
         check_prior_available(str(tmp_path), PriorConfig())
+
+
+def test_in_memory_prior_matches_the_loaded_one(sd_prior):
+    twin = StableDiffusionPrior.from_components(sd_prior.unet, sd_prior.vae, sd_prior.alphas_cumprod, PriorConfig(), "cpu")
+    assert twin.resolution == sd_prior.resolution == 64
+    emb = sd_prior.encode_prompt(["a cup"], [""])
+    images = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    cfg = SDSConfig(guidance_scale=5.0)
+    a = sd_prior.sds(images, emb, 0.5, cfg, torch.Generator().manual_seed(1))
+    b = twin.sds(images, emb, 0.5, cfg, torch.Generator().manual_seed(1))
+    assert torch.equal(a.t, b.t) and float(a.loss) == float(b.loss)
