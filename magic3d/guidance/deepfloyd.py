@@ -17,7 +17,21 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from magic3d.errors import PriorError
 from magic3d.guidance.stable_diffusion import DiffusersPrior, load_component, resize
+
+
+def require_sentencepiece_if_needed(tokenizer_dir: Path, model_id: str) -> None:
+    """Hub IF repositories ship only ``spiece.model``; reading it needs the sentencepiece package."""
+    if (tokenizer_dir / "tokenizer.json").is_file() or not (tokenizer_dir / "spiece.model").is_file():
+        return
+    try:
+        import sentencepiece  # noqa: F401
+    except ImportError:
+        raise PriorError(
+            f"The T5 tokenizer of {model_id!r} is a sentencepiece model; install it with `pip install sentencepiece` "
+            "and run again."
+        ) from None
 
 
 class DeepFloydPrior(DiffusersPrior):
@@ -28,6 +42,7 @@ class DeepFloydPrior(DiffusersPrior):
         from transformers import AutoTokenizer, T5EncoderModel
 
         self.text_encoder_cls, self.tokenizer_cls = T5EncoderModel, AutoTokenizer
+        require_sentencepiece_if_needed(Path(folder) / "tokenizer", model_id)
         super().__init__(folder, model_id, cfg, device)
         unet = load_component(UNet2DConditionModel, self.folder / "unet", model_id, torch_dtype=self.dtype)
         self.unet = self.setup_unet(unet)

@@ -170,3 +170,16 @@ def test_in_memory_prior_matches_the_loaded_one(sd_prior):
     a = sd_prior.sds(images, emb, 0.5, cfg, torch.Generator().manual_seed(1))
     b = twin.sds(images, emb, 0.5, cfg, torch.Generator().manual_seed(1))
     assert torch.equal(a.t, b.t) and float(a.loss) == float(b.loss)
+
+
+def test_if_tokenizer_without_sentencepiece_says_what_to_install(tmp_path):
+    import importlib.util
+
+    from magic3d.guidance.deepfloyd import require_sentencepiece_if_needed
+
+    (tmp_path / "spiece.model").write_bytes(b"\0")
+    if importlib.util.find_spec("sentencepiece") is None:
+        with pytest.raises(PriorError, match="pip install sentencepiece"):
+            require_sentencepiece_if_needed(tmp_path, "DeepFloyd/IF-I-XL-v1.0")
+    (tmp_path / "tokenizer.json").write_text("{}")
+    require_sentencepiece_if_needed(tmp_path, "DeepFloyd/IF-I-XL-v1.0")  # a fast tokenizer file needs nothing
