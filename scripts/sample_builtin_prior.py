@@ -90,7 +90,12 @@ def main() -> None:
     training_log = Path(args.weights) / "training.json"
     record = json.loads(training_log.read_text(encoding="utf-8")) if training_log.is_file() else {}
     losses = record.pop("losses", [])
-    record["loss_curve_every_250"] = [pair for pair in losses if pair[0] % 250 == 0]
+    record["loss_curve_every_100"] = [pair for pair in losses if pair[0] % 100 == 0]
+    phases = [*record.get("previous_phases", []), record]
+    for phase in record.get("previous_phases", []):
+        phase.pop("losses", None)
+    record["total_steps"] = sum(phase.get("steps", 0) for phase in phases)
+    record["total_training_seconds"] = round(sum(phase.get("seconds", 0.0) for phase in phases), 1)
     record["sampling"] = {
         "pairs": len(pairs), "steps": args.steps, "sampler": "DDIM", "guidance_scale": args.guidance,
         "seed": args.seed, "seconds": round(sample_seconds, 1), "machine": platform.platform(),

@@ -20,9 +20,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from diffusers import DDPMScheduler
+from diffusers import DDPMScheduler, UNet2DModel
 
-from magic3d.guidance.builtin_model import BagOfWordsEncoder, build_unet, save_text_encoder
+from magic3d.guidance.builtin_model import (
+    BagOfWordsEncoder,
+    build_unet,
+    load_text_encoder,
+    save_text_encoder,
+)
 
 NUM_TRAIN_TIMESTEPS = 1000
 CFG_DROPOUT = 0.1
@@ -58,6 +63,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--save-every", type=int, default=250)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--init", default="", help="continue from weights saved by this script (EMA copy)")
     parser.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "magic3d/guidance/builtin_weights"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -68,6 +74,13 @@ def main() -> None:
     images = torch.from_numpy(data["images"]).float() / 127.5 - 1.0  # N 3 32 32 in [-1, 1]
     captions = list(data["captions"])
     unet, encoder, scheduler = build_unet(), BagOfWordsEncoder(), make_scheduler()
+    previous = {}
+    if args.init:
+        # A run stopped early is continued from its saved EMA weights with a fresh optimiser.
+        init = Path(args.init)
+        unet = UNet2DModel.from_pretrained(init / "unet").train()
+        encoder = load_text_encoder(init / "text_encoder").train()
+        previous = json.loads((init / "training.json").read_text(encoding="utf-8"))
     ids = encoder.ids(captions)
     null_ids = encoder.ids([""])[0]
     ema_unet, ema_encoder = copy.deepcopy(unet).eval(), copy.deepcopy(encoder).eval()
@@ -78,7 +91,10 @@ def main() -> None:
 
     log = {"machine": platform.platform(), "processor": platform.processor(), "threads": args.threads,
            "images": len(images), "params_unet": sum(p.numel() for p in unet.parameters()),
-           "steps": 0, "batch": args.batch, "seed": args.seed, "losses": []}
+           "steps": 0, "batch": args.batch, "seed": args.seed, "lr": args.lr, "ema": args.ema, "losses": []}
+    if previous:
+        # The record of earlier phases travels with the weights, so total steps and time add up.
+        log["previous_phases"] = [*previous.pop("previous_phases", []), {k: v for k, v in previous.items()}]
     start, running = time.perf_counter(), None
     for step in range(1, args.steps + 1):
         pick = torch.randint(len(images), (args.batch,), generator=gen)
