@@ -39,7 +39,11 @@ class Rasterizer(Protocol):
 
 
 def get_rasterizer(device: torch.device | str = "cpu", backend: str = "auto") -> Rasterizer:
-    """nvdiffrast on CUDA when it is installed (the ``gpu`` extra), the PyTorch backend otherwise."""
+    """nvdiffrast on CUDA when it is installed (the ``gpu`` extra), the PyTorch backend otherwise.
+
+    ``backend="torch"`` forces the CPU implementation (it also runs on CUDA tensors, slowly);
+    ``backend="nvdiffrast"`` raises instead of falling back when nvdiffrast cannot be used.
+    """
     device = torch.device(device)
     if backend not in ("auto", "torch", "nvdiffrast"):
         raise ValueError(f"unknown rasterizer backend {backend!r}; use auto, torch or nvdiffrast")
@@ -49,10 +53,15 @@ def get_rasterizer(device: torch.device | str = "cpu", backend: str = "auto") ->
         from renderers.raster.nvdiffrast_backend import NvdiffrastRasterizer
 
         return NvdiffrastRasterizer(device)
-    except ImportError as exc:
+    except (ImportError, RuntimeError, OSError) as exc:
+        # RuntimeError/OSError: nvdiffrast is installed but its CUDA plugin failed to build or load.
         if backend == "nvdiffrast":
             raise
-        warnings.warn(f"nvdiffrast unavailable ({exc}); using the PyTorch rasterizer on CUDA", stacklevel=2)
+        warnings.warn(
+            f"nvdiffrast unavailable on {device} ({type(exc).__name__}: {exc}); falling back to the slower PyTorch "
+            "rasterizer. Install the gpu extra (pip install diffrp-nvdiffrast) for the CUDA backend.",
+            stacklevel=2,
+        )
         return TorchRasterizer()
 
 

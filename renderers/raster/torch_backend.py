@@ -5,6 +5,10 @@ bounding box (vectorised, in chunks), inside-tested with edge functions and z-bu
 ``scatter_reduce``. Barycentrics of the winning triangle are then recomputed from its clip-space
 vertices, so gradients reach vertex positions and attributes; ``antialias`` adds gradients at
 silhouettes by blending across edges where they cross between pixel centres.
+
+Triangles are not clipped: one with a vertex behind the camera or in front of the near plane
+(NDC z < -1) is dropped whole, where nvdiffrast would clip it. Cameras that keep the object in
+front of the near plane, as every magic3d camera does, see no difference.
 """
 
 from __future__ import annotations
@@ -68,12 +72,14 @@ def _visible_faces(
         inside &= (z >= -1.0) & (z <= 1.0)
         pix = (py * width + px)[inside]
         z, face = z[inside], face[inside]
+        before = depth.clone()
         depth.scatter_reduce_(0, pix, z, reduce="amin")
         front = z <= depth[pix]
         best = torch.full_like(winner, torch.iinfo(torch.long).max)
         best.scatter_reduce_(0, pix[front], face[front], reduce="amin")
-        # A later chunk's nearer triangle must replace an earlier winner.
-        take = (best != torch.iinfo(torch.long).max)
+        # A later chunk's strictly nearer triangle replaces an earlier winner; on an exact depth
+        # tie the earlier (lower) triangle id stays, as if all pairs had been in one chunk.
+        take = (best != torch.iinfo(torch.long).max) & ((depth < before) | (winner < 0))
         winner = torch.where(take, best, winner)
         start = end
     return winner.view(height, width)
