@@ -103,7 +103,7 @@ def grid_positions(entries: Sequence[WorldEntry], up_axis: str, layout: GridLayo
         t = [0.0, 0.0, 0.0]
         t[across] = col * cell - centre[across]
         t[along] = row * cell - centre[along]
-        t[up] = -e.extent_min[up]
+        t[up] = 0.0 - e.extent_min[up]  # 0.0 - x: no "-0" in the file when the asset already stands on 0
         positions.append((t[0], t[1], t[2]))
     return positions
 

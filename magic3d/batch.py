@@ -10,6 +10,7 @@ on one folder from running the same job twice.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import signal
@@ -159,6 +160,17 @@ def read_bounds(outputs: dict[str, str], out: Path) -> dict[str, Any] | None:
         return None
 
 
+def effective_seed(job: Job, out: Path) -> int | None:
+    """The seed the run used: the job's own, else the one its run.json records (the config default)."""
+    if job.seed is not None:
+        return job.seed
+    try:
+        seed = json.loads((out / job.id / "run.json").read_text(encoding="utf-8")).get("seed")
+    except (OSError, ValueError):
+        return None
+    return seed if isinstance(seed, int) else None
+
+
 def make_backend(options: BatchOptions) -> Any:
     if options.backend == "local":
         from magic3d.batch_local import LocalBackend
@@ -246,7 +258,7 @@ def run_batch(path: str | Path, options: BatchOptions, reporter: Reporter | None
                     if o.kind == "done":
                         outputs = relative_outputs(o.result.get("files", {}), out)
                         bounds = read_bounds(outputs, out)
-                        metrics = o.result.get("metrics", {})
+                        metrics = {**o.result.get("metrics", {}), "seed": effective_seed(job, out)}
                         if manifest.mark_done(job.id, owner, outputs, metrics, bounds):
                             ran.append(job.id)
                             reporter.emit("job_done", job=job.id, seconds=round(time.time() - (job.started or 0), 3),

@@ -59,7 +59,7 @@ def _run_record(out: Path, job: Job) -> dict[str, Any]:
 def _card(out: Path, job: Job) -> str:
     esc = html.escape
     record = _run_record(out, job) if job.state == "done" else {}
-    seed = job.seed if job.seed is not None else record.get("seed", "default")
+    seed = job.seed if job.seed is not None else job.metrics.get("seed", record.get("seed", "default"))
     preview = next((job.outputs[k] for k in _PREVIEW_KEYS if k in job.outputs), None)
     if preview:
         image = f'<img src="{_href(preview)}" alt="{esc(job.prompt, quote=True)}" loading="lazy">'
@@ -124,12 +124,20 @@ def write_batch_world(out: Path, jobs: Sequence[Job]) -> tuple[Path, int]:
         entries.append(
             WorldEntry(
                 name=j.id, asset_path=Path(out) / asset, extent_min=tuple(b["min"]), extent_max=tuple(b["max"]),
-                display_name=j.prompt[:200], custom_data={"prompt": j.prompt, "seed": -1 if j.seed is None else j.seed},
+                display_name=j.prompt[:200], custom_data=_world_data(j),
             )
         )
     mpu = usable[0].bounds.get("meters_per_unit", 1.0) if usable else 1.0
     path = write_world(entries, Path(out) / WORLD_NAME, up_axis=up, meters_per_unit=mpu)
     return path, len(entries)
+
+
+def _world_data(job: Job) -> dict[str, str | int | float]:
+    data: dict[str, str | int | float] = {"prompt": job.prompt}
+    seed = job.seed if job.seed is not None else job.metrics.get("seed")
+    if isinstance(seed, int):
+        data["seed"] = seed
+    return data
 
 
 @contextlib.contextmanager
