@@ -18,6 +18,15 @@ from renderers.turntable import render_turntable, write_gif
 QUADRANTS = np.array([[[255, 0, 0], [0, 255, 0]], [[0, 0, 255], [255, 255, 0]]], dtype=np.uint8)  # row 0 on top
 
 
+@pytest.fixture(autouse=True)
+def single_thread():
+    # Two OpenMP threads on two shared, busy cores spin-wait on each other (30x slower niced).
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def textured_quad() -> trimesh.Trimesh:
     verts = np.array([[-1, -1, 0], [1, -1, 0], [1, 1, 0], [-1, 1, 0]], dtype=np.float64)
     uv = np.array([[0, 0], [1, 0], [1, 1], [0, 1]], dtype=np.float64)
