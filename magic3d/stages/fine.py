@@ -155,11 +155,11 @@ class FineModel:
         if self.cfg.normal_consistency_weight > 0:
             nc = normal_consistency(vertices, faces)
             loss = loss + self.cfg.normal_consistency_weight * nc
-            metrics = {**metrics, "normal_consistency": float(nc)}
+            metrics = {**metrics, "normal_consistency": float(nc.detach())}
         if self.cfg.laplacian_weight > 0:
             lap = laplacian_smoothness(vertices, faces)
             loss = loss + self.cfg.laplacian_weight * lap
-            metrics = {**metrics, "laplacian": float(lap)}
+            metrics = {**metrics, "laplacian": float(lap.detach())}
         return loss, {**metrics, "faces": float(faces.shape[0])}
 
     def after_step(self, step: int, generator: torch.Generator) -> None:
