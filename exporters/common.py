@@ -96,8 +96,14 @@ def placement(vertices: np.ndarray, up_axis: str = "Y", size_m: float | None = 1
 
 def placed(mesh: trimesh.Trimesh, transform: np.ndarray) -> trimesh.Trimesh:
     """A copy of ``mesh`` moved by ``transform``, with its UVs and material untouched."""
-    out = mesh.copy()
-    out.apply_transform(transform)
+    # Built afresh rather than mesh.copy(): a copy drops normals the caller set (the baker's
+    # seam-free normals) and trimesh would recompute them per UV island.
+    linear = transform[:3, :3]
+    vertices = np.asarray(mesh.vertices) @ linear.T + transform[:3, 3]
+    normals = np.asarray(mesh.vertex_normals) @ np.linalg.inv(linear)
+    normals /= np.maximum(np.linalg.norm(normals, axis=1, keepdims=True), 1e-12)
+    out = trimesh.Trimesh(vertices, np.asarray(mesh.faces), vertex_normals=normals, process=False)
+    out.visual = mesh.visual.copy()
     return out
 
 

@@ -16,7 +16,7 @@ import numpy as np
 import trimesh
 from PIL import Image
 
-from exporters.common import Surface, pbr_material
+from exporters.common import Surface, pbr_material, placed
 from exporters.usd import SOURCE_TRANSFORM_KEY
 
 Frame = Literal["source", "stage"]
@@ -33,7 +33,17 @@ def load_asset(path: str | Path, frame: Frame = "source") -> trimesh.Trimesh:
         raise FileNotFoundError(f"no such asset: {str(path)!r}")
     if suffix.startswith(".usd"):
         return _load_usd(path, frame)
-    mesh = trimesh.load(str(path), force="mesh", process=False, maintain_order=True)
+    loaded = trimesh.load(str(path), process=False, maintain_order=True)
+    mesh = loaded
+    if isinstance(loaded, trimesh.Scene):
+        nodes = loaded.graph.nodes_geometry
+        if len(nodes) == 1:  # the usual case; force="mesh" would drop the file's normals
+            transform, name = loaded.graph[nodes[0]]
+            mesh = loaded.geometry[name]
+            if not np.allclose(transform, np.eye(4)):
+                mesh = placed(mesh, np.asarray(transform, dtype=np.float64))
+        else:
+            mesh = loaded.to_mesh()
     if not isinstance(mesh, trimesh.Trimesh) or len(mesh.faces) == 0:
         raise ValueError(f"{str(path)!r} holds no triangle mesh")
     visual = mesh.visual
@@ -112,6 +122,7 @@ def _load_usd(path: Path, frame: Frame) -> trimesh.Trimesh:
         raise ValueError(f"cannot open {str(path)!r} as a USD stage")
     cache = UsdGeom.XformCache(Usd.TimeCode.Default())
     parts = []
+    normal_parts: list[np.ndarray | None] = []
     surf: Surface | None = None
     for prim in stage.Traverse():
         if not prim.IsA(UsdGeom.Mesh):
@@ -127,6 +138,12 @@ def _load_usd(path: Path, frame: Frame) -> trimesh.Trimesh:
             faces, corners = faces[:, ::-1], corners[:, ::-1]
         world = np.asarray(cache.GetLocalToWorldTransform(prim), dtype=np.float64).T
         points = points @ world[:3, :3].T + world[:3, 3]
+        normals = mesh.GetNormalsAttr().Get()
+        normals = np.asarray(normals, dtype=np.float64) if normals is not None else None
+        if normals is not None and len(normals) == len(points):
+            normals = normals @ np.linalg.inv(world[:3, :3])
+        else:
+            normals = None
         uv = None
         st = UsdGeom.PrimvarsAPI(prim).GetPrimvar("st")
         if st and st.HasValue():
@@ -137,8 +154,10 @@ def _load_usd(path: Path, frame: Frame) -> trimesh.Trimesh:
             elif interp == UsdGeom.Tokens.faceVarying and len(values) == len(indices):
                 # Give every corner its own vertex so each can carry its own UV.
                 points, uv = points[faces.reshape(-1)], values[corners.reshape(-1)]
+                normals = normals[faces.reshape(-1)] if normals is not None else None
                 faces = np.arange(len(points)).reshape(-1, 3)
         parts.append((points, faces, uv))
+        normal_parts.append(normals)
         if surf is None:
             surf = _material(prim)
     if not parts:
@@ -150,19 +169,24 @@ def _load_usd(path: Path, frame: Frame) -> trimesh.Trimesh:
     uvs = [u for _, _, u in parts]
     uv = np.concatenate(uvs) if all(u is not None for u in uvs) else None
 
+    normals = np.concatenate(normal_parts) if all(n is not None for n in normal_parts) else None
+
+    back = np.eye(4)
     if frame == "source":
         root = stage.GetDefaultPrim()
         recorded = root.GetCustomDataByKey(SOURCE_TRANSFORM_KEY) if root else None
         if recorded is not None:
-            transform = np.asarray(recorded, dtype=np.float64).T
-            inverse = np.linalg.inv(transform)
-            vertices = vertices @ inverse[:3, :3].T + inverse[:3, 3]
+            back = np.linalg.inv(np.asarray(recorded, dtype=np.float64).T)
         elif UsdGeom.GetStageUpAxis(stage) == UsdGeom.Tokens.z:  # someone else's Z-up file: make it Y-up
-            vertices = vertices @ np.array([[1.0, 0, 0], [0, 0, 1], [0, -1, 0]]).T
+            back[:3, :3] = [[1, 0, 0], [0, 0, 1], [0, -1, 0]]
     elif frame != "stage":
         raise ValueError(f"frame must be 'source' or 'stage', not {frame!r}")
+    vertices = vertices @ back[:3, :3].T + back[:3, 3]
+    if normals is not None:
+        normals = normals @ np.linalg.inv(back[:3, :3])
+        normals /= np.maximum(np.linalg.norm(normals, axis=1, keepdims=True), 1e-12)
 
-    out = trimesh.Trimesh(vertices=vertices, faces=faces, process=False)
+    out = trimesh.Trimesh(vertices=vertices, faces=faces, vertex_normals=normals, process=False)
     surf = surf or Surface(uv=None, image=None, base_color=(1.0, 1.0, 1.0, 1.0), roughness=1.0, metallic=0.0)
     if uv is not None:
         full = Surface(uv=uv, image=surf.image, base_color=surf.base_color, roughness=surf.roughness,

@@ -32,7 +32,7 @@ EXACT_GUTTER_PX = 2.0
 @dataclass
 class BakeConfig:
     texture_size: int = 1024  # 2048 is the most AR Quick Look accepts
-    face_budget: int = 200_000  # decimate above this many faces; 0 keeps every face
+    face_budget: int = 100_000  # decimate above this; xatlas takes ~1-2 min per 100k faces on a CPU; 0 keeps all
     merge_distance: float = 1e-5  # vertices closer than this (scene units) become one
     min_component_fraction: float = 0.01  # drop floating pieces with fewer faces than this share
     dilate_px: int = 16  # colour grown this far outside charts; beyond it the mean colour

@@ -19,6 +19,9 @@ def make_textured_mesh(subdivisions: int = 2) -> trimesh.Trimesh:
         baseColorTexture=image, baseColorFactor=[255, 255, 255, 255], roughnessFactor=0.7, metallicFactor=0.1
     )
     mesh.visual = trimesh.visual.TextureVisuals(uv=uv, material=material)
+    # Exact radial normals differ from trimesh's recomputed ones (~1e-3), so readers must keep the file's.
+    radial = mesh.vertices - mesh.vertices.mean(0)
+    mesh.vertex_normals = radial / np.linalg.norm(radial, axis=1, keepdims=True)
     return mesh
 
 
@@ -26,12 +29,12 @@ def assert_same_mesh(read: trimesh.Trimesh, source: trimesh.Trimesh, atol: float
     assert read.vertices.shape == source.vertices.shape
     np.testing.assert_allclose(read.vertices, source.vertices, atol=atol)
     np.testing.assert_array_equal(read.faces, source.faces)
+    np.testing.assert_allclose(read.vertex_normals, source.vertex_normals, atol=1e-5)  # the file's, not recomputed
     np.testing.assert_allclose(read.visual.uv, source.visual.uv, atol=1e-7)  # float32 rounding
     got = np.asarray(read.visual.material.baseColorTexture.convert("RGB"))
     np.testing.assert_array_equal(got, np.asarray(source.visual.material.baseColorTexture))
     assert read.visual.material.roughnessFactor == pytest.approx(0.7, abs=1e-6)
     assert read.visual.material.metallicFactor == pytest.approx(0.1, abs=1e-6)
-
 
 
 @pytest.fixture
