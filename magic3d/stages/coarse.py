@@ -92,6 +92,14 @@ class CoarseModel:
         return tensors
 
     def load_state_tensors(self, tensors: dict[str, Tensor]) -> None:
+        own = {f"field/{k}": v for k, v in self.field.state_dict().items()}
+        own["occupancy/density"] = self.occupancy.density
+        bad = [k for k, v in own.items() if k not in tensors or tensors[k].shape != v.shape]
+        if bad:
+            raise RunError(
+                f"The coarse checkpoint does not fit the current coarse config (first mismatch: {bad[0]!r}); "
+                "use the config the run started with, or start over with --restart."
+            )
         with torch.no_grad():
             for k, v in self.field.state_dict().items():
                 v.copy_(tensors[f"field/{k}"])

@@ -134,6 +134,9 @@ def test_checkpoints_previews_and_reload(tmp_path):
         assert torch.equal(value, field.state_dict()[key]), key
     with pytest.raises(RunError, match="No coarse checkpoint"):
         load_coarse_field(tmp_path / "empty", cfg, "cpu")
+    other = small_cfg(field=FieldConfig(levels=4, log2_hashmap_size=12, max_res=64, hidden=16))
+    with pytest.raises(RunError, match="does not fit the current coarse config"):
+        load_coarse_field(tmp_path, other, "cpu")
 
 
 class NaNAt:
