@@ -8,7 +8,7 @@ import torch
 import trimesh
 
 from exporters import load_asset, write_glb, write_usd
-from magic3d.bake import BakeConfig, bake, clean_mesh, decimate
+from magic3d.bake import BakeConfig, bake, clean_mesh, decimate, split_faces
 from magic3d.errors import RunError
 from renderers.cameras import orbit_cameras
 from renderers.mesh_render import render_mesh
@@ -101,8 +101,8 @@ def views(resolution: int = 96):
     return orbit_cameras(elevation, azimuth, 2.8, 40.0, resolution)
 
 
-def bake_error(source: trimesh.Trimesh, read_back) -> float:
-    mesh = read_back(bake(source.vertices, source.faces, field, BakeConfig(texture_size=512)))
+def bake_error(source: trimesh.Trimesh, read_back, cfg: BakeConfig | None = None) -> float:
+    mesh = read_back(bake(source.vertices, source.faces, field, cfg or BakeConfig(texture_size=512)))
     cameras = views()
     raster = get_rasterizer("cpu")
     texture = torch.as_tensor(np.array(mesh.visual.material.baseColorTexture.convert("RGB")),
@@ -141,3 +141,23 @@ def test_baked_asset_passes_the_validators(tmp_path: Path) -> None:
     files = export_asset(mesh, tmp_path, ["usdc", "usdz"], AssetInfo(name="ball", prompt="a ball", seed=3))
     assert validate_asset(files["usdc"]) == []
     assert validate_asset(files["usdz"]) == []  # ARKit rules included for packages
+
+
+def test_split_faces_covers_every_face_once() -> None:
+    sphere = trimesh.creation.icosphere(subdivisions=3)
+    pieces = split_faces(sphere.vertices, sphere.faces, 300)
+    assert len(pieces) >= 5 and max(len(p) for p in pieces) <= 300
+    np.testing.assert_array_equal(np.sort(np.concatenate(pieces)), np.arange(len(sphere.faces)))
+
+
+@pytest.mark.slow
+def test_atlas_in_pieces_bakes_as_well(tmp_path: Path) -> None:
+    """Big meshes are unwrapped in pieces; the extra cuts must not show."""
+    sphere = trimesh.creation.icosphere(subdivisions=3, radius=0.8)
+    cfg = BakeConfig(texture_size=512, atlas_piece_faces=300)
+    mesh = bake(sphere.vertices, sphere.faces, field, cfg)
+    assert len(mesh.faces) == len(sphere.faces)
+    got = sample_texture(mesh, mesh.visual.uv)
+    want = field(torch.as_tensor(mesh.vertices, dtype=torch.float32)).numpy()
+    assert np.abs(got - want).max() < 0.015
+    assert bake_error(sphere, lambda m: m, cfg) < 0.02
