@@ -17,11 +17,14 @@ from torch import Tensor, nn
 
 @dataclass
 class TextureConfig:
-    levels: int = 16
+    # Sized for CPU runs: the paper-sized grid (16 levels, 2^19 entries, max_res 2048) has 16M
+    # parameters and nerfstudio's PyTorch hash grid gives dense gradients, so every Adam step
+    # touches all of them (seconds per step on CPU). GPU presets should set the paper sizes.
+    levels: int = 12
     features_per_level: int = 2
-    log2_hashmap_size: int = 19
+    log2_hashmap_size: int = 15
     min_res: int = 16
-    max_res: int = 2048
+    max_res: int = 512
     hidden: int = 32
     bound: float = 1.0
 

@@ -48,7 +48,7 @@ class FineConfig:
     bound: float = 1.0
     density_threshold: float | None = None  # None: automatic (see magic3d.fields.dmtet.auto_density_threshold)
     lr: float = 1e-2  # texture hash grid (its MLP gets a tenth)
-    sdf_lr: float = 2e-3  # world units per step, roughly
+    sdf_lr: float = 1e-2  # the SDF is roughly in world units, so this is ~the surface's move per step
     deform_lr: float = 1e-2
     texture: TextureConfig = dataclasses.field(default_factory=TextureConfig)
     texture_init_steps: int = 150  # regression onto the coarse albedo before the first step
@@ -59,7 +59,9 @@ class FineConfig:
     ambient: float = 0.3
     smooth_normals: bool = True
     background: tuple[float, float, float] = (1.0, 1.0, 1.0)
-    normal_consistency_weight: float = 1e3
+    # Scaled for SDS losses summed over the prior's input (as threestudio's Magic3D refine: 1e4 normal
+    # consistency); image-loss fits want ~1e-3. Stable with the built-in prior at 1e4 (tet 32, 64 px).
+    normal_consistency_weight: float = 1e4
     laplacian_weight: float = 1e4
     checkpoint_every: int = 100
     preview_every: int = 0  # 0: only a final preview
