@@ -231,7 +231,9 @@ class DMTet(nn.Module):
             raise ValueError("the density field returned non-finite values at the tet grid vertices")
         thr = auto_density_threshold(density) if threshold is None else float(threshold)
         raw = thr - density
-        edges = self.tets[:, list(TET_EDGES)].reshape(-1, 2)
+        inside = (raw < 0)[self.tets].sum(-1)
+        crossing = self.tets[(inside > 0) & (inside < 4)]  # only these hold surface edges (saves GBs at 128^3)
+        edges = crossing[:, list(TET_EDGES)].reshape(-1, 2)
         cut = (raw[edges[:, 0]] < 0) != (raw[edges[:, 1]] < 0)
         if cut.any():
             e = edges[cut]
