@@ -53,7 +53,7 @@ TINY = FineConfig(
 
 def mean_rgb_loss(rgb, cameras, step_ratio, generator):
     loss = rgb.mean()
-    return loss, {"mean_rgb": float(loss)}
+    return loss, {"mean_rgb": float(loss.detach())}
 
 
 def closed(vertices: torch.Tensor, faces: torch.Tensor) -> trimesh.Trimesh:
