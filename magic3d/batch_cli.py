@@ -76,25 +76,11 @@ def batch(
 
 def main(argv: list[str] | None = None) -> None:
     """Run ``batch`` as a program on its own, with the same one-line errors as ``magic3d``."""
-    from magic3d.cli import fail
-    from magic3d.errors import Magic3DError
+    from magic3d.cli import run_app
 
     app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
     register(app)
-    try:
-        code = app(args=sys.argv[1:] if argv is None else argv, standalone_mode=False)
-    except Magic3DError as exc:
-        fail(str(exc), 2)
-    except typer.Exit as exc:
-        sys.exit(exc.exit_code)
-    except (KeyboardInterrupt, typer.Abort):
-        fail("interrupted; re-run the same command to resume", 130)
-    except typer.TyperException as exc:  # click usage errors
-        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
-        fail(f"{message} (see --help)", getattr(exc, "exit_code", 2))
-    if code == 130:  # typer returns Ctrl-C (and SIGTERM, see run_batch) as exit code 130
-        fail("interrupted; re-run the same command to resume", 130)
-    sys.exit(code if isinstance(code, int) else 0)
+    run_app(app, sys.argv[1:] if argv is None else argv)
 
 
 if __name__ == "__main__":

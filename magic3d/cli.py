@@ -12,6 +12,7 @@ from typing import Annotated
 
 import typer
 
+from magic3d.batch_cli import register as register_batch
 from magic3d.errors import Magic3DError
 
 app = typer.Typer(
@@ -105,14 +106,24 @@ def info() -> None:
         typer.echo(f"{key}: {value}")
 
 
+register_batch(app)
+
+
 def main() -> None:
+    run_app(app, sys.argv[1:] or ["--help"])
+
+
+def run_app(typer_app: typer.Typer, argv: list[str]) -> None:
+    """Run a typer app; anything meant for people ends as one ``error:`` line and an exit code."""
     try:
-        code = app(args=sys.argv[1:] or ["--help"], standalone_mode=False)
+        code = typer_app(args=argv, standalone_mode=False)
     except Magic3DError as exc:
         fail(str(exc), 2)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
     except typer.TyperException as exc:  # usage errors: one line too, not a boxed panel
         message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
-        fail(f"{message} (see `magic3d --help`)", getattr(exc, "exit_code", 2))
+        fail(f"{message} (see --help)", getattr(exc, "exit_code", 2))
     except (KeyboardInterrupt, typer.Abort):
         fail("interrupted; re-run the same command to resume from the last checkpoint", 130)
     except Exception as exc:  # a bug, not bad input: still one line unless asked for more
@@ -120,6 +131,8 @@ def main() -> None:
             raise
         msg = str(exc).splitlines()[0] if str(exc) else ""
         fail(f"internal error ({type(exc).__name__}: {msg}); set MAGIC3D_DEBUG=1 for details", 1)
+    if code == 130:  # typer hands Ctrl-C (and the batch's SIGTERM) back as exit code 130
+        fail("interrupted; re-run the same command to resume from the last checkpoint", 130)
     sys.exit(code if isinstance(code, int) else 0)
 
 

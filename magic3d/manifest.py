@@ -8,13 +8,15 @@ owner was a process on this machine that no longer exists.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import socket
 import sqlite3
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -111,18 +113,31 @@ def _is_zombie(pid: int) -> bool:
     return stat.rsplit(")", 1)[-1].split()[0] == "Z"
 
 
+@contextlib.contextmanager
+def _init_lock(path: Path) -> Iterator[None]:
+    with open(path.with_name(path.name + ".lock"), "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 class Manifest:
     """``<out>/batch.sqlite``; every method is one short transaction, safe across processes."""
 
     def __init__(self, out_dir: str | Path):
         self.path = Path(out_dir) / MANIFEST_NAME
         try:
-            self.db = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
-            self.db.row_factory = sqlite3.Row
-            self.db.execute("PRAGMA busy_timeout = 60000")
-            self.db.execute("PRAGMA journal_mode = WAL")
-            self.db.execute("PRAGMA synchronous = NORMAL")
-            self.db.executescript(_SCHEMA)
+            # Switching a new file to WAL and creating the schema take locks that SQLite's busy
+            # handler does not wait for; two batches starting together serialise here instead.
+            with _init_lock(self.path):
+                self.db = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
+                self.db.row_factory = sqlite3.Row
+                self.db.execute("PRAGMA busy_timeout = 60000")
+                self.db.execute("PRAGMA journal_mode = WAL")
+                self.db.execute("PRAGMA synchronous = NORMAL")
+                self.db.executescript(_SCHEMA)
         except sqlite3.DatabaseError as exc:
             raise InputError(
                 f"The batch manifest {str(self.path)!r} cannot be used ({exc}); "

@@ -13,15 +13,6 @@ from renderers.raster import TorchRasterizer, get_rasterizer
 R = TorchRasterizer()
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    # Two OpenMP threads on two shared, busy cores spin-wait on each other (30x slower niced).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def clip_of(xy_z: list[list[float]]) -> torch.Tensor:
     return torch.tensor([[[x, y, z, 1.0] for x, y, z in xy_z]], dtype=torch.float64)
 

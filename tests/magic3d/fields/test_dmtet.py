@@ -18,15 +18,6 @@ from magic3d.fields.dmtet import (
 )
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # On the shared 2-core machine a niced process with 2 intra-op threads runs ~50x slower than with 1.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def check_closed_manifold(vertices: torch.Tensor, faces: torch.Tensor) -> int:
     """Assert every edge has exactly two faces; return the Euler characteristic V - E + F."""
     f = faces.long()

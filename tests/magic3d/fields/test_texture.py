@@ -2,20 +2,10 @@
 
 from __future__ import annotations
 
-import pytest
 import torch
 import trimesh
 
 from magic3d.fields.texture import TextureConfig, TextureField, sample_surface
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # On the shared 2-core machine a niced process with 2 intra-op threads runs ~50x slower than with 1.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 SMALL = TextureConfig(levels=6, log2_hashmap_size=13, min_res=4, max_res=64, hidden=32)
 

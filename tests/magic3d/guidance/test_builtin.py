@@ -35,7 +35,6 @@ from magic3d.guidance.builtin_world import (
 
 @pytest.fixture(scope="module")
 def prior():
-    torch.set_num_threads(1)
     return load_builtin_prior(None, "cpu")
 
 

@@ -19,15 +19,6 @@ from renderers.volume import render_rays
 RADIUS = 0.6
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # The test machine's cores are shared; one thread avoids OpenMP spin-waiting (10x faster here).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def analytic_sphere(cams):
     """Ground truth without our renderer: NumPy ray-sphere hits, colour from the surface normal."""
     o, d = (t.reshape(-1, 3).double().numpy() for t in cams.rays())

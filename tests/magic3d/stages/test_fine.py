@@ -18,15 +18,6 @@ from renderers.cameras import Cameras, orbit_cameras
 from renderers.mesh_render import render_mesh
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # On the shared 2-core machine a niced process with 2 intra-op threads runs ~50x slower than with 1.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 class BallField:
     """Analytic stand-in for the coarse NeRF: a soft ball of density, coloured by height."""
 

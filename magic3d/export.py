@@ -1,0 +1,95 @@
+"""Files out of a baked mesh: the asset formats, the turntable preview, and re-export.
+
+The baked mesh is also kept as ``checkpoints/baked.glb`` so that ``magic3d export`` can write
+other formats, axes or sizes later without optimising again.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from magic3d.errors import InputError
+from magic3d.storage import atomic_write_text
+
+if TYPE_CHECKING:
+    import trimesh
+
+    from magic3d.config import Config
+
+BAKED_MESH = Path("checkpoints") / "baked.glb"
+ASSET_STEM = "asset"
+
+
+def write_outputs(mesh: trimesh.Trimesh, run_dir: Path, prompt: str, cfg: Config) -> dict[str, Path]:
+    """Write every configured format, the preview GIF and the re-export source; return the paths."""
+    from exporters import write_glb
+
+    baked = run_dir / BAKED_MESH
+    baked.parent.mkdir(parents=True, exist_ok=True)
+    write_glb(mesh, baked)
+    files = write_formats(mesh, run_dir, cfg.export.formats, asset_info(run_dir, prompt, cfg.runtime.seed),
+                          cfg.export.up_axis, cfg.export.size_m)
+    if cfg.export.preview:
+        files["preview"] = write_preview(mesh, run_dir / "preview.gif", cfg.export.preview_frames,
+                                         cfg.export.preview_resolution)
+    return files
+
+
+def write_formats(
+    mesh: trimesh.Trimesh, run_dir: Path, formats: tuple[str, ...] | list[str], info: Any, up_axis: str, size_m: float
+) -> dict[str, Path]:
+    from exporters import export_asset
+
+    return export_asset(mesh, run_dir, list(formats), info, up_axis=up_axis, size_m=size_m)
+
+
+def write_preview(mesh: trimesh.Trimesh, path: Path, frames: int, resolution: int) -> Path:
+    from renderers.turntable import render_turntable, write_gif
+
+    write_gif(render_turntable(mesh, frames=frames, resolution=resolution), path)
+    return path
+
+
+def asset_info(run_dir: Path, prompt: str, seed: int) -> Any:
+    from exporters import AssetInfo
+    from magic3d.info import package_versions
+
+    version = package_versions(("magic3d",))["magic3d"] or "0"
+    return AssetInfo(name=run_dir.name, prompt=prompt, seed=seed, generator="magic3d", version=version)
+
+
+def reexport(
+    run_dir: Path, formats: str | None = None, up_axis: str | None = None, size_m: float | None = None
+) -> dict[str, Path]:
+    """Write ``formats`` (comma-separated) for a finished run; defaults come from its run.json."""
+    from exporters import load_asset
+    from magic3d.config import EXPORT_FORMATS
+    from magic3d.pipeline import read_record
+
+    run_dir = Path(run_dir)
+    record = read_record(run_dir / "run.json")
+    if record is None:
+        raise InputError(f"{str(run_dir)!r} is not a magic3d run folder (no readable run.json).")
+    baked = run_dir / BAKED_MESH
+    if record.get("status") != "done" or not baked.is_file():
+        raise InputError(f"The run in {str(run_dir)!r} has not finished; run `magic3d generate` on it again first.")
+    export_cfg = record.get("config", {}).get("export", {})
+    chosen = [f.strip() for f in (formats or ",".join(export_cfg.get("formats", ["usdc"]))).split(",") if f.strip()]
+    unknown = [f for f in chosen if f not in EXPORT_FORMATS]
+    if unknown or not chosen:
+        raise InputError(f"Unknown export format {unknown or formats!r}; choose from {', '.join(EXPORT_FORMATS)}.")
+    axis = (up_axis or export_cfg.get("up_axis", "Y")).upper()
+    if axis not in ("Y", "Z"):
+        raise InputError(f"--up-axis must be Y or Z, not {up_axis!r}.")
+    size = float(size_m if size_m is not None else export_cfg.get("size_m", 1.0))
+    if not size > 0:
+        raise InputError(f"--size must be a positive number of metres, not {size_m!r}.")
+
+    mesh = load_asset(baked)
+    info = asset_info(run_dir, record.get("prompt", ""), int(record.get("seed", 0)))
+    files = write_formats(mesh, run_dir, chosen, info, axis, size)
+    record.setdefault("files", {}).update({k: str(p.relative_to(run_dir)) for k, p in files.items()})
+    atomic_write_text(run_dir / "run.json", json.dumps(record, indent=2))
+    return files

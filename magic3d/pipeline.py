@@ -1,0 +1,208 @@
+"""One prompt to finished asset files: coarse NeRF, fine mesh, bake, export.
+
+Everything a user can get wrong (prompt, config, prior, output folder) is checked before any
+work starts; each stage resumes from its own checkpoints when the same run is started again.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from magic3d.config import Config, load_config, to_dict
+from magic3d.errors import ConfigError, InputError
+from magic3d.naming import clean_prompt, slugify
+from magic3d.progress import ProgressFn, silent
+from magic3d.storage import atomic_write_text, ensure_writable_dir
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    files: dict[str, Path]
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+def plan_run(
+    prompt: str,
+    out: str | Path = "outputs",
+    preset: str | None = None,
+    prior: str | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    seed: int | None = None,
+    device: str | None = None,
+    name: str | None = None,
+) -> tuple[str, Config, Path]:
+    """Check everything cheap to check and return (prompt, config, run folder). Writes nothing."""
+    from magic3d.guidance import check_prior_available, validate_prompt_for_prior
+
+    text = clean_prompt(prompt)
+    extra = list(overrides)
+    if prior is not None:
+        extra = [f"prior.id={json.dumps(prior)}", *extra]
+    if seed is not None:
+        extra.append(f"runtime.seed={int(seed)}")
+    if device is not None:
+        extra.append(f"runtime.device={json.dumps(device)}")
+    if preset is None:
+        preset = "builtin" if (prior or "builtin") == "builtin" else "fast"
+    cfg = load_config(preset, extra)
+    for model in dict.fromkeys((cfg.prior.id, cfg.prior.fine_id or cfg.prior.id)):
+        check_prior_available(model, cfg.prior)
+        validate_prompt_for_prior(text, model)
+    resolve_device(cfg.runtime.device)
+    run_dir = Path(out) / (name or slugify(text))
+    return text, cfg, run_dir
+
+
+def generate(
+    prompt: str,
+    out: str | Path = "outputs",
+    preset: str | None = None,
+    prior: str | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    seed: int | None = None,
+    device: str | None = None,
+    restart: bool = False,
+    progress: ProgressFn | None = None,
+    name: str | None = None,
+) -> RunResult:
+    """Run every stage for ``prompt`` and write the assets under ``out/<slug>/``."""
+    text, cfg, run_dir = plan_run(prompt, out, preset, prior, overrides, seed, device, name)
+    ensure_writable_dir(Path(out))
+    return run_planned(text, cfg, run_dir, restart=restart, progress=progress or silent)
+
+
+def run_planned(
+    text: str, cfg: Config, run_dir: Path, restart: bool = False, progress: ProgressFn = silent
+) -> RunResult:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    record_path = run_dir / "run.json"
+    previous = read_record(record_path)
+    config_dict = to_dict(cfg)
+    if previous and not restart:
+        if previous.get("prompt") != text or previous.get("config") != config_dict:
+            raise ConfigError(
+                f"{str(run_dir)!r} holds a run with another prompt or config; "
+                "pass --restart to replace it or choose another --out."
+            )
+        if previous.get("status") == "done":
+            files = {k: run_dir / v for k, v in previous.get("files", {}).items()}
+            if all(p.is_file() for p in files.values()):
+                return RunResult(run_dir, files, previous.get("metrics", {}))
+    if restart:
+        clear_checkpoints(run_dir)
+
+    device = resolve_device(cfg.runtime.device)
+    if cfg.runtime.threads:
+        torch.set_num_threads(cfg.runtime.threads)
+    record: dict[str, Any] = {
+        "prompt": text,
+        "seed": cfg.runtime.seed,
+        "prior": cfg.prior.id,
+        "fine_prior": cfg.prior.fine_id or cfg.prior.id,
+        "device": str(device),
+        "status": "running",
+        "config": config_dict,
+        "versions": versions(),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    atomic_write_text(record_path, json.dumps(record, indent=2))
+    files, metrics, timings = run_stages(text, cfg, run_dir, device, resume=not restart, progress=progress)
+    record.update(
+        status="done",
+        files={k: str(p.relative_to(run_dir)) for k, p in files.items()},
+        metrics=metrics,
+        timings=timings,
+        finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    )
+    atomic_write_text(record_path, json.dumps(record, indent=2))
+    return RunResult(run_dir, files, metrics)
+
+
+def read_record(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def clear_checkpoints(run_dir: Path) -> None:
+    ckpt = run_dir / "checkpoints"
+    if ckpt.is_dir():
+        for p in ckpt.iterdir():
+            if p.is_file():
+                p.unlink()
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu.")
+    return torch.device(name)
+
+
+def versions() -> dict[str, str | None]:
+    from magic3d.info import package_versions
+
+    return package_versions()
+
+
+def run_stages(
+    text: str, cfg: Config, run_dir: Path, device: torch.device, resume: bool, progress: ProgressFn
+) -> tuple[dict[str, Path], dict[str, Any], dict[str, float]]:
+    """Coarse NeRF -> fine mesh -> baked texture -> files; each stage resumes from its checkpoints."""
+    from magic3d.bake import bake
+    from magic3d.export import write_outputs
+    from magic3d.guidance import load_prior
+    from magic3d.prompts import ViewPrompts
+    from magic3d.stages.coarse import run_coarse
+    from magic3d.stages.fine import extract_mesh, run_fine
+    from magic3d.stages.losses import SDSLoss
+
+    seed = cfg.runtime.seed
+    timings: dict[str, float] = {}
+    metrics: dict[str, Any] = {}
+    cache_dir = run_dir / "cache"
+
+    clock = time.perf_counter()
+    prior = load_prior(cfg.prior.id, cfg.prior, device)
+    prompts = ViewPrompts.build(text, prior, cfg.prior, cache_dir)
+    timings["load_prior"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    coarse = run_coarse(
+        SDSLoss(prior, prompts, cfg.coarse.sds), cfg.coarse, run_dir, device, seed, progress=progress, resume=resume
+    )
+    timings["coarse"] = time.perf_counter() - clock
+    metrics["coarse"] = coarse.metrics
+
+    clock = time.perf_counter()
+    if cfg.fine.steps > 0:
+        fine_id = cfg.prior.fine_id or cfg.prior.id
+        if fine_id != cfg.prior.id:
+            del prior, prompts  # free the coarse model before the high-resolution one loads
+            prior = load_prior(fine_id, cfg.prior, device)
+            prompts = ViewPrompts.build(text, prior, cfg.prior, cache_dir)
+        loss = SDSLoss(prior, prompts, cfg.fine.sds)
+        fine = run_fine(coarse.field, loss, cfg.fine, run_dir, device, seed, progress=progress, resume=resume)
+    else:
+        fine = extract_mesh(coarse.field, cfg.fine, device)
+    timings["fine"] = time.perf_counter() - clock
+    metrics["fine"] = fine.metrics
+    metrics["faces"] = int(fine.faces.shape[0])
+
+    clock = time.perf_counter()
+    mesh = bake(fine.vertices, fine.faces, fine.color_fn, cfg.bake)
+    timings["bake"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    files = write_outputs(mesh, run_dir, text, cfg)
+    timings["export"] = time.perf_counter() - clock
+    return files, metrics, timings

@@ -1,0 +1,75 @@
+"""The config tree: presets, dotted overrides, type conversion and validation naming the key."""
+
+from __future__ import annotations
+
+import pytest
+
+from magic3d.config import available_presets, load_config, to_dict, walk
+from magic3d.errors import ConfigError
+
+
+def test_shipped_presets_load_and_validate():
+    assert {"builtin", "fast", "paper"} <= set(available_presets())
+    for name in available_presets():
+        cfg = load_config(name)
+        assert cfg.coarse.steps > 0
+
+
+def test_paper_preset_follows_magic3d_coarse_stage():
+    cfg = load_config("paper")
+    assert cfg.coarse.resolution == 64
+    assert cfg.coarse.field.levels == 16
+    assert cfg.coarse.field.features_per_level == 2
+    assert cfg.coarse.field.log2_hashmap_size == 19
+    assert cfg.coarse.sds.guidance_scale == 100
+    assert (cfg.coarse.sds.t_min, cfg.coarse.sds.t_max) == (0.02, 0.98)
+    assert cfg.fine.resolution == 512
+    assert (cfg.fine.sds.t_min, cfg.fine.sds.t_max) == (0.02, 0.5)
+
+
+def test_overrides_convert_types_and_win_over_presets():
+    cfg = load_config("fast", ["coarse.steps=123", "coarse.sds.guidance_scale=7.5", "export.formats=glb,obj",
+                               "export.up_axis=Z", "fine.density_threshold=null", "prior.perp_neg=true"])
+    assert cfg.coarse.steps == 123 and isinstance(cfg.coarse.steps, int)
+    assert cfg.coarse.sds.guidance_scale == 7.5
+    assert cfg.export.formats == ("glb", "obj")
+    assert cfg.export.up_axis == "Z"
+    assert cfg.fine.density_threshold is None
+    assert cfg.prior.perp_neg is True
+
+
+@pytest.mark.parametrize(
+    ("override", "named"),
+    [
+        ("coarse.stepz=5", "coarse.stepz"),
+        ("coarse.steps=-1", "coarse.steps"),
+        ("coarse.steps=1.5", "coarse.steps"),
+        ("coarse.steps=true", "coarse.steps"),
+        ("coarse.resolution=20", "coarse.resolution"),
+        ("fine.resolution=4096", "fine.resolution"),
+        ("coarse.sds.t_max=1.5", "coarse.sds.t_max"),
+        ("coarse.sds.weighting=linear", "coarse.sds.weighting"),
+        ("export.up_axis=X", "export.up_axis"),
+        ("export.formats=usdc,fbx", "export.formats"),
+        ("prior.perp_neg=maybe", "prior.perp_neg"),
+        ("coarse=3", "coarse"),
+        ("runtime.device=gpu", "runtime.device"),
+    ],
+)
+def test_invalid_values_are_rejected_naming_the_key(override, named):
+    with pytest.raises(ConfigError) as err:
+        load_config("fast", [override])
+    assert named in str(err.value)
+
+
+def test_unknown_key_suggests_the_close_one():
+    with pytest.raises(ConfigError, match="Did you mean coarse.steps"):
+        load_config("fast", ["coarse.step=5"])
+
+
+def test_config_round_trips_through_a_plain_dict():
+    cfg = load_config("paper", ["coarse.steps=7"])
+    plain = to_dict(cfg)
+    assert plain["coarse"]["steps"] == 7
+    keys = dict(walk(cfg))
+    assert keys["coarse.sds.guidance_scale"] == plain["coarse"]["sds"]["guidance_scale"]
