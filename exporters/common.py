@@ -50,12 +50,20 @@ def atomic_output(path: Path, suffix: str | None = None) -> Iterator[Path]:
     os.close(fd)
     tmp_path = Path(tmp)
     try:
+        os.chmod(tmp_path, default_file_mode())  # mkstemp's 0600 would hide assets from other users
         yield tmp_path
         with open(tmp_path, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp_path, path)
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+def default_file_mode() -> int:
+    """What ``open()`` would give a new file: 0666 less the process umask."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
 
 
 def write_png(image: Image.Image, path: Path) -> Path:

@@ -12,10 +12,11 @@ from __future__ import annotations
 import math
 import os
 import re
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from exporters.common import atomic_output
 
 _PRIM_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _KINDS = ("component", "assembly", "group", "subcomponent")
@@ -183,14 +184,6 @@ def write_world(
         prim.GetPayloads().AddPayload(Sdf.Payload(rel))
 
     text = layer.ExportToString()
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_output(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
     return path

@@ -21,7 +21,13 @@ def console_progress(quiet: bool = False) -> Iterator[ProgressFn]:
     if quiet:
         yield silent
         return
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     bars = Progress(
         TextColumn("[bold]{task.description:<7}"),

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,23 +17,14 @@ def atomic_path(path: Path) -> Iterator[Path]:
 
     On any failure the temporary file is removed and an existing ``path`` is left untouched.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    from exporters.common import atomic_output
+
     try:
-        yield tmp_path
-        with open(tmp_path, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp_path, path)
+        with atomic_output(Path(path)) as tmp:
+            yield tmp
     except OSError as exc:
-        tmp_path.unlink(missing_ok=True)
         if exc.errno == errno.ENOSPC:
             raise RunError(f"The disk is full while writing {str(path)!r}; free space and re-run to resume.") from None
-        raise
-    except BaseException:
-        tmp_path.unlink(missing_ok=True)
         raise
 
 

@@ -81,6 +81,9 @@ def write_gif(frames: Sequence[np.ndarray], path: str | os.PathLike[str], fps: f
     images = [Image.fromarray(np.asarray(f, dtype=np.uint8)).convert("RGB") for f in frames]
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)  # mkstemp's 0600 would hide previews from other users
         with os.fdopen(fd, "wb") as handle:
             images[0].save(handle, format="GIF", save_all=True, append_images=images[1:],
                            duration=max(1, round(1000.0 / fps)), loop=0, optimize=False)
