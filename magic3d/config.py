@@ -43,7 +43,8 @@ class RuntimeConfig:
     device: str = "auto"  # "auto" picks cuda when present, else cpu
     seed: int = 0
     threads: int | None = None  # torch CPU threads; None leaves torch's default
-    # Keep the prior's text encoder / VAE on the CPU between uses to save GPU memory.
+    # GPU memory for bigger renders: a diffusers prior's text encoder waits on the CPU between
+    # prompts and SD's VAE decoder (unused by SDS) stays there. Passed to load_prior.
     offload: bool = False
 
 

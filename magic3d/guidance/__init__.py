@@ -32,8 +32,13 @@ class PriorConfig:
     embedding_cache: bool = True  # text embeddings cached on disk beside the run
 
 
-def load_prior(id_or_path: str, cfg: PriorConfig, device: torch.device) -> Prior:
-    """The prior named ``id_or_path`` on ``device``; PriorError with one sentence when it can't load."""
+def load_prior(id_or_path: str, cfg: PriorConfig, device: torch.device, offload: bool = False) -> Prior:
+    """The prior named ``id_or_path`` on ``device``; PriorError with one sentence when it can't load.
+
+    ``offload`` (``runtime.offload``) keeps the parts of a diffusers prior that SDS doesn't run
+    every step on the CPU: the text encoder visits ``device`` only while it encodes prompts, and
+    Stable Diffusion's VAE decoder never leaves the CPU. The built-in prior is a few MB and ignores it.
+    """
     if id_or_path == BUILTIN:
         from magic3d.guidance.builtin import load_builtin_prior
 
@@ -44,10 +49,10 @@ def load_prior(id_or_path: str, cfg: PriorConfig, device: torch.device) -> Prior
     if family == "if":
         from magic3d.guidance.deepfloyd import DeepFloydPrior
 
-        return DeepFloydPrior(folder, id_or_path, cfg, device)
+        return DeepFloydPrior(folder, id_or_path, cfg, device, offload=offload)
     from magic3d.guidance.stable_diffusion import StableDiffusionPrior
 
-    return StableDiffusionPrior(folder, id_or_path, cfg, device)
+    return StableDiffusionPrior(folder, id_or_path, cfg, device, offload=offload)
 
 
 def check_prior_available(id_or_path: str, cfg: PriorConfig) -> None:

@@ -37,13 +37,15 @@ def require_sentencepiece_if_needed(tokenizer_dir: Path, model_id: str) -> None:
 class DeepFloydPrior(DiffusersPrior):
     name = "deepfloyd-if"
 
-    def __init__(self, folder: Path, model_id: str, cfg: object, device: torch.device | str) -> None:
+    def __init__(
+        self, folder: Path, model_id: str, cfg: object, device: torch.device | str, offload: bool = False
+    ) -> None:
         from diffusers import UNet2DConditionModel
         from transformers import AutoTokenizer, T5EncoderModel
 
         self.text_encoder_cls, self.tokenizer_cls = T5EncoderModel, AutoTokenizer
         require_sentencepiece_if_needed(Path(folder) / "tokenizer", model_id)
-        super().__init__(folder, model_id, cfg, device)
+        super().__init__(folder, model_id, cfg, device, offload)
         unet = load_component(UNet2DConditionModel, self.folder / "unet", model_id, torch_dtype=self.dtype)
         self.unet = self.setup_unet(unet)
         self.resolution = int(self.unet.config.sample_size)

@@ -2,7 +2,8 @@
 
 Renders are resized to the VAE's input size (512 for SD 2.1 base), encoded with gradients
 flowing through the encoder, noised at t, and scored by the UNet with classifier-free guidance.
-On CUDA the networks run in fp16 while the SDS arithmetic stays in fp32.
+On CUDA the networks run in fp16 while the SDS arithmetic stays in fp32. With ``offload`` the
+text encoder waits on the CPU between prompts and the VAE decoder (SDS never decodes) stays there.
 
 ``DiffusersPrior`` holds what the latent and the pixel (DeepFloyd IF) priors share: precision
 and attention choices, the noise schedule, guided noise prediction and the SDS step itself.
@@ -10,6 +11,7 @@ and attention choices, the noise schedule, guided noise prediction and the SDS s
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +73,22 @@ def load_component(cls: Any, folder: Path, model_id: str, **kwargs: Any) -> Any:
         ) from None
 
 
+def warn_if_truncated(tokenizer: Any, texts: list[str], model_id: str) -> None:
+    """Text encoders read at most ``model_max_length`` tokens (77 for CLIP and IF's T5) and the
+    tokenizer cuts the rest silently; say how much of an over-long prompt is lost."""
+    limit = int(tokenizer.model_max_length)
+    # verbose=False: transformers' own "sequence length is longer than" log line would say it twice.
+    lengths = [len(ids) for ids in tokenizer(texts, truncation=False, verbose=False).input_ids]
+    for text, n in zip(texts, lengths, strict=True):
+        if n > limit:
+            start = text if len(text) <= 40 else text[:40] + "…"
+            warnings.warn(
+                f"The prompt {start!r} is {n} tokens long but the text encoder of {model_id!r} reads only "
+                f"{limit}; its last {n - limit} tokens (and any view hint after them) are dropped, shorten it.",
+                stacklevel=3,
+            )
+
+
 class DiffusersPrior:
     """Shared machinery: subclasses set ``unet``, ``resolution`` and implement ``to_model_input``."""
 
@@ -78,13 +96,18 @@ class DiffusersPrior:
     text_encoder_cls: Any = None
     tokenizer_cls: Any = None
 
-    def __init__(self, folder: Path, model_id: str, cfg: object, device: torch.device | str) -> None:
+    def __init__(
+        self, folder: Path, model_id: str, cfg: object, device: torch.device | str, offload: bool = False
+    ) -> None:
         from diffusers import DDPMScheduler
 
         self.folder = Path(folder)
         self.model_id = model_id
         self.cfg = cfg
         self.device = torch.device(device)
+        # Where the networks SDS doesn't run every step wait (``runtime.offload``, see load_prior).
+        self.offload = offload
+        self.idle_device = torch.device("cpu") if offload else self.device
         self.dtype = network_dtype(cfg, self.device)
         self.tokenizer = load_component(self.tokenizer_cls, self.folder / "tokenizer", model_id)
         self.text_encoder: torch.nn.Module | None = None
@@ -109,7 +132,7 @@ class DiffusersPrior:
     def load_text_encoder(self) -> torch.nn.Module:
         if self.text_encoder is None:
             enc = load_component(self.text_encoder_cls, self.folder / "text_encoder", self.model_id, torch_dtype=self.dtype)
-            self.text_encoder = enc.to(self.device).requires_grad_(False).eval()
+            self.text_encoder = enc.to(self.idle_device).requires_grad_(False).eval()
         return self.text_encoder
 
     def free_text_encoder(self) -> None:
@@ -121,16 +144,26 @@ class DiffusersPrior:
     @torch.no_grad()
     def encode_text(self, texts: list[str]) -> Tensor:
         encoder = self.load_text_encoder()
+        warn_if_truncated(self.tokenizer, texts, self.model_id)
         tokens = self.tokenizer(texts, padding="max_length", max_length=self.tokenizer.model_max_length,
                                 truncation=True, return_tensors="pt")
-        return self.run_text_encoder(encoder, tokens)
+        encoder.to(self.device)  # a no-op unless offloaded
+        try:
+            return self.run_text_encoder(encoder, tokens)
+        finally:
+            if self.offload:
+                encoder.to(self.idle_device)
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
 
     def run_text_encoder(self, encoder: torch.nn.Module, tokens: Any) -> Tensor:
         return encoder(tokens.input_ids.to(self.device))[0]
 
     def encode_prompt(self, prompts: list[str], negative_prompts: list[str]) -> TextEmbeddings:
         negatives = negative_prompts or [""] * len(prompts)
-        return TextEmbeddings(cond=self.encode_text(prompts), uncond=self.encode_text(negatives))
+        # One call: an offloaded encoder makes one round trip to the device, not two.
+        cond, uncond = self.encode_text([*prompts, *negatives]).split([len(prompts), len(negatives)])
+        return TextEmbeddings(cond=cond, uncond=uncond)
 
     # --- score distillation ---------------------------------------------------------------
 
@@ -187,12 +220,14 @@ class DiffusersPrior:
 class StableDiffusionPrior(DiffusersPrior):
     name = "stable-diffusion"
 
-    def __init__(self, folder: Path, model_id: str, cfg: object, device: torch.device | str) -> None:
+    def __init__(
+        self, folder: Path, model_id: str, cfg: object, device: torch.device | str, offload: bool = False
+    ) -> None:
         from diffusers import AutoencoderKL, UNet2DConditionModel
         from transformers import CLIPTextModel, CLIPTokenizer
 
         self.text_encoder_cls, self.tokenizer_cls = CLIPTextModel, CLIPTokenizer
-        super().__init__(folder, model_id, cfg, device)
+        super().__init__(folder, model_id, cfg, device, offload)
         vae = load_component(AutoencoderKL, self.folder / "vae", model_id, torch_dtype=self.dtype)
         unet = load_component(UNet2DConditionModel, self.folder / "unet", model_id, torch_dtype=self.dtype)
         self.setup_networks(unet, vae)
@@ -200,13 +235,15 @@ class StableDiffusionPrior(DiffusersPrior):
     @classmethod
     def from_components(
         cls, unet: torch.nn.Module, vae: torch.nn.Module, alphas_cumprod: Tensor, cfg: object,
-        device: torch.device | str, model_id: str = "in-memory",
+        device: torch.device | str, model_id: str = "in-memory", offload: bool = False,
     ) -> StableDiffusionPrior:
         """A prior around networks already in memory (benchmarks with random weights); it has
         no text encoder, so embeddings must be supplied directly."""
         self = cls.__new__(cls)
         self.folder, self.model_id, self.cfg = Path("."), model_id, cfg
         self.device = torch.device(device)
+        self.offload = offload
+        self.idle_device = torch.device("cpu") if offload else self.device
         self.dtype = network_dtype(cfg, self.device)
         self.tokenizer, self.text_encoder = None, None
         self.prediction_type = "epsilon"
@@ -218,7 +255,11 @@ class StableDiffusionPrior(DiffusersPrior):
         return self
 
     def setup_networks(self, unet: torch.nn.Module, vae: torch.nn.Module) -> None:
-        self.vae = vae.to(self.device).requires_grad_(False).eval()
+        # SDS only encodes: with offload the decoder half of the VAE never takes GPU memory
+        # (``vae.decode`` then needs latents on the CPU).
+        for part_name, part in vae.named_children():
+            part.to(self.idle_device if part_name in ("decoder", "post_quant_conv") else self.device)
+        self.vae = vae.requires_grad_(False).eval()
         if self.device.type == "cuda":
             self.vae.to(memory_format=torch.channels_last)
         self.unet = self.setup_unet(unet)
