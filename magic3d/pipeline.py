@@ -6,8 +6,11 @@ work starts; each stage resumes from its own checkpoints when the same run is st
 
 from __future__ import annotations
 
+import contextlib
 import json
+import re
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,7 +18,7 @@ from typing import Any
 import torch
 
 from magic3d.config import Config, load_config, to_dict
-from magic3d.errors import ConfigError, InputError
+from magic3d.errors import ConfigError, InputError, RunError
 from magic3d.naming import clean_prompt, slugify
 from magic3d.progress import ProgressFn, silent
 from magic3d.storage import atomic_write_text, ensure_writable_dir
@@ -171,15 +174,19 @@ def run_stages(
     metrics: dict[str, Any] = {}
     cache_dir = run_dir / "cache"
 
+    offload = cfg.runtime.offload
     clock = time.perf_counter()
-    prior = load_prior(cfg.prior.id, cfg.prior, device)
-    prompts = ViewPrompts.build(text, prior, cfg.prior, cache_dir)
+    with out_of_memory_advice("load_prior", cfg):
+        prior = load_prior(cfg.prior.id, cfg.prior, device, offload=offload)
+        prompts = ViewPrompts.build(text, prior, cfg.prior, cache_dir)
     timings["load_prior"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
-    coarse = run_coarse(
-        SDSLoss(prior, prompts, cfg.coarse.sds), cfg.coarse, run_dir, device, seed, progress=progress, resume=resume
-    )
+    with out_of_memory_advice("coarse", cfg):
+        coarse = run_coarse(
+            SDSLoss(prior, prompts, cfg.coarse.sds), cfg.coarse, run_dir, device, seed, progress=progress,
+            resume=resume,
+        )
     timings["coarse"] = time.perf_counter() - clock
     metrics["coarse"] = coarse.metrics
 
@@ -188,21 +195,86 @@ def run_stages(
         fine_id = cfg.prior.fine_id or cfg.prior.id
         if fine_id != cfg.prior.id:
             del prior, prompts  # free the coarse model before the high-resolution one loads
-            prior = load_prior(fine_id, cfg.prior, device)
-            prompts = ViewPrompts.build(text, prior, cfg.prior, cache_dir)
+            with out_of_memory_advice("load_prior", cfg, fine_id):
+                prior = load_prior(fine_id, cfg.prior, device, offload=offload)
+                prompts = ViewPrompts.build(text, prior, cfg.prior, cache_dir)
         loss = SDSLoss(prior, prompts, cfg.fine.sds)
-        fine = run_fine(coarse.field, loss, cfg.fine, run_dir, device, seed, progress=progress, resume=resume)
+        with out_of_memory_advice("fine", cfg):
+            fine = run_fine(coarse.field, loss, cfg.fine, run_dir, device, seed, progress=progress, resume=resume)
     else:
-        fine = extract_mesh(coarse.field, cfg.fine, device)
+        with out_of_memory_advice("fine", cfg):
+            fine = extract_mesh(coarse.field, cfg.fine, device)
     timings["fine"] = time.perf_counter() - clock
     metrics["fine"] = fine.metrics
     metrics["faces"] = int(fine.faces.shape[0])
 
     clock = time.perf_counter()
-    mesh = bake(fine.vertices, fine.faces, fine.color_fn, cfg.bake)
+    with out_of_memory_advice("bake", cfg):
+        mesh = bake(fine.vertices, fine.faces, fine.color_fn, cfg.bake)
     timings["bake"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
-    files = write_outputs(mesh, run_dir, text, cfg)
+    with out_of_memory_advice("export", cfg):
+        files = write_outputs(mesh, run_dir, text, cfg)
     timings["export"] = time.perf_counter() - clock
     return files, metrics, timings
+
+
+STAGE_NAMES = {"load_prior": "loading the prior", "coarse": "the coarse stage", "fine": "the fine stage",
+               "bake": "texture baking", "export": "export"}
+
+
+@contextlib.contextmanager
+def out_of_memory_advice(stage: str, cfg: Config, prior_id: str | None = None) -> Iterator[None]:
+    """Turn a CUDA out-of-memory error inside ``stage`` into a RunError naming the settings to lower."""
+    try:
+        yield
+    except torch.OutOfMemoryError as exc:
+        raise RunError(out_of_memory_message(stage, cfg, str(exc), prior_id)) from None
+
+
+def out_of_memory_message(stage: str, cfg: Config, detail: str = "", prior_id: str | None = None) -> str:
+    """One sentence: where memory ran out, how much was asked for, and the ``--set`` options that help."""
+    asked = re.search(r"[Tt]ried to allocate ([\d.]+ ?[KMGT]i?B)", detail)
+    where = STAGE_NAMES.get(stage, stage)
+    knobs = memory_knobs(stage, cfg, prior_id)
+    if knobs:
+        advice = "use less memory with " + ", ".join(f"--set {k}" for k in knobs)
+    else:
+        advice = "every memory setting of this stage is at its smallest; use a GPU with more free memory"
+    return (f"CUDA ran out of memory in {where}" + (f" (tried to allocate {asked.group(1)})" if asked else "")
+            + f"; {advice} or --device cpu, then run the same command again to resume.")
+
+
+def memory_knobs(stage: str, cfg: Config, prior_id: str | None = None) -> list[str]:
+    """``key=value`` overrides that lower ``stage``'s peak GPU memory, from the current values,
+    most effective first; settings already at their smallest are left out."""
+    from magic3d.guidance import BUILTIN
+
+    knobs: list[str] = []
+    if stage in ("coarse", "fine"):
+        section = getattr(cfg, stage)
+        if section.batch_size > 1:
+            knobs.append(f"{stage}.batch_size={max(1, section.batch_size // 2)}")
+        if section.resolution // 2 >= 32:  # stays a multiple of 8 (config.validate's rule) when >= 32
+            knobs.append(f"{stage}.resolution={section.resolution // 2 // 8 * 8}")
+        if stage == "coarse" and cfg.coarse.samples_per_ray > 16:
+            knobs.append(f"coarse.samples_per_ray={cfg.coarse.samples_per_ray // 2}")
+        if stage == "fine" and cfg.fine.tet_resolution > 32:
+            knobs.append(f"fine.tet_resolution={cfg.fine.tet_resolution // 2}")
+    if stage in ("load_prior", "coarse", "fine"):
+        in_use = prior_id or (cfg.prior.fine_id or cfg.prior.id if stage == "fine" else cfg.prior.id)
+        # The built-in prior is a few MB: neither its precision nor offloading it matters.
+        if in_use != BUILTIN:
+            if cfg.prior.dtype == "float32":
+                knobs.append("prior.dtype=float16")
+            if not cfg.runtime.offload:
+                knobs.append("runtime.offload=true")
+    if stage == "bake":
+        if cfg.bake.query_chunk > 4096:
+            knobs.append(f"bake.query_chunk={cfg.bake.query_chunk // 4}")
+        if cfg.bake.texture_size > 512:
+            knobs.append(f"bake.texture_size={cfg.bake.texture_size // 2}")
+    if stage == "export" and cfg.export.preview:
+        knobs.append("export.preview=false")
+    return knobs
