@@ -200,3 +200,33 @@ def recognise_kind(mesh: trimesh.Trimesh, resolution: int = 24) -> tuple[str, di
         ref = canonical_occupancy(kind, resolution)
         scores[kind] = max(float((g & ref).sum() / max((g | ref).sum(), 1)) for g in turns)
     return max(scores, key=scores.get), scores
+
+
+def nearest_colour(rgb: np.ndarray) -> str:
+    """The colour word closest to ``rgb`` in [0, 1] (plain RGB distance: the words are far apart)."""
+    names = list(COLOURS)
+    table = np.asarray([COLOURS[n] for n in names])
+    return names[int(np.argmin(((table - np.asarray(rgb)[None]) ** 2).sum(-1)))]
+
+
+def dominant_colour(mesh: trimesh.Trimesh) -> str:
+    """The colour word most of the surface (by area) is closest to, read from its texture or colours."""
+    sample = mesh.copy()
+    colours = np.asarray(sample.visual.to_color().vertex_colors, dtype=np.float64)[:, :3] / 255.0
+    # Area around each vertex: a third of each adjacent face's area.
+    area = np.zeros(len(sample.vertices))
+    np.add.at(area, sample.faces.ravel(), np.repeat(sample.area_faces / 3.0, 3))
+    names = list(COLOURS)
+    table = np.asarray([COLOURS[n] for n in names])
+    nearest = np.argmin(((colours[:, None, :] - table[None]) ** 2).sum(-1), axis=1)
+    votes = np.bincount(nearest, weights=area, minlength=len(names))
+    return names[int(np.argmax(votes))]
+
+
+def genus(mesh: trimesh.Trimesh) -> int:
+    """Genus of the largest connected piece, from its Euler characteristic (UV seams merged first)."""
+    merged = trimesh.Trimesh(np.asarray(mesh.vertices), np.asarray(mesh.faces), process=True)
+    merged.merge_vertices(merge_tex=True, merge_norm=True)
+    pieces = merged.split(only_watertight=False)
+    largest = max(pieces, key=lambda m: len(m.faces)) if len(pieces) else merged
+    return int(round(1 - largest.euler_number / 2))
