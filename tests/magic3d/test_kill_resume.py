@@ -29,7 +29,7 @@ def command(out: Path) -> list[str]:
 
 
 def env() -> dict[str, str]:
-    return dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", MAGIC3D_THREADS="1")
+    return dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
 
 
 def final_tensors(run: Path) -> dict[str, torch.Tensor]:
@@ -100,5 +100,8 @@ def test_killed_and_resumed_run_matches_uninterrupted(tmp_path):
     assert_every_output_opens(out)
     got = final_tensors(run)
     assert expected.keys() == got.keys()
-    for key in expected:
+    # Parameters and optimizer moments; the process-global NumPy RNG is not part of the result.
+    params = [key for key in expected if not key.startswith("rng/")]
+    assert "dmtet/sdf" in params and any(key.startswith("optim/") for key in params)
+    for key in params:
         assert torch.allclose(expected[key], got[key], atol=1e-6), key
