@@ -64,6 +64,19 @@ def evaluate(kind: str, colour: str, work: Path, overrides: list[str], seed: int
     return row
 
 
+def summarise(rows: list[dict], planned: int, args: argparse.Namespace) -> dict:
+    return {
+        "machine": {"platform": platform.platform(), "device": "cpu", "threads": 1, "gpu": "none lent"},
+        "overrides": args.overrides, "seed": args.seed, "planned": planned, "evaluated": len(rows),
+        "kind_accuracy": sum(r["kind_ok"] for r in rows) / len(rows),
+        "colour_accuracy": sum(r["colour_ok"] for r in rows) / len(rows),
+        "both_accuracy": sum(r["ok"] for r in rows) / len(rows),
+        "genus_accuracy": sum(r["genus"] == r["expected_genus"] for r in rows) / len(rows),
+        "median_seconds": sorted(r["seconds"] for r in rows)[len(rows) // 2],
+        "rows": rows,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=20)
@@ -75,20 +88,14 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     pairs = [tuple(p.split()[::-1]) for p in args.prompt] or default_prompts(args.count)
-    rows = [evaluate(kind, colour, args.work, args.overrides, args.seed) for kind, colour in pairs]
-    report = {
-        "machine": {"platform": platform.platform(), "cpus": torch.get_num_threads(), "device": "cpu", "threads": 1},
-        "overrides": args.overrides, "seed": args.seed,
-        "kind_accuracy": sum(r["kind_ok"] for r in rows) / len(rows),
-        "colour_accuracy": sum(r["colour_ok"] for r in rows) / len(rows),
-        "both_accuracy": sum(r["ok"] for r in rows) / len(rows),
-        "genus_accuracy": sum(r["genus"] == r["expected_genus"] for r in rows) / len(rows),
-        "median_seconds": sorted(r["seconds"] for r in rows)[len(rows) // 2],
-        "rows": rows,
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_output(args.out) as tmp:
-        tmp.write_text(json.dumps(report, indent=2) + "\n")
+    rows: list[dict] = []
+    for kind, colour in pairs:
+        rows.append(evaluate(kind, colour, args.work, args.overrides, args.seed))
+        report = summarise(rows, len(pairs), args)
+        # Written after every prompt: a long evaluation that is stopped still leaves its table.
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_output(args.out) as tmp:
+            tmp.write_text(json.dumps(report, indent=2) + "\n")
     print(f"kind {report['kind_accuracy']:.0%}, colour {report['colour_accuracy']:.0%}, "
           f"both {report['both_accuracy']:.0%}; wrote {args.out}")
 
