@@ -1,4 +1,4 @@
-"""Batch logic with the fake job (tests/magic3d/test_batch_fakes.py): seconds, not minutes."""
+"""Batch logic with the fake job (tests/magic3d/batch_fakes.py): seconds, not minutes."""
 
 from __future__ import annotations
 
@@ -21,8 +21,8 @@ from magic3d.manifest import Manifest
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
-FAKE_JOB = "test_batch_fakes:fake_job"
-FAKE_PLAN = "test_batch_fakes:fake_plan"
+FAKE_JOB = "batch_fakes:fake_job"
+FAKE_PLAN = "batch_fakes:fake_plan"
 
 SIX = ["a red cube", "a blue ball", "a green cone", "please fail now", "a gold ring", "a grey stone"]
 

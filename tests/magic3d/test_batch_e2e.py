@@ -62,7 +62,7 @@ def test_six_prompts_one_made_to_fail_then_rerun(tmp_path: Path, monkeypatch: py
     f.write_text("\n".join(PROMPTS) + "\n")
     out = tmp_path / "out"
     options = BatchOptions(out=out, prior="builtin", overrides=TINY, device="cpu", seed=3,
-                           workers=2, retries=0, job_fn="test_batch_fakes:real_or_fail")
+                           workers=2, retries=0, job_fn="batch_fakes:real_or_fail")
     first = run_batch(f, options, Reporter(quiet=True))
     assert sorted(first.failed) == ["a-green-torus"] and "made to fail" in first.failed["a-green-torus"]
     assert len(first.done) == 5

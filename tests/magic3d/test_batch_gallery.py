@@ -20,8 +20,8 @@ needs_browser = pytest.mark.skipif(
 
 @pytest.fixture()
 def gallery(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("MAGIC3D_BATCH_JOB", "test_batch_fakes:fake_job")
-    monkeypatch.setenv("MAGIC3D_BATCH_PLAN", "test_batch_fakes:fake_plan")
+    monkeypatch.setenv("MAGIC3D_BATCH_JOB", "batch_fakes:fake_job")
+    monkeypatch.setenv("MAGIC3D_BATCH_PLAN", "batch_fakes:fake_plan")
     monkeypatch.setenv("FAKE_STEP_S", "0.01")
     f = tmp_path / "p.txt"
     f.write_text("a red cube\na blue ball\nplease fail\n")

@@ -18,7 +18,7 @@ ROOT = HERE.parents[1]
 
 def test_ray_missing_gives_an_install_hint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
-    monkeypatch.setenv("MAGIC3D_BATCH_PLAN", "test_batch_fakes:fake_plan")
+    monkeypatch.setenv("MAGIC3D_BATCH_PLAN", "batch_fakes:fake_plan")
     f = tmp_path / "p.txt"
     f.write_text("a red cube\n")
     with pytest.raises(InputError, match=r"pip install 'magic3d\[dist\]'"):
@@ -29,7 +29,7 @@ def test_ray_address_without_a_cluster_is_an_input_error(tmp_path: Path, monkeyp
     ray = pytest.importorskip("ray")
     if ray.is_initialized():
         pytest.skip("a Ray instance is already running in this process")
-    monkeypatch.setenv("MAGIC3D_BATCH_PLAN", "test_batch_fakes:fake_plan")
+    monkeypatch.setenv("MAGIC3D_BATCH_PLAN", "batch_fakes:fake_plan")
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     f = tmp_path / "p.txt"
     f.write_text("a red cube\n")
@@ -42,8 +42,8 @@ def test_ray_runs_every_prompt_and_retries_a_killed_worker(tmp_path: Path, monke
     ray = pytest.importorskip("ray")
     # The workers inherit this environment from the Ray instance started below.
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), str(HERE)]))
-    monkeypatch.setenv("MAGIC3D_BATCH_JOB", "test_batch_fakes:fake_job")
-    monkeypatch.setenv("MAGIC3D_BATCH_PLAN", "test_batch_fakes:fake_plan")
+    monkeypatch.setenv("MAGIC3D_BATCH_JOB", "batch_fakes:fake_job")
+    monkeypatch.setenv("MAGIC3D_BATCH_PLAN", "batch_fakes:fake_plan")
     monkeypatch.setenv("FAKE_STEPS", "2")
     monkeypatch.setenv("FAKE_STEP_S", "0.05")
     monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
