@@ -32,37 +32,46 @@ class ViewPrompts:
     per_bucket: dict[str, TextEmbeddings]  # one row each
     perp_neg: bool = False
     perp_neg_weight: float = 1.0
+    # Embeddings for textureless renders, when the prior captions shape without colour (the
+    # built-in prior was trained that way); None: textureless renders use ``per_bucket``.
+    shape_per_bucket: dict[str, TextEmbeddings] | None = None
 
     @classmethod
     def build(cls, prompt: str, prior: Prior, cfg: object, cache_dir: Path | None = None) -> ViewPrompts:
         view_dependent = bool(getattr(cfg, "view_dependent", True))
         negative = str(getattr(cfg, "negative_prompt", ""))
         use_cache = cache_dir is not None and bool(getattr(cfg, "embedding_cache", True))
-        per_bucket = {}
-        for bucket in BUCKETS:
-            text = view_text(prompt, bucket, view_dependent)
-            per_bucket[bucket] = encode_cached(prior, text, negative, cache_dir if use_cache else None)
+        cache = cache_dir if use_cache else None
+        per_bucket = {b: encode_cached(prior, view_text(prompt, b, view_dependent), negative, cache) for b in BUCKETS}
+        shape_prompt = getattr(prior, "shape_prompt", None)
+        shape_text = shape_prompt(prompt) if callable(shape_prompt) else prompt
+        shape_per_bucket = None
+        if shape_text != prompt:
+            shape_per_bucket = {b: encode_cached(prior, view_text(shape_text, b, view_dependent), negative, cache)
+                                for b in BUCKETS}
         # Every embedding a run needs now exists: large text encoders (IF's T5-XXL) give their
         # memory back to the UNet. Priors reload them lazily if a later prompt needs them.
         free = getattr(prior, "free_text_encoder", None)
         if callable(free):
             free()
-        return cls(prompt, per_bucket, bool(getattr(cfg, "perp_neg", False)), float(getattr(cfg, "perp_neg_weight", 1.0)))
+        return cls(prompt, per_bucket, bool(getattr(cfg, "perp_neg", False)), float(getattr(cfg, "perp_neg_weight", 1.0)),
+                   shape_per_bucket)
 
-    def for_buckets(self, buckets: list[str]) -> TextEmbeddings:
-        cond = torch.cat([self.per_bucket[b].cond for b in buckets])
-        uncond = torch.cat([self.per_bucket[b].uncond for b in buckets])
+    def for_buckets(self, buckets: list[str], shading: str = "albedo") -> TextEmbeddings:
+        table = self.shape_per_bucket if shading == "textureless" and self.shape_per_bucket else self.per_bucket
+        cond = torch.cat([table[b].cond for b in buckets])
+        uncond = torch.cat([table[b].uncond for b in buckets])
         if not self.perp_neg:
             return TextEmbeddings(cond, uncond)
         negs, weights = [], []
         for b in buckets:
             others = OPPOSITES[b] or ("front", "back")
-            negs.append(torch.cat([self.per_bucket[o].cond for o in others]))
+            negs.append(torch.cat([table[o].cond for o in others]))
             weights.append(torch.full((len(others),), self.perp_neg_weight if OPPOSITES[b] else 0.0))
         return TextEmbeddings(cond, uncond, torch.stack(negs), torch.stack(weights).to(cond))
 
-    def for_cameras(self, cameras: Cameras) -> TextEmbeddings:
-        return self.for_buckets(cameras.view_buckets())
+    def for_cameras(self, cameras: Cameras, shading: str = "albedo") -> TextEmbeddings:
+        return self.for_buckets(cameras.view_buckets(), shading)
 
 
 def cache_key(prior: Prior, text: str, negative: str) -> str:

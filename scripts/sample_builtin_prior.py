@@ -1,6 +1,6 @@
 """Check the built-in prior: one sample per (kind, colour) pair, classified by its nearest training render.
 
-    python scripts/sample_builtin_prior.py DATA.npz [--steps 50] [--guidance 4] [--seed 0]
+    python scripts/sample_builtin_prior.py DATA.npz [--steps 100] [--guidance 4] [--seed 0]
         [--grid samples/builtin_samples.png] [--json samples/benchmarks/builtin_training.json]
 
 A sample counts as right when the closest training image (L2 over pixels, among the coloured
@@ -59,11 +59,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("data", help="the training set written by make_builtin_dataset.py")
     parser.add_argument("--weights", default=str(WEIGHTS_DIR))
-    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--guidance", type=float, default=4.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch", type=int, default=65)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--grid", default=str(ROOT / "samples/builtin_samples.png"))
     parser.add_argument("--json", default=str(ROOT / "samples/benchmarks/builtin_training.json"))
     args = parser.parse_args()
@@ -106,7 +106,7 @@ def main() -> None:
     record["total_steps"] = sum(phase.get("steps", 0) for phase in phases)
     record["total_training_seconds"] = round(sum(phase.get("seconds", 0.0) for phase in phases), 1)
     record["sampling"] = {
-        "pairs": len(pairs), "steps": args.steps, "sampler": "DDIM", "guidance_scale": args.guidance,
+        "pairs": len(pairs), "steps": args.steps, "sampler": "DDPM ancestral", "guidance_scale": args.guidance,
         "seed": args.seed, "seconds": round(sample_seconds, 1), "machine": platform.platform(),
         "threads": args.threads,
         "nn_accuracy": round(float(both.mean()), 4),

@@ -136,7 +136,7 @@ class CoarseModel:
         cams = self.cameras(step, generator)
         mode = self.shading_mode(step, generator)
         out, rgb = self.render(cams, mode, generator)
-        loss, metrics = self.loss_fn(rgb, cams, ratio, generator)
+        loss, metrics = self.loss_fn(rgb, cams, ratio, generator, shading=mode)
         sparsity = torch.sqrt(out.opacity**2 + 0.01).mean()
         loss = loss + self.cfg.opacity_weight * sparsity
         if out.sample_normals is not None and self.cfg.orientation_weight > 0:
@@ -177,6 +177,6 @@ def load_coarse_field(run_dir: Path, cfg: CoarseConfig, device: torch.device | s
     ck = load_latest_checkpoint(Path(run_dir) / "checkpoints", "coarse", device)
     if ck is None:
         raise RunError(f"No coarse checkpoint in {str(run_dir)!r}; run the coarse stage first.")
-    model = CoarseModel(cfg, lambda *a: (torch.zeros(()), {}), torch.device(device))
+    model = CoarseModel(cfg, lambda *a, **k: (torch.zeros(()), {}), torch.device(device))
     model.load_state_tensors(ck.tensors)
     return model.field.eval()

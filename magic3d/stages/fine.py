@@ -153,7 +153,7 @@ class FineModel:
         mode = self.shading_mode(generator)
         vertices, faces = self.mesh()
         out = self.render(vertices, faces, cams, mode, generator)
-        loss, metrics = self.loss_fn(out.rgb, cams, ratio, generator)
+        loss, metrics = self.loss_fn(out.rgb, cams, ratio, generator, shading=mode)
         if self.cfg.normal_consistency_weight > 0:
             nc = normal_consistency(vertices, faces)
             loss = loss + self.cfg.normal_consistency_weight * nc

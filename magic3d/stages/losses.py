@@ -1,5 +1,8 @@
 """Stage losses. Every stage loss maps renders to (loss, metrics); SDS is the one real runs use.
 
+A stage calls ``loss_fn(rgb, cameras, step_ratio, generator, shading=mode)``; ``shading`` names
+how the views were lit ("albedo", "diffuse", "textureless"), which SDS uses to pick the prompt.
+
 The fitting tests pass an image loss through the same stage loops, which is how they prove
 that field, renderer and optimiser can make a shape with only the loss swapped.
 """
@@ -24,10 +27,10 @@ class SDSLoss:
 
     def __call__(
         self, rgb: Float[Tensor, "B H W 3"], cameras: Cameras, step_ratio: float,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | None = None, shading: str = "albedo",
     ) -> tuple[Tensor, dict[str, float]]:
         images = to_prior_images(rgb, int(self.prior.resolution))
-        embeddings = self.view_prompts.for_cameras(cameras)
+        embeddings = self.view_prompts.for_cameras(cameras, shading)
         out = self.prior.sds(images, embeddings, step_ratio, self.cfg, generator)
         metrics = {"sds": float(out.loss.detach()), "t": float(out.t.float().mean()), "grad_norm": float(out.grad_norm)}
         return out.loss, metrics

@@ -61,6 +61,25 @@ def test_each_camera_bucket_gets_its_view_suffix():
     assert prior.freed == 1  # the text encoder is released once every embedding exists
 
 
+def test_textureless_renders_get_the_shape_prompt_when_the_prior_has_one():
+    class ShapePrior(RecordingPrior):
+        def shape_prompt(self, prompt: str) -> str:
+            return prompt.replace(" red", "")
+
+    prior = ShapePrior()
+    vp = ViewPrompts.build("a red chair", prior, PriorConfig())
+    cams = cameras_for({"front": (10.0, 5.0), "back": (0.0, 180.0)})
+    shaded, plain = vp.for_cameras(cams, "diffuse"), vp.for_cameras(cams, "textureless")
+    assert torch.equal(shaded.cond[1], prior.embed("a red chair, back view")[0])
+    assert torch.equal(plain.cond[0], prior.embed("a chair, front view")[0])
+    assert torch.equal(plain.cond[1], prior.embed("a chair, back view")[0])
+    # A prior without a shape prompt scores every shading against the one prompt.
+    plain_prior = RecordingPrior()
+    vp = ViewPrompts.build("a red chair", plain_prior, PriorConfig())
+    assert torch.equal(vp.for_cameras(cams, "textureless").cond, vp.for_cameras(cams).cond)
+    assert len(plain_prior.calls) == 4
+
+
 def test_view_dependence_can_be_switched_off():
     prior = RecordingPrior()
     ViewPrompts.build("a cup", prior, PriorConfig(view_dependent=False))

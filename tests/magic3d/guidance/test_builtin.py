@@ -152,6 +152,11 @@ def test_encode_prompt_shapes_and_unseen_view_word(prior):
     assert torch.allclose(emb.uncond[0], emb.uncond[1])
 
 
+def test_shape_prompt_drops_only_colour_words(prior):
+    assert prior.shape_prompt("a big red torus") == "a big torus"
+    assert prior.shape_prompt("a Blue cube, side view") == "a cube, side view"
+
+
 def test_sds_gives_finite_loss_and_a_gradient_on_the_renders(prior):
     images = torch.rand(2, 3, 64, 64, requires_grad=True)
     emb = prior.encode_prompt(["a blue torus, side view"] * 2, [])

@@ -32,7 +32,7 @@ def analytic_sphere(cams):
     return torch.tensor(rgb, dtype=torch.float32).view(*shape, 3), torch.tensor(hit).view(shape)
 
 
-def image_loss(rgb, cams, step_ratio, generator):
+def image_loss(rgb, cams, step_ratio, generator, shading="albedo"):
     target, _ = analytic_sphere(cams)
     loss = (rgb - target).square().mean()
     return loss, {"mse": float(loss.detach())}
@@ -134,7 +134,7 @@ class NaNAt:
     def __init__(self, step: int, times: int) -> None:
         self.step, self.left, self.calls = step, times, 0
 
-    def __call__(self, rgb, cams, ratio, generator):
+    def __call__(self, rgb, cams, ratio, generator, shading="albedo"):
         loss, metrics = image_loss(rgb, cams, ratio, generator)
         self.calls += 1
         if self.calls == self.step + 1 and self.left > 0:
@@ -172,9 +172,10 @@ class FakePrior:
 
 
 class FakeViewPrompts:
-    def for_cameras(self, cameras):
+    def for_cameras(self, cameras, shading="albedo"):
         codes = {"front": 0.0, "side": 1.0, "back": 2.0, "overhead": 3.0}
-        cond = torch.tensor([[codes[b]] for b in cameras.view_buckets()])
+        shift = 10.0 if shading == "textureless" else 0.0
+        cond = torch.tensor([[codes[b] + shift] for b in cameras.view_buckets()])
         return TextEmbeddings(cond, torch.zeros_like(cond))
 
 
@@ -189,6 +190,9 @@ def test_sds_loss_resizes_and_picks_view_prompts(tmp_path):
     loss.backward()
     assert rgb.grad is not None and rgb.grad.abs().sum() > 0
     assert set(metrics) == {"sds", "t", "grad_norm"} and metrics["t"] == 500
+    # Textureless renders are scored against the shape prompt.
+    loss_fn(rgb.detach(), cams, 0.25, torch.Generator().manual_seed(0), shading="textureless")
+    assert prior.seen[1][1] == [10.0, 12.0, 13.0]
     # Through the stage: a couple of SDS steps run and checkpoint.
     run_coarse(loss_fn, small_cfg(steps=2), tmp_path, "cpu", seed=0)
-    assert len(prior.seen) == 3 and (tmp_path / "checkpoints" / "coarse-000002.safetensors").is_file()
+    assert len(prior.seen) == 4 and (tmp_path / "checkpoints" / "coarse-000002.safetensors").is_file()

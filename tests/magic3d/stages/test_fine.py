@@ -42,7 +42,7 @@ TINY = FineConfig(
 )
 
 
-def mean_rgb_loss(rgb, cameras, step_ratio, generator):
+def mean_rgb_loss(rgb, cameras, step_ratio, generator, shading="albedo"):
     loss = rgb.mean()
     return loss, {"mean_rgb": float(loss.detach())}
 
@@ -102,7 +102,7 @@ def test_run_writes_checkpoints_and_previews_and_resumes_exactly(tmp_path):
     run_fine(field, mean_rgb_loss, dataclasses.replace(TINY, steps=2), tmp_path / "split", "cpu", seed=3)
     calls = []
 
-    def counting_loss(rgb, cameras, step_ratio, generator):
+    def counting_loss(rgb, cameras, step_ratio, generator, shading="albedo"):
         calls.append(step_ratio)
         return mean_rgb_loss(rgb, cameras, step_ratio, generator)
 
@@ -180,7 +180,7 @@ def test_fine_loop_fits_an_ellipsoid_from_images(tmp_path):
         return Cameras(train.c2w[pick], train.fov_y[pick], train.elevation[pick], train.azimuth[pick],
                        train.distance[pick], 64, 64)
 
-    def image_loss(rgb, cameras, step_ratio, generator):
+    def image_loss(rgb, cameras, step_ratio, generator, shading="albedo"):
         # Find each camera's reference by its pose; cameras come from the training set only.
         index = torch.cdist(cameras.positions, train.positions).argmin(1)
         loss = ((rgb - reference[index]) ** 2).mean()
