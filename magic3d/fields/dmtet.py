@@ -17,6 +17,7 @@ import math
 from collections.abc import Callable
 from itertools import permutations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from jaxtyping import Float, Int
@@ -215,14 +216,16 @@ class DMTet(nn.Module):
 
     @torch.no_grad()
     def init_from_density(
-        self, density_fn: Callable[[Tensor], Tensor], threshold: float | None = None, chunk: int = 65536
+        self, density_fn: Callable[[Tensor], Tensor], threshold: float | None = None, chunk: int = 65536,
+        keep_largest: bool = False,
     ) -> float:
         """Set the SDF from a density field; returns the threshold used (automatic when None).
 
         SDF = (threshold - density) / slope, where slope is the median density change per unit
         length across the grid edges the surface cuts: near the surface the SDF then reads
         roughly as a distance in world units, whatever the density's scale, so one SDF learning
-        rate suits any coarse field. Far values are clamped to +-bound (only their sign matters).
+        rate suits any coarse field. Farther away it is the distance to the occupied set (see
+        ``_distance_sdf``); ``keep_largest`` drops every occupied piece but the largest.
         """
         points = self.grid_vertices
         density = torch.cat([density_fn(points[i : i + chunk]).reshape(-1).float()
@@ -241,9 +244,36 @@ class DMTet(nn.Module):
             slope = float(((raw[e[:, 0]] - raw[e[:, 1]]).abs() / length).median())
         else:
             slope = 1.0
-        self.sdf.copy_((raw / max(slope, 1e-8)).clamp(-self.bound, self.bound).to(self.sdf))
+        linear = raw / max(slope, 1e-8)
+        self.sdf.copy_(self._distance_sdf(linear, keep_largest).to(self.sdf))
         self.deform.zero_()
         return thr
+
+    def _distance_sdf(self, linear: Float[Tensor, " V"], keep_largest: bool) -> Float[Tensor, " V"]:
+        """A true distance away from the surface, optionally for the largest occupied piece only.
+
+        The density's own slope only reads as a distance next to the surface: in a coarse NeRF's
+        haze, vertices just below the threshold get SDF values near zero, and the fine stage's
+        first updates flip them into floaters. Past one cell the SDF is therefore the Euclidean
+        distance to the occupied (or empty) set; next to the surface the interpolated value
+        keeps its sub-cell accuracy.
+        """
+        from scipy import ndimage
+
+        n = round(linear.numel() ** (1 / 3))
+        occupied = (linear < 0).reshape(n, n, n).cpu().numpy()
+        if keep_largest:
+            labels, count = ndimage.label(occupied)  # 6-connected pieces
+            if count > 1:
+                sizes = np.bincount(labels.ravel())[1:]
+                occupied = labels == 1 + int(sizes.argmax())
+        outside = ndimage.distance_transform_edt(~occupied) if occupied.any() else np.full(occupied.shape, n)
+        inside = ndimage.distance_transform_edt(occupied)
+        cells = np.where(occupied, 0.5 - inside, outside - 0.5).reshape(-1)
+        far = torch.from_numpy(cells).to(linear) * self.cell
+        kept = torch.from_numpy(occupied.reshape(-1)).to(linear.device) == (linear < 0)
+        near = kept & (far.abs() < self.cell)
+        return torch.where(near, linear.clamp(-self.cell, self.cell), far).clamp(-self.bound, self.bound)
 
 
 def mesh_edges(faces: Int[Tensor, "F 3"]) -> tuple[Int[Tensor, "E 2"], Int[Tensor, "F 3"]]:

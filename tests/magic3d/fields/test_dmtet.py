@@ -181,3 +181,23 @@ def test_regularisers_prefer_smooth_meshes():
     noisy.requires_grad_(True)
     (normal_consistency(noisy, f) + laplacian_smoothness(noisy, f)).backward()
     assert torch.isfinite(noisy.grad).all() and noisy.grad.abs().sum() > 0
+
+
+def test_sdf_from_density_is_a_distance_and_drops_floaters():
+    # A ball of radius 0.5 plus a small far blob, both under haze just below the threshold.
+    def density(p):
+        ball = soft_ball(p, radius=0.5, peak=40.0)
+        floater = 40.0 * torch.sigmoid((0.12 - (p - torch.tensor([0.8, 0.8, 0.8])).norm(dim=-1)) / 0.03)
+        return ball + floater + 5.0
+
+    kept_all, largest = DMTet(24), DMTet(24)
+    kept_all.init_from_density(density, threshold=15.0)
+    largest.init_from_density(density, threshold=15.0, keep_largest=True)
+    assert check_closed_manifold(*kept_all.extract()) == 4  # two spheres
+    v, f = largest.extract()
+    assert check_closed_manifold(v, f) == 2 and float(v.norm(dim=-1).max()) < 0.6
+    # Away from the surface the SDF is the distance to the ball, not the flat haze value.
+    r = largest.grid_vertices.norm(dim=-1)
+    far = (r - 0.5).abs() > 2 * largest.cell
+    expected = (r[far] - 0.5).clamp(max=1.0)  # clamped at the bound: only the sign matters that far
+    assert (largest.sdf[far] - expected).abs().max() < 1.2 * largest.cell
