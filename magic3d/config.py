@@ -172,6 +172,12 @@ def coerce(value: Any, hint: Any, key: str) -> Any:
             raise ConfigError(f"Config key {key!r} needs a whole number, not {value!r}.")
         return value
     if hint is float:
+        if isinstance(value, str):
+            # YAML 1.1 reads "2e-3" (no dot) as text; as a number it is what the user meant.
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"Config key {key!r} needs a number, not {value!r}.")
         return float(value)

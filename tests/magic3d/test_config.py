@@ -29,8 +29,10 @@ def test_paper_preset_follows_magic3d_coarse_stage():
 
 def test_overrides_convert_types_and_win_over_presets():
     cfg = load_config("fast", ["coarse.steps=123", "coarse.sds.guidance_scale=7.5", "export.formats=glb,obj",
-                               "export.up_axis=Z", "fine.density_threshold=null", "prior.perp_neg=true"])
+                               "export.up_axis=Z", "fine.density_threshold=null", "prior.perp_neg=true",
+                               "fine.sdf_lr=2e-3"])
     assert cfg.coarse.steps == 123 and isinstance(cfg.coarse.steps, int)
+    assert cfg.fine.sdf_lr == 0.002  # exponent without a dot, which YAML 1.1 reads as text
     assert cfg.coarse.sds.guidance_scale == 7.5
     assert cfg.export.formats == ("glb", "obj")
     assert cfg.export.up_axis == "Z"
@@ -48,6 +50,7 @@ def test_overrides_convert_types_and_win_over_presets():
         ("coarse.resolution=20", "coarse.resolution"),
         ("fine.resolution=4096", "fine.resolution"),
         ("coarse.sds.t_max=1.5", "coarse.sds.t_max"),
+        ("fine.sdf_lr=fast", "fine.sdf_lr"),
         ("coarse.sds.weighting=linear", "coarse.sds.weighting"),
         ("export.up_axis=X", "export.up_axis"),
         ("export.formats=usdc,fbx", "export.formats"),
