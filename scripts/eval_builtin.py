@@ -12,6 +12,7 @@ import argparse
 import json
 import platform
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import torch
@@ -66,7 +67,8 @@ def evaluate(kind: str, colour: str, work: Path, overrides: list[str], seed: int
 
 def summarise(rows: list[dict], planned: int, args: argparse.Namespace) -> dict:
     return {
-        "machine": {"platform": platform.platform(), "device": "cpu", "threads": 1, "gpu": "none lent"},
+        "machine": {"platform": platform.platform(), "device": "cpu", "threads": 1, "gpu": "none lent",
+                    "workers": args.workers},
         "overrides": args.overrides, "seed": args.seed, "planned": planned, "evaluated": len(rows),
         "kind_accuracy": sum(r["kind_ok"] for r in rows) / len(rows),
         "colour_accuracy": sum(r["colour_ok"] for r in rows) / len(rows),
@@ -83,19 +85,23 @@ def main() -> None:
     parser.add_argument("--prompt", action="append", default=[], help="'colour kind' pairs instead of the default 20")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workers", type=int, default=1, help="prompts run at once, one CPU thread each")
     parser.add_argument("--work", type=Path, default=Path("/tmp/magic3d-eval"))
     parser.add_argument("--out", type=Path, default=ROOT / "samples" / "benchmarks" / "builtin_eval.json")
     args = parser.parse_args()
     torch.set_num_threads(1)
     pairs = [tuple(p.split()[::-1]) for p in args.prompt] or default_prompts(args.count)
     rows: list[dict] = []
-    for kind, colour in pairs:
-        rows.append(evaluate(kind, colour, args.work, args.overrides, args.seed))
-        report = summarise(rows, len(pairs), args)
-        # Written after every prompt: a long evaluation that is stopped still leaves its table.
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_output(args.out) as tmp:
-            tmp.write_text(json.dumps(report, indent=2) + "\n")
+    with ProcessPoolExecutor(max_workers=args.workers, initializer=torch.set_num_threads, initargs=(1,)) as pool:
+        jobs = [pool.submit(evaluate, kind, colour, args.work, args.overrides, args.seed) for kind, colour in pairs]
+        for job in as_completed(jobs):
+            rows.append(job.result())
+            rows.sort(key=lambda r: [f"a {c} {k}" for k, c in pairs].index(r["prompt"]))
+            report = summarise(rows, len(pairs), args)
+            # Written after every prompt: a long evaluation that is stopped still leaves its table.
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_output(args.out) as tmp:
+                tmp.write_text(json.dumps(report, indent=2) + "\n")
     print(f"kind {report['kind_accuracy']:.0%}, colour {report['colour_accuracy']:.0%}, "
           f"both {report['both_accuracy']:.0%}; wrote {args.out}")
 

@@ -188,13 +188,18 @@ def canonical_occupancy(kind: str, resolution: int = 24) -> np.ndarray:
     return _CANONICAL_OCCUPANCY[key]
 
 
-def recognise_kind(mesh: trimesh.Trimesh, resolution: int = 24) -> tuple[str, dict[str, float]]:
-    """The kind whose canonical shape best overlaps ``mesh`` (Y-up; any quarter turn about Y).
+def recognise_kind(mesh: trimesh.Trimesh, resolution: int = 24, yaw_step: float = 45.0) -> tuple[str, dict[str, float]]:
+    """The kind whose canonical shape best overlaps ``mesh`` (Y-up; any turn about Y, in ``yaw_step`` degrees).
 
-    Returns the best kind and the IoU with every kind, so callers can report the margin.
+    A prompt says nothing about which way an object faces, so a generated cube may stand at 45
+    degrees to the canonical one: every turn is tried and the best overlap counts. Returns the
+    best kind and the IoU with every kind, so callers can report the margin.
     """
-    grid = occupancy([mesh], resolution)
-    turns = [np.rot90(grid, k, axes=(0, 2)) for k in range(4)]  # x-z plane: turns about Y
+    turns = []
+    for angle in np.arange(0.0, 360.0, yaw_step):
+        turned = mesh.copy()
+        turned.apply_transform(trimesh.transformations.rotation_matrix(math.radians(angle), [0, 1, 0]))
+        turns.append(occupancy([turned], resolution))
     scores = {}
     for kind in KINDS:
         ref = canonical_occupancy(kind, resolution)

@@ -189,3 +189,13 @@ def test_shapes_are_recognised_from_their_meshes_after_a_turn_and_a_rescale():
         found, scores = recognise_kind(mesh, resolution=16)
         assert found == kind, (kind, sorted(scores.items(), key=lambda kv: -kv[1])[:3])
         assert scores[kind] > 0.6
+
+
+def test_a_cube_turned_half_a_quarter_is_still_a_cube():
+    import trimesh
+
+    v, f, _ = make_object("cube", "red")
+    mesh = trimesh.Trimesh(v, f, process=False)
+    mesh.apply_transform(trimesh.transformations.rotation_matrix(np.pi / 4, [0, 1, 0]))
+    found, scores = recognise_kind(mesh, resolution=16)
+    assert found == "cube" and scores["cube"] > 0.9
