@@ -17,7 +17,7 @@ from magic3d.guidance.builtin_world import dominant_colour, genus
 from magic3d.pipeline import generate
 
 # Shortest over longest side of the cube's oriented bounding box; a flat slab or a rod is far below.
-CUBIC_RATIO = 0.75
+CUBIC_RATIO = 0.8
 
 
 @pytest.mark.slow
