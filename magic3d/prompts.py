@@ -42,13 +42,14 @@ class ViewPrompts:
         negative = str(getattr(cfg, "negative_prompt", ""))
         use_cache = cache_dir is not None and bool(getattr(cfg, "embedding_cache", True))
         cache = cache_dir if use_cache else None
-        per_bucket = {b: encode_cached(prior, view_text(prompt, b, view_dependent), negative, cache) for b in BUCKETS}
+
+        def per_view(text: str) -> dict[str, TextEmbeddings]:
+            return {b: encode_cached(prior, view_text(text, b, view_dependent), negative, cache) for b in BUCKETS}
+
         shape_prompt = getattr(prior, "shape_prompt", None)
         shape_text = shape_prompt(prompt) if callable(shape_prompt) else prompt
-        shape_per_bucket = None
-        if shape_text != prompt:
-            shape_per_bucket = {b: encode_cached(prior, view_text(shape_text, b, view_dependent), negative, cache)
-                                for b in BUCKETS}
+        per_bucket = per_view(prompt)
+        shape_per_bucket = per_view(shape_text) if shape_text != prompt else None
         # Every embedding a run needs now exists: large text encoders (IF's T5-XXL) give their
         # memory back to the UNet. Priors reload them lazily if a later prompt needs them.
         free = getattr(prior, "free_text_encoder", None)

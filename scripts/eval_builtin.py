@@ -91,15 +91,15 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     pairs = [tuple(p.split()[::-1]) for p in args.prompt] or default_prompts(args.count)
-    rows: list[dict] = []
+    done: dict[int, dict] = {}  # rows by prompt position, so the table keeps the prompts' order
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     with ProcessPoolExecutor(max_workers=args.workers, initializer=torch.set_num_threads, initargs=(1,)) as pool:
-        jobs = [pool.submit(evaluate, kind, colour, args.work, args.overrides, args.seed) for kind, colour in pairs]
+        jobs = {pool.submit(evaluate, kind, colour, args.work, args.overrides, args.seed): i
+                for i, (kind, colour) in enumerate(pairs)}
         for job in as_completed(jobs):
-            rows.append(job.result())
-            rows.sort(key=lambda r: [f"a {c} {k}" for k, c in pairs].index(r["prompt"]))
-            report = summarise(rows, len(pairs), args)
+            done[jobs[job]] = job.result()
+            report = summarise([done[i] for i in sorted(done)], len(pairs), args)
             # Written after every prompt: a long evaluation that is stopped still leaves its table.
-            args.out.parent.mkdir(parents=True, exist_ok=True)
             with atomic_output(args.out) as tmp:
                 tmp.write_text(json.dumps(report, indent=2) + "\n")
     print(f"kind {report['kind_accuracy']:.0%}, colour {report['colour_accuracy']:.0%}, "

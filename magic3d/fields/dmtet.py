@@ -260,7 +260,7 @@ class DMTet(nn.Module):
         """
         from scipy import ndimage
 
-        n = round(linear.numel() ** (1 / 3))
+        n = self.resolution + 1  # lattice vertices per side
         occupied = (linear < 0).reshape(n, n, n).cpu().numpy()
         if keep_largest:
             labels, count = ndimage.label(occupied)  # 6-connected pieces
