@@ -20,7 +20,7 @@ from itertools import permutations
 import numpy as np
 import torch
 import torch.nn.functional as F
-from jaxtyping import Float, Int
+from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
 
 # The six edges of a tetrahedron as pairs of its local vertex indices.
@@ -218,6 +218,7 @@ class DMTet(nn.Module):
     def init_from_density(
         self, density_fn: Callable[[Tensor], Tensor], threshold: float | None = None, chunk: int = 65536,
         keep_largest: bool = False,
+        fill_hidden: bool = False,
     ) -> float:
         """Set the SDF from a density field; returns the threshold used (automatic when None).
 
@@ -225,7 +226,8 @@ class DMTet(nn.Module):
         length across the grid edges the surface cuts: near the surface the SDF then reads
         roughly as a distance in world units, whatever the density's scale, so one SDF learning
         rate suits any coarse field. Farther away it is the distance to the occupied set (see
-        ``_distance_sdf``); ``keep_largest`` drops every occupied piece but the largest.
+        ``_distance_sdf``); ``keep_largest`` drops every occupied piece but the largest, and
+        ``fill_hidden`` fills hollows no axis-aligned line of sight reaches (see ``fill_hidden_space``).
         """
         points = self.grid_vertices
         density = torch.cat([density_fn(points[i : i + chunk]).reshape(-1).float()
@@ -245,11 +247,11 @@ class DMTet(nn.Module):
         else:
             slope = 1.0
         linear = raw / max(slope, 1e-8)
-        self.sdf.copy_(self._distance_sdf(linear, keep_largest).to(self.sdf))
+        self.sdf.copy_(self._distance_sdf(linear, keep_largest, fill_hidden).to(self.sdf))
         self.deform.zero_()
         return thr
 
-    def _distance_sdf(self, linear: Float[Tensor, " V"], keep_largest: bool) -> Float[Tensor, " V"]:
+    def _distance_sdf(self, linear: Float[Tensor, " V"], keep_largest: bool, fill_hidden: bool = False) -> Float[Tensor, " V"]:
         """A true distance away from the surface, optionally for the largest occupied piece only.
 
         The density's own slope only reads as a distance next to the surface: in a coarse NeRF's
@@ -267,6 +269,9 @@ class DMTet(nn.Module):
             if count > 1:
                 sizes = np.bincount(labels.ravel())[1:]
                 occupied = labels == 1 + int(sizes.argmax())
+        if fill_hidden:
+            # Holes up to a quarter unit wide are sealed (2 cells at the builtin preset's 32 per side).
+            occupied = fill_hidden_space(occupied, seal=max(1, round(0.125 / self.cell)))
         outside = ndimage.distance_transform_edt(~occupied) if occupied.any() else np.full(occupied.shape, n)
         inside = ndimage.distance_transform_edt(occupied)
         cells = np.where(occupied, 0.5 - inside, outside - 0.5).reshape(-1)
@@ -274,6 +279,36 @@ class DMTet(nn.Module):
         kept = torch.from_numpy(occupied.reshape(-1)).to(linear.device) == (linear < 0)
         near = kept & (far.abs() < self.cell)
         return torch.where(near, linear.clamp(-self.cell, self.cell), far).clamp(-self.bound, self.bound)
+
+
+def fill_hidden_space(occupied: Bool[np.ndarray, "X Y Z"], seal: int = 2) -> Bool[np.ndarray, "X Y Z"]:
+    """``occupied`` plus the hollows inside it: cells no axis-aligned line of sight reaches.
+
+    A NeRF's inside gets no gradient once its surface is opaque, and hash collisions with the
+    emptied space around it often hollow it out: the mesh becomes a shell with a second, inner
+    surface. The hollow is often open to the outside through a small hole, which a plain hole
+    fill misses and which leaves a well down the line of sight. So sight lines are traced again
+    with holes up to ``2 * seal`` cells wide closed, and what that hides is filled too, but not
+    what the closing itself adds: the hole stays a dent and concave corners keep their shape. A
+    torus's hole, a cup's inside and the space under a table are seen from outside: they stay open.
+    """
+    from scipy import ndimage
+
+    def hidden(solid: np.ndarray) -> np.ndarray:
+        out = np.ones_like(solid)
+        for axis in range(3):
+            before = np.logical_or.accumulate(solid, axis=axis)
+            after = np.flip(np.logical_or.accumulate(np.flip(solid, axis), axis=axis), axis)
+            out &= before & after
+        return out
+
+    filled = occupied | hidden(occupied)
+    if seal < 1:
+        return filled
+    # Padding keeps the closing's erosion from eating into shapes that touch the grid's side.
+    inner = (slice(seal + 1, -seal - 1),) * 3
+    closed = ndimage.binary_closing(np.pad(occupied, seal + 1), iterations=seal)
+    return filled | (hidden(closed) & ~closed)[inner]
 
 
 def mesh_edges(faces: Int[Tensor, "F 3"]) -> tuple[Int[Tensor, "E 2"], Int[Tensor, "F 3"]]:

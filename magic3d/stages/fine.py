@@ -48,6 +48,7 @@ class FineConfig:
     bound: float = 1.0
     density_threshold: float | None = None  # None: automatic (see magic3d.fields.dmtet.auto_density_threshold)
     keep_largest_component: bool = True  # floaters of the coarse NeRF do not become meshes
+    fill_hidden: bool = True  # hollows inside the coarse NeRF do not become inner shells
     lr: float = 1e-2  # texture hash grid (its MLP gets a tenth)
     sdf_lr: float = 1e-2  # the SDF is roughly in world units, so this is ~the surface's move per step
     deform_lr: float = 1e-2
@@ -243,6 +244,6 @@ def extract_mesh(coarse_field, cfg: FineConfig, device: torch.device | str) -> F
 def _init_from_density(dmtet: DMTet, coarse_field, cfg: FineConfig) -> float:
     try:
         return dmtet.init_from_density(coarse_field.density, cfg.density_threshold,
-                                       keep_largest=cfg.keep_largest_component)
+                                       keep_largest=cfg.keep_largest_component, fill_hidden=cfg.fill_hidden)
     except ValueError as exc:
         raise RunError(f"The coarse stage produced no usable density ({exc}); train it longer or check its prompt.") from None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import trimesh
@@ -11,6 +12,7 @@ import trimesh
 from magic3d.fields.dmtet import (
     DMTet,
     auto_density_threshold,
+    fill_hidden_space,
     laplacian_smoothness,
     marching_tetrahedra,
     normal_consistency,
@@ -201,3 +203,38 @@ def test_sdf_from_density_is_a_distance_and_drops_floaters():
     far = (r - 0.5).abs() > 2 * largest.cell
     expected = (r[far] - 0.5).clamp(max=1.0)  # clamped at the bound: only the sign matters that far
     assert (largest.sdf[far] - expected).abs().max() < 1.2 * largest.cell
+
+
+def test_fill_hidden_space_fills_a_hollow_with_a_hole_and_keeps_a_torus_hole_open():
+    shell = np.zeros((24, 24, 24), dtype=bool)
+    shell[2:22, 2:22, 2:22] = True
+    shell[6:18, 6:18, 6:18] = False  # the hollow, 4 cells under the surface
+    shell[11:13, 18:22, 11:13] = False  # a hole 2 cells wide from the hollow out through the top
+    filled = fill_hidden_space(shell, seal=2)
+    # Solid, but for a dent: the top of the hole, up to ``seal`` + 1 cells deep, stays open.
+    dent = np.zeros_like(shell)
+    dent[11:13, 19:22, 11:13] = True
+    box = (slice(2, 22),) * 3
+    assert (filled[box] == ~dent[box]).all() and filled.sum() == 20**3 - 2 * 2 * 3
+    # Without sealing, the hole and everything under it is a well open to the sky.
+    assert not fill_hidden_space(shell, seal=0)[11:13, 6:22, 11:13].any()
+    # A flat ring (a torus seen from above), a cup open at the top: nothing to fill.
+    y, x, z = np.meshgrid(*(np.arange(24) - 11.5,) * 3, indexing="ij")
+    ring = (np.abs(y) < 2) & (np.hypot(x, z) < 9) & (np.hypot(x, z) > 3.5)
+    cup = (y < 8) & (np.maximum(np.abs(x), np.abs(z)) < 8) & ~((y > -6) & (np.maximum(np.abs(x), np.abs(z)) < 6))
+    assert (fill_hidden_space(ring) == ring).all() and (fill_hidden_space(cup) == cup).all()
+
+
+def test_density_init_fills_a_hollow_nerf():
+    # A ball whose inside density fell below the threshold: a shell 0.2 thick, r in (0.4, 0.6).
+    def density(p):
+        r = p.norm(dim=-1)
+        return 40.0 * torch.sigmoid((0.6 - r) / 0.02) * torch.sigmoid((r - 0.4) / 0.02)
+
+    hollow, solid = DMTet(24), DMTet(24)
+    hollow.init_from_density(density, threshold=15.0, keep_largest=True)
+    solid.init_from_density(density, threshold=15.0, keep_largest=True, fill_hidden=True)
+    assert check_closed_manifold(*hollow.extract()) == 4  # outer and inner sphere
+    v, f = solid.extract()
+    assert check_closed_manifold(v, f) == 2 and float(v.norm(dim=-1).min()) > 0.5
+    assert float(solid.sdf[solid.grid_vertices.norm(dim=-1) < 0.3].max()) < 0
