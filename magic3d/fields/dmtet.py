@@ -252,7 +252,7 @@ class DMTet(nn.Module):
         return thr
 
     def _distance_sdf(self, linear: Float[Tensor, " V"], keep_largest: bool, fill_hidden: bool = False) -> Float[Tensor, " V"]:
-        """A true distance away from the surface, optionally for the largest occupied piece only.
+        """A true distance away from the surface, optionally for the largest piece only, hollows filled.
 
         The density's own slope only reads as a distance next to the surface: in a coarse NeRF's
         haze, vertices just below the threshold get SDF values near zero, and the fine stage's
