@@ -23,6 +23,10 @@ import torch.nn.functional as F
 from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
 
+# Holes in a hollow NeRF's shell up to this wide (world units; 4 cells at 32 per side) are sealed
+# while looking for the hollow behind them (see fill_hidden_space); the holes themselves stay open.
+SEALED_HOLE_WIDTH = 0.25
+
 # The six edges of a tetrahedron as pairs of its local vertex indices.
 TET_EDGES = ((0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3))
 
@@ -251,7 +255,7 @@ class DMTet(nn.Module):
         self.deform.zero_()
         return thr
 
-    def _distance_sdf(self, linear: Float[Tensor, " V"], keep_largest: bool, fill_hidden: bool = False) -> Float[Tensor, " V"]:
+    def _distance_sdf(self, linear: Float[Tensor, " V"], keep_largest: bool, fill_hidden: bool) -> Float[Tensor, " V"]:
         """A true distance away from the surface, optionally for the largest piece only, hollows filled.
 
         The density's own slope only reads as a distance next to the surface: in a coarse NeRF's
@@ -270,8 +274,7 @@ class DMTet(nn.Module):
                 sizes = np.bincount(labels.ravel())[1:]
                 occupied = labels == 1 + int(sizes.argmax())
         if fill_hidden:
-            # Holes up to a quarter unit wide are sealed (2 cells at the builtin preset's 32 per side).
-            occupied = fill_hidden_space(occupied, seal=max(1, round(0.125 / self.cell)))
+            occupied = fill_hidden_space(occupied, seal=max(1, round(0.5 * SEALED_HOLE_WIDTH / self.cell)))
         outside = ndimage.distance_transform_edt(~occupied) if occupied.any() else np.full(occupied.shape, n)
         inside = ndimage.distance_transform_edt(occupied)
         cells = np.where(occupied, 0.5 - inside, outside - 0.5).reshape(-1)
