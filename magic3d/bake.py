@@ -53,7 +53,11 @@ class CleanStats:
 def clean_mesh(
     vertices: np.ndarray, faces: np.ndarray, merge_distance: float = 1e-5, min_component_fraction: float = 0.01
 ) -> tuple[np.ndarray, np.ndarray, CleanStats]:
-    """Merge close vertices, drop degenerate/duplicate faces and small disconnected pieces."""
+    """Merge close vertices, drop degenerate/duplicate faces, small disconnected pieces and enclosed shells.
+
+    A shell inside the largest piece is a hollow the fine stage left in a solid: invisible, but it
+    doubles as a second surface for tools that test inside/outside (booleans, physics, printing).
+    """
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 
@@ -82,7 +86,9 @@ def clean_mesh(
         face_label = label[faces[:, 0]]
         counts = np.bincount(face_label)
         keep = counts >= min_component_fraction * len(faces)
-        keep[np.argmax(counts)] = True
+        largest = int(np.argmax(counts))
+        keep[largest] = True
+        keep &= ~_enclosed_pieces(vertices, faces, face_label, largest, len(counts))
         dropped_components = int(((counts > 0) & ~keep).sum())
         faces = faces[keep[face_label]]
     used = np.unique(faces)
@@ -90,6 +96,22 @@ def clean_mesh(
     remap[used] = np.arange(len(used))
     stats = CleanStats(merged, n_faces - len(faces), dropped_components)
     return vertices[used], remap[faces], stats
+
+
+def _enclosed_pieces(
+    vertices: np.ndarray, faces: np.ndarray, face_label: np.ndarray, largest: int, count: int
+) -> np.ndarray:
+    """Per piece, whether it lies inside the (closed) largest piece; all False when that one is open."""
+    enclosed = np.zeros(count, dtype=bool)
+    others = [c for c in np.unique(face_label) if c != largest]
+    outer = trimesh.Trimesh(vertices, faces[face_label == largest], process=False)
+    if not others or not outer.is_watertight:
+        return enclosed
+    # One vertex per piece decides: the pieces are disjoint surfaces, so a piece is either wholly
+    # inside the outer surface or wholly outside it.
+    probes = np.stack([vertices[faces[face_label == c][0, 0]] for c in others])
+    enclosed[others] = outer.contains(probes)
+    return enclosed
 
 
 def decimate(vertices: np.ndarray, faces: np.ndarray, face_budget: int) -> tuple[np.ndarray, np.ndarray]:

@@ -43,6 +43,20 @@ def test_clean_mesh_merges_and_drops_junk() -> None:
     assert trimesh.Trimesh(v, f).is_watertight
 
 
+def test_clean_mesh_drops_a_hollow_inside_the_solid_but_keeps_a_large_piece_outside() -> None:
+    outer = trimesh.creation.icosphere(subdivisions=3)
+    hollow = trimesh.creation.icosphere(subdivisions=3, radius=0.3)
+    hollow.invert()  # a void's shell faces inwards
+    beside = trimesh.creation.icosphere(subdivisions=3, radius=0.3)
+    beside.apply_translation([3.0, 0.0, 0.0])
+    mesh = trimesh.util.concatenate([outer, hollow, beside])
+    v, f, stats = clean_mesh(mesh.vertices, mesh.faces, min_component_fraction=0.01)
+    assert stats.dropped_components == 1 and len(f) == len(outer.faces) + len(beside.faces)
+    kept = trimesh.Trimesh(v, f)
+    assert kept.bounds[1][0] == pytest.approx(3.3, abs=1e-6)  # the outside piece stays
+    assert np.linalg.norm(v, axis=1).min() > 0.9  # nothing of the hollow (radius 0.3) is left
+
+
 def test_decimate_meets_the_budget_and_keeps_the_shape() -> None:
     sphere = trimesh.creation.icosphere(subdivisions=4)
     v, f = decimate(sphere.vertices, sphere.faces, 1000)
