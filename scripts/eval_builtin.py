@@ -2,8 +2,9 @@
 
 Runs ``magic3d.generate`` on the built-in prior for 20 (kind, colour) prompts that cover every
 kind and colour, then reads each asset back: the kind whose canonical shape overlaps the mesh
-best (IoU after normalisation, any quarter turn about the up axis), the colour word most of the
-textured surface is closest to, and the genus. Writes a table to samples/benchmarks/builtin_eval.json.
+best (IoU after normalisation, in any pose: every 5-degree turn about the up axis after tilts of
+up to 10 degrees), the colour word most of the textured surface is closest to, and the genus.
+Writes a table to samples/benchmarks/builtin_eval.json.
 """
 
 from __future__ import annotations
