@@ -142,15 +142,24 @@ def occupancy(meshes: list[trimesh.Trimesh], resolution: int = 24) -> np.ndarray
     generated asset be compared with ``canonical_mesh`` whatever its size. Parts are tested one by
     one because overlapping parts would confuse a parity test on their concatenation.
     """
-    lo = np.min([m.bounds[0] for m in meshes], axis=0)
-    hi = np.max([m.bounds[1] for m in meshes], axis=0)
-    centres = (np.arange(resolution) + 0.5) / resolution * 2.0 - 1.0
-    half = 0.5 * float(np.max(hi - lo))
-    axes = [centres * half + 0.5 * (lo[i] + hi[i]) for i in range(3)]
+    mid, half = _grid_frame(np.concatenate([m.bounds for m in meshes]))
+    axes = [_unit_centres(resolution) * half + mid[i] for i in range(3)]
     inside = np.zeros((resolution,) * 3, dtype=bool)
     for mesh in meshes:
         inside |= _parity_voxels(np.asarray(mesh.vertices, np.float64), np.asarray(mesh.faces), axes)
     return inside
+
+
+def _grid_frame(points: np.ndarray) -> tuple[np.ndarray, float]:
+    """(centre "3", half side) of the cube ``occupancy`` voxelises: the points' bounding box centred,
+    its longest side spanning the grid."""
+    lo, hi = points.min(axis=0), points.max(axis=0)
+    return 0.5 * (lo + hi), 0.5 * float(np.max(hi - lo))
+
+
+def _unit_centres(resolution: int) -> np.ndarray:
+    """Voxel centres along one side of the grid, in [-1, 1]."""
+    return (np.arange(resolution) + 0.5) / resolution * 2.0 - 1.0
 
 
 def _parity_voxels(
@@ -201,15 +210,11 @@ def canonical_occupancy(kind: str, resolution: int = 24) -> np.ndarray:
 def pose_rotations(yaw_step: float = 5.0, tilts: tuple[float, ...] = (-10.0, 0.0, 10.0)) -> np.ndarray:
     """Rotations "P 3 3" that stand a mesh back up: a tilt about X and Z in ``tilts``, then every turn
     about Y in ``yaw_step`` degrees (a generated object leans about a world axis at whatever turn it has)."""
-    out = []
-    for yaw in np.arange(0.0, 360.0, yaw_step):
-        turn = trimesh.transformations.rotation_matrix(math.radians(yaw), [0, 1, 0])[:3, :3]
-        for tx in tilts:
-            for tz in tilts:
-                tilt_x = trimesh.transformations.rotation_matrix(math.radians(tx), [1, 0, 0])[:3, :3]
-                tilt_z = trimesh.transformations.rotation_matrix(math.radians(tz), [0, 0, 1])[:3, :3]
-                out.append(turn @ tilt_z @ tilt_x)
-    return np.asarray(out)
+    def rotation(degrees: float, axis: list[int]) -> np.ndarray:
+        return trimesh.transformations.rotation_matrix(math.radians(degrees), axis)[:3, :3]
+
+    leans = [rotation(tz, [0, 0, 1]) @ rotation(tx, [1, 0, 0]) for tx in tilts for tz in tilts]
+    return np.asarray([rotation(yaw, [0, 1, 0]) @ lean for yaw in np.arange(0.0, 360.0, yaw_step) for lean in leans])
 
 
 def posed_occupancies(meshes: list[trimesh.Trimesh], rotations: np.ndarray, resolution: int = 24) -> np.ndarray:
@@ -223,15 +228,13 @@ def posed_occupancies(meshes: list[trimesh.Trimesh], rotations: np.ndarray, reso
     fine = 2 * resolution
     # Padded by one empty voxel on every side, so lookups outside the mesh's grid read "outside".
     padded = np.pad(occupancy(meshes, fine).astype(np.float64), 1)
-    lo, hi = verts.min(axis=0), verts.max(axis=0)
-    mid, half = 0.5 * (lo + hi), 0.5 * float(np.max(hi - lo))
-    centres = (np.arange(resolution) + 0.5) / resolution * 2.0 - 1.0
+    mid, half = _grid_frame(verts)
+    centres = _unit_centres(resolution)
     grid = np.stack(np.meshgrid(centres, centres, centres, indexing="ij"), axis=-1).reshape(-1, 3)  # N 3
     out = np.zeros((len(rotations), len(grid)), dtype=bool)
     for i, rot in enumerate(rotations):
-        turned = verts @ rot.T
-        t_lo, t_hi = turned.min(axis=0), turned.max(axis=0)
-        points = grid * (0.5 * float(np.max(t_hi - t_lo))) + 0.5 * (t_lo + t_hi)  # the turned mesh's grid
+        turned_mid, turned_half = _grid_frame(verts @ rot.T)
+        points = grid * turned_half + turned_mid  # the turned mesh's grid
         own = (points @ rot - mid) / half  # back in the mesh's frame, in [-1, 1] where it lies in the grid
         out[i] = _trilinear(padded, (own + 1.0) * 0.5 * fine + 0.5) >= 0.5
     return out
