@@ -72,7 +72,9 @@ class ViewPrompts:
         return TextEmbeddings(cond, uncond, torch.stack(negs), torch.stack(weights).to(cond))
 
     def for_cameras(self, cameras: Cameras, shading: str = "albedo") -> TextEmbeddings:
-        return self.for_buckets(cameras.view_buckets(), shading)
+        embeddings = self.for_buckets(cameras.view_buckets(), shading)
+        embeddings.cameras = torch.stack([cameras.elevation, cameras.azimuth], -1).float().cpu()
+        return embeddings
 
 
 def cache_key(prior: Prior, text: str, negative: str) -> str:

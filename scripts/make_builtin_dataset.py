@@ -3,7 +3,8 @@
     python scripts/make_builtin_dataset.py OUT.npz [--instances 14] [--views 8] [--seed 0]
 
 Images are rendered at 2x with our rasterizer and box-filtered down to 32x32, in the shading
-modes the stages use; captions follow the prompts the stages send ("a red torus, side view").
+modes the stages use; captions follow the prompts the stages send ("a red torus, side view"), and
+each image keeps its camera's (elevation, azimuth) in degrees for the prior's camera conditioning.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ def render_set(instances: int, views: int, seed: int) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     size_words = [None, *SIZES]
     modes, mode_p = list(MODE_WEIGHTS), np.array(list(MODE_WEIGHTS.values()))
-    images, captions, kinds, colours = [], [], [], []
+    images, captions, kinds, colours, cameras = [], [], [], [], []
     for kind_i, kind in enumerate(KINDS):
         for colour_i, colour in enumerate(COLOURS):
             for _ in range(instances):
@@ -50,13 +51,14 @@ def render_set(instances: int, views: int, seed: int) -> dict[str, np.ndarray]:
                                       vertex_colors=torch.from_numpy(c), mode=mode, light=light, background=1.0)
                 small = F.avg_pool2d(out.rgb.permute(0, 3, 1, 2), 2).clamp(0, 1)
                 images.append((small * 255).round().to(torch.uint8).numpy())
+                cameras.append(torch.stack([cams.elevation, cams.azimuth], -1).numpy())
                 for bucket in cams.view_buckets():
                     shown = None if mode == "textureless" else colour
                     captions.append(caption(kind, shown, size, bucket))
                     kinds.append(kind_i)
                     colours.append(colour_i if shown else -1)
     return {"images": np.concatenate(images), "captions": np.array(captions), "kinds": np.array(kinds),
-            "colours": np.array(colours)}
+            "colours": np.array(colours), "cameras": np.concatenate(cameras).astype(np.float32)}
 
 
 def main() -> None:

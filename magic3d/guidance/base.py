@@ -32,13 +32,15 @@ class TextEmbeddings:
 
     Shapes are the model's own ("B 77 1024" for SD 2.x, "B 77 4096" for IF, "B D" for the
     built-in prior); stages never look inside. ``negative_views`` carries Perp-Neg's extra
-    conditions ("B K ..." with weights "B K") when that option is on.
+    conditions ("B K ..." with weights "B K") when that option is on. ``cameras`` holds each
+    row's (elevation, azimuth) in degrees for priors conditioned on the camera; others ignore it.
     """
 
     cond: Tensor
     uncond: Tensor
     negative_views: Tensor | None = None
     negative_weights: Float[Tensor, "B K"] | None = None
+    cameras: Float[Tensor, "B 2"] | None = None
 
     def __len__(self) -> int:
         return self.cond.shape[0]

@@ -16,7 +16,13 @@ from torch import Tensor
 
 from magic3d.errors import InputError, PriorError
 from magic3d.guidance.base import SDSConfig, SDSOutput, TextEmbeddings
-from magic3d.guidance.builtin_model import RESOLUTION, VOCABULARY, load_text_encoder, tokenize
+from magic3d.guidance.builtin_model import (
+    RESOLUTION,
+    VOCABULARY,
+    load_camera_encoder,
+    load_text_encoder,
+    tokenize,
+)
 from magic3d.guidance.builtin_world import COLOURS, KINDS, ORBIT
 from magic3d.guidance.sds import guided_noise, sample_timesteps, sds_loss, sds_weight
 from renderers.cameras import OrbitRange
@@ -64,6 +70,8 @@ class BuiltinPrior:
         self.folder = folder
         self.unet = UNet2DModel.from_pretrained(folder / "unet").to(self.device).eval().requires_grad_(False)
         self.text_encoder = load_text_encoder(folder / "text_encoder").to(self.device).requires_grad_(False)
+        camera = load_camera_encoder(folder / "camera_encoder")
+        self.camera_encoder = camera.to(self.device).requires_grad_(False) if camera is not None else None
         self.alphas_cumprod = DDPMScheduler.from_pretrained(folder / "scheduler").alphas_cumprod.to(self.device)
         self.num_train_timesteps = len(self.alphas_cumprod)
 
@@ -76,6 +84,13 @@ class BuiltinPrior:
     def shape_prompt(self, prompt: str) -> str:
         """The prompt for textureless renders: training captioned those without their colour."""
         return " ".join(w for w in prompt.split() if w.strip(",.").lower() not in COLOURS)
+
+    @torch.no_grad()
+    def with_camera(self, text: Float[Tensor, "B D"], cameras: Float[Tensor, "B 2"] | None) -> Float[Tensor, "B D"]:
+        """Text vectors plus the camera's, for both halves of guidance (the camera is not the prompt)."""
+        if self.camera_encoder is None or cameras is None:
+            return text
+        return text + self.camera_encoder(cameras.to(text))
 
     @torch.no_grad()
     def predict_noise(self, x_t: Tensor, t: Tensor, text: Float[Tensor, "B D"]) -> Tensor:
@@ -96,13 +111,15 @@ class BuiltinPrior:
         noise = torch.randn(x.shape, generator=generator).to(x)
         a = self.alphas_cumprod[t].view(-1, 1, 1, 1).to(x)
         x_t = (a.sqrt() * x + (1 - a).sqrt() * noise).detach()
-        cond, uncond = embeddings.cond.to(x), embeddings.uncond.to(x)
+        cond = self.with_camera(embeddings.cond.to(x), embeddings.cameras)
+        uncond = self.with_camera(embeddings.uncond.to(x), embeddings.cameras)
         eps = self.predict_noise(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([uncond, cond]))
         eps_uncond, eps_cond = eps.chunk(2)
         eps_neg = None
         if embeddings.negative_views is not None:
             k = embeddings.negative_views.shape[1]
-            neg = embeddings.negative_views.to(x).flatten(0, 1)
+            cams = embeddings.cameras.repeat_interleave(k, 0) if embeddings.cameras is not None else None
+            neg = self.with_camera(embeddings.negative_views.to(x).flatten(0, 1), cams)
             eps_neg = self.predict_noise(x_t.repeat_interleave(k, 0), t.repeat_interleave(k), neg)
             eps_neg = eps_neg.view(b, k, *x.shape[1:])
         eps_hat = guided_noise(eps_uncond, eps_cond, cfg.guidance_scale, eps_neg, embeddings.negative_weights)
@@ -114,9 +131,12 @@ class BuiltinPrior:
     @torch.no_grad()
     def sample(
         self, prompts: list[str], steps: int = 100, guidance_scale: float = 4.0,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | None = None, cameras: Float[Tensor, "B 2"] | None = None,
     ) -> Float[Tensor, "B 3 H W"]:
         """Images in [0, 1] drawn by ancestral DDPM sampling with classifier-free guidance.
+
+        ``cameras`` ((elevation, azimuth) in degrees per prompt) shows each object from that
+        camera; None draws it from wherever the model likes.
 
         Ancestral rather than DDIM: with this small model deterministic DDIM drifts into
         frame-filling blobs, while the fresh noise of each DDPM step corrects its errors
@@ -125,7 +145,7 @@ class BuiltinPrior:
         scheduler = DDPMScheduler.from_pretrained(self.folder / "scheduler")
         scheduler.set_timesteps(steps)
         emb = self.encode_prompt(prompts, [])
-        text = torch.cat([emb.uncond, emb.cond])
+        text = self.with_camera(torch.cat([emb.uncond, emb.cond]), None if cameras is None else torch.cat([cameras, cameras]))
         x = torch.randn(len(prompts), 3, RESOLUTION, RESOLUTION, generator=generator).to(self.device)
         for t in scheduler.timesteps:
             t_batch = torch.full((2 * len(prompts),), int(t), device=self.device, dtype=torch.long)

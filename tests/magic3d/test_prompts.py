@@ -58,6 +58,9 @@ def test_each_camera_bucket_gets_its_view_suffix():
         assert torch.equal(emb.cond[row], prior.embed(f"a red chair, {text} view")[0])
         assert torch.equal(emb.uncond[row], prior.embed("blurry")[0])
     assert emb.negative_views is None
+    # Each row carries its camera (azimuth wrapped to [-180, 180)), for priors conditioned on it.
+    expected = torch.tensor([[10.0, 5.0], [20.0, 90.0], [0.0, -180.0], [75.0, 30.0], [30.0, -100.0]])
+    assert emb.cameras.shape == (5, 2) and torch.allclose(emb.cameras, expected, atol=1e-4)
     assert prior.freed == 1  # the text encoder is released once every embedding exists
 
 

@@ -17,8 +17,11 @@ from magic3d.guidance.builtin import (
 )
 from magic3d.guidance.builtin_model import (
     BagOfWordsEncoder,
+    CameraEncoder,
     build_unet,
+    load_camera_encoder,
     load_text_encoder,
+    save_camera_encoder,
     save_text_encoder,
 )
 from magic3d.guidance.builtin_world import (
@@ -125,6 +128,22 @@ def test_text_encoder_round_trips_and_ignores_word_order(tmp_path):
     assert torch.allclose(a, b)
     assert torch.allclose(a[0], a[1], atol=1e-5)
     assert not torch.allclose(a[0], a[2])
+
+
+def test_camera_encoder_starts_silent_tells_angles_apart_and_round_trips(tmp_path):
+    cams = torch.tensor([[10.0, 0.0], [10.0, 45.0], [10.0, 45.0 + 360.0], [float("nan"), float("nan")]])
+    fresh = CameraEncoder()
+    with torch.no_grad():
+        assert torch.equal(fresh(cams), torch.zeros(4, fresh.mlp[-1].out_features))  # a text-only model is unchanged
+        torch.nn.init.normal_(fresh.mlp[-1].weight)
+        out = fresh(cams)
+    assert not torch.allclose(out[0], out[1])
+    assert torch.allclose(out[1], out[2], atol=1e-4)  # angles, not numbers: a full turn is the same camera
+    assert torch.equal(CameraEncoder.features(cams[3:]), torch.zeros(1, 9))  # NaN: no camera at all
+    save_camera_encoder(fresh, tmp_path)
+    with torch.no_grad():
+        assert torch.allclose(load_camera_encoder(tmp_path)(cams), out)
+    assert load_camera_encoder(tmp_path / "missing") is None
 
 
 # --- shipped weights through the real loading path ----------------------------------------------
