@@ -191,6 +191,26 @@ def test_sds_gives_finite_loss_and_a_gradient_on_the_renders(prior):
     assert torch.allclose(again.loss, out.loss.detach())
 
 
+def test_sds_reads_the_camera_in_both_halves_of_guidance(prior):
+    assert prior.camera_encoder is not None  # the shipped weights are camera-conditioned
+    images = torch.rand(1, 3, 32, 32)
+    emb = prior.encode_prompt(["a red house, front view"], [])
+    cfg = SDSConfig(guidance_scale=10.0, t_min=0.5, t_max=0.5)
+
+    def grad_for(cameras):
+        x = images.clone().requires_grad_(True)
+        emb.cameras = cameras
+        prior.sds(x, emb, 0.5, cfg, torch.Generator().manual_seed(0)).loss.backward()
+        return x.grad
+
+    front, turned = grad_for(torch.tensor([[10.0, 0.0]])), grad_for(torch.tensor([[10.0, 40.0]]))
+    assert not torch.allclose(front, turned)
+    assert torch.allclose(grad_for(torch.tensor([[10.0, 400.0]])), turned, atol=1e-5)
+    with_text = prior.with_camera(emb.cond, torch.tensor([[10.0, 40.0]]))
+    assert torch.allclose(with_text - emb.cond, prior.with_camera(emb.uncond, torch.tensor([[10.0, 40.0]])) - emb.uncond,
+                          atol=1e-5)
+
+
 def test_sample_returns_images_in_unit_range(prior):
     x = prior.sample(["a red cube, front view", "a green tree, side view"], steps=3,
                      generator=torch.Generator().manual_seed(0))
