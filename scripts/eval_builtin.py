@@ -4,7 +4,9 @@ Runs ``magic3d.generate`` on the built-in prior for 20 (kind, colour) prompts th
 kind and colour, then reads each asset back: the kind whose canonical shape overlaps the mesh
 best (IoU after normalisation, in any pose: every 5-degree turn about the up axis after tilts of
 up to 10 degrees), the colour word most of the textured surface is closest to, and the genus.
-Writes a table to samples/benchmarks/builtin_eval.json.
+Writes a table to samples/benchmarks/builtin_eval.json and a contact sheet of the assets'
+previews to samples/builtin_eval.png (``--sheet-only`` redraws it from an earlier run's table
+and work folder).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import torch
+from PIL import Image, ImageDraw
 
 from exporters import load_asset
 from exporters.common import atomic_output
@@ -28,6 +31,7 @@ from magic3d.guidance.builtin_world import (
     genus,
     recognise_kind,
 )
+from magic3d.naming import slugify
 from magic3d.pipeline import generate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -80,6 +84,27 @@ def summarise(rows: list[dict], planned: int, args: argparse.Namespace) -> dict:
     }
 
 
+def contact_sheet(rows: list[dict], work: Path, cols: int = 5, tile: int = 192) -> Image.Image:
+    """First preview frame of each prompt's asset, captioned with what the recogniser saw."""
+    sheet = Image.new("RGB", (cols * tile, -(-len(rows) // cols) * (tile + 28)), "white")
+    draw = ImageDraw.Draw(sheet)
+    for i, row in enumerate(rows):
+        x, y = (i % cols) * tile, (i // cols) * (tile + 28)
+        preview = work / slugify(row["prompt"]) / "preview.gif"
+        if preview.is_file():
+            with Image.open(preview) as gif:
+                sheet.paste(gif.convert("RGB").resize((tile, tile)), (x, y))
+        mark = "ok" if row["ok"] else f"seen: {row['colour']} {row['kind']}"
+        draw.text((x + 6, y + tile + 2), row["prompt"], fill="black")
+        draw.text((x + 6, y + tile + 14), mark, fill="darkgreen" if row["ok"] else "firebrick")
+    return sheet
+
+
+def save_sheet(rows: list[dict], work: Path, path: Path) -> None:
+    with atomic_output(path) as tmp:
+        contact_sheet(rows, work).save(tmp, format="PNG")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=20)
@@ -89,7 +114,17 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1, help="prompts run at once, one CPU thread each")
     parser.add_argument("--work", type=Path, default=Path("/tmp/magic3d-eval"))
     parser.add_argument("--out", type=Path, default=ROOT / "samples" / "benchmarks" / "builtin_eval.json")
+    parser.add_argument("--sheet", type=Path, default=ROOT / "samples" / "builtin_eval.png")
+    parser.add_argument("--sheet-only", action="store_true", help="redraw the sheet from --out and --work, run nothing")
     args = parser.parse_args()
+    if args.sheet_only:
+        try:
+            rows = json.loads(args.out.read_text(encoding="utf-8"))["rows"]
+        except (OSError, ValueError, KeyError) as exc:
+            parser.error(f"no evaluation table to draw from at {args.out}: {exc}")
+        save_sheet(rows, args.work, args.sheet)
+        print(f"wrote {args.sheet}")
+        return
     torch.set_num_threads(1)
     pairs = [tuple(p.split()[::-1]) for p in args.prompt] or default_prompts(args.count)
     done: dict[int, dict] = {}  # rows by prompt position, so the table keeps the prompts' order
@@ -103,6 +138,7 @@ def main() -> None:
             # Written after every prompt: a long evaluation that is stopped still leaves its table.
             with atomic_output(args.out) as tmp:
                 tmp.write_text(json.dumps(report, indent=2) + "\n")
+    save_sheet(report["rows"], args.work, args.sheet)
     print(f"kind {report['kind_accuracy']:.0%}, colour {report['colour_accuracy']:.0%}, "
           f"both {report['both_accuracy']:.0%}; wrote {args.out}")
 
