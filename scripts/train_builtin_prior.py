@@ -82,6 +82,9 @@ def main() -> None:
     parser.add_argument("--init", default="", help="continue from weights saved by this script (EMA copy)")
     parser.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "magic3d/guidance/builtin_weights"))
     args = parser.parse_args()
+    focus_kinds = [k for k in args.focus_kinds.split(",") if k]
+    if unknown := sorted(set(focus_kinds) - set(KINDS)):
+        parser.error(f"unknown --focus-kinds {', '.join(unknown)}; known: {', '.join(KINDS)}")
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
@@ -103,11 +106,11 @@ def main() -> None:
     ids = encoder.ids(captions)
     null_ids = encoder.ids([""])[0]
     ema_unet, ema_encoder, ema_camera = (copy.deepcopy(m).eval() for m in (unet, encoder, camera))
-    params = list(unet.parameters()) + list(encoder.parameters()) + list(camera.parameters())
     # The camera encoder starts at zero inside a trained model: at the UNet's learning rate it
     # stays near zero for hundreds of steps (measured), so it learns twenty times faster.
     groups = [{"params": list(unet.parameters()) + list(encoder.parameters()), "lr": args.lr},
               {"params": list(camera.parameters()), "lr": args.lr * CAMERA_LR_SCALE}]
+    params = [p for group in groups for p in group["params"]]
     opt = torch.optim.AdamW(groups, lr=args.lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[g["lr"] for g in groups], total_steps=args.steps,
                                                 pct_start=0.05)
@@ -122,10 +125,7 @@ def main() -> None:
         # The record of earlier phases travels with the weights, so total steps and time add up.
         log["previous_phases"] = [*previous.pop("previous_phases", []), {k: v for k, v in previous.items()}]
     start, running = time.perf_counter(), None
-    unknown = sorted(set(args.focus_kinds.split(",")) - set(KINDS) - {""})
-    if unknown:
-        parser.error(f"unknown --focus-kinds {', '.join(unknown)}; known: {', '.join(KINDS)}")
-    focus = [KINDS.index(k) for k in args.focus_kinds.split(",") if k]
+    focus = [KINDS.index(k) for k in focus_kinds]
     focus_idx = torch.from_numpy(np.nonzero(np.isin(data["kinds"], focus))[0]) if focus else None
     n_focus = int(args.batch * args.focus_share) if focus else 0
     n_high = int(args.batch * args.high_t_share)

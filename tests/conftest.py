@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import pytest
@@ -24,3 +25,17 @@ def tiny_prior_dir(tmp_path_factory) -> Path:
     from magic3d.guidance.tiny import TinySizes, build_tiny_sd
 
     return build_tiny_sd(tmp_path_factory.mktemp("tiny") / "tiny-sd", TinySizes(image_size=64, seed=0))
+
+
+@pytest.fixture(scope="session")
+def load_script():
+    """Import one of ``scripts/*.py`` (not a package) by its file name, without running its main."""
+    folder = Path(__file__).resolve().parents[1] / "scripts"
+
+    def load(name: str):
+        spec = importlib.util.spec_from_file_location(name, folder / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load

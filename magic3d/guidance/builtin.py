@@ -92,6 +92,12 @@ class BuiltinPrior:
             return text
         return text + self.camera_encoder(cameras.to(text))
 
+    def guidance_pair(
+        self, uncond: Float[Tensor, "B D"], cond: Float[Tensor, "B D"], cameras: Float[Tensor, "B 2"] | None
+    ) -> Float[Tensor, "2B D"]:
+        """Unconditional rows then conditional ones, each with its view's camera: one batch for CFG."""
+        return self.with_camera(torch.cat([uncond, cond]), None if cameras is None else cameras.repeat(2, 1))
+
     @torch.no_grad()
     def predict_noise(self, x_t: Tensor, t: Tensor, text: Float[Tensor, "B D"]) -> Tensor:
         return self.unet(x_t, t, class_labels=text).sample
@@ -111,9 +117,8 @@ class BuiltinPrior:
         noise = torch.randn(x.shape, generator=generator).to(x)
         a = self.alphas_cumprod[t].view(-1, 1, 1, 1).to(x)
         x_t = (a.sqrt() * x + (1 - a).sqrt() * noise).detach()
-        cond = self.with_camera(embeddings.cond.to(x), embeddings.cameras)
-        uncond = self.with_camera(embeddings.uncond.to(x), embeddings.cameras)
-        eps = self.predict_noise(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([uncond, cond]))
+        text = self.guidance_pair(embeddings.uncond.to(x), embeddings.cond.to(x), embeddings.cameras)
+        eps = self.predict_noise(torch.cat([x_t, x_t]), torch.cat([t, t]), text)
         eps_uncond, eps_cond = eps.chunk(2)
         eps_neg = None
         if embeddings.negative_views is not None:
@@ -145,7 +150,7 @@ class BuiltinPrior:
         scheduler = DDPMScheduler.from_pretrained(self.folder / "scheduler")
         scheduler.set_timesteps(steps)
         emb = self.encode_prompt(prompts, [])
-        text = self.with_camera(torch.cat([emb.uncond, emb.cond]), None if cameras is None else torch.cat([cameras, cameras]))
+        text = self.guidance_pair(emb.uncond, emb.cond, cameras)
         x = torch.randn(len(prompts), 3, RESOLUTION, RESOLUTION, generator=generator).to(self.device)
         for t in scheduler.timesteps:
             t_batch = torch.full((2 * len(prompts),), int(t), device=self.device, dtype=torch.long)

@@ -2,24 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[2]
 
-
-def load_eval_script():
-    spec = importlib.util.spec_from_file_location("eval_builtin", ROOT / "scripts" / "eval_builtin.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_contact_sheet_tiles_previews_in_table_order(tmp_path):
-    eval_builtin = load_eval_script()
+def test_contact_sheet_tiles_previews_in_table_order(tmp_path, load_script):
+    eval_builtin = load_script("eval_builtin")
     rows = [{"prompt": "a red cube", "ok": True, "kind": "cube", "colour": "red"},
             {"prompt": "a blue lamp", "ok": False, "kind": "sphere", "colour": "blue"},
             {"prompt": "a green tree", "ok": True, "kind": "tree", "colour": "green"}]

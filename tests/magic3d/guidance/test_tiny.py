@@ -2,22 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 from magic3d.guidance import PriorConfig, check_prior_available
 from magic3d.guidance.hub import family_of
 from magic3d.guidance.tiny import WORDS, byte_symbols, clip_vocabulary, tiny_t5_tokenizer
-
-ROOT = Path(__file__).resolve().parents[3]
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("make_tiny_prior", ROOT / "scripts" / "make_tiny_prior.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_byte_table_is_a_printable_bijection():
@@ -40,8 +29,8 @@ def test_t5_tokenizer_is_built_offline_and_ends_with_eos():
     assert tok.convert_ids_to_tokens(ids) == ["▁a", "▁red", "▁chair", "</s>"]
 
 
-def test_script_writes_loadable_folders_and_refuses_non_empty_ones(tmp_path, capsys):
-    script = load_script()
+def test_script_writes_loadable_folders_and_refuses_non_empty_ones(tmp_path, capsys, load_script):
+    script = load_script("make_tiny_prior")
     assert script.main([str(tmp_path / "sd")]) == 0
     assert script.main([str(tmp_path / "if"), "--if"]) == 0
     for name, family in (("sd", "sd"), ("if", "if")):
