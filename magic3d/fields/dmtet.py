@@ -150,7 +150,7 @@ def otsu_threshold(values: Float[Tensor, " N"], bins: int = 256) -> float:
     if hi - lo < 1e-12:
         return hi
     hist = torch.histc(values.double(), bins=bins, min=lo, max=hi)
-    centres = lo + (torch.arange(bins, dtype=torch.float64) + 0.5) * (hi - lo) / bins
+    centres = lo + (torch.arange(bins, dtype=torch.float64, device=hist.device) + 0.5) * (hi - lo) / bins
     w0 = hist.cumsum(0)
     m0 = (hist * centres).cumsum(0)
     total, mean_total = w0[-1], m0[-1]
