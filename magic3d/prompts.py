@@ -73,7 +73,7 @@ class ViewPrompts:
 
     def for_cameras(self, cameras: Cameras, shading: str = "albedo") -> TextEmbeddings:
         embeddings = self.for_buckets(cameras.view_buckets(), shading)
-        embeddings.cameras = torch.stack([cameras.elevation, cameras.azimuth], -1).float().cpu()
+        embeddings.cameras = cameras.angles()
         return embeddings
 
 

@@ -42,6 +42,9 @@ class Cameras:
     distance: Float[Tensor, " B"]
     height: int
     width: int
+    # (elevation, azimuth) in degrees kept on the host: choosing each view's prompt reads them
+    # every step, and reading them off a GPU would wait for it. None: read from the tensors above.
+    host_angles: Float[Tensor, "B 2"] | None = None
 
     def __len__(self) -> int:
         return self.c2w.shape[0]
@@ -98,13 +101,19 @@ class Cameras:
         """World to clip space, for the rasterizer: ``clip = mvp @ [x, y, z, 1]``."""
         return self.projection(near, far) @ self.w2c()
 
+    def angles(self) -> Float[Tensor, "B 2"]:
+        """(elevation, azimuth) in degrees, on the host."""
+        if self.host_angles is not None:
+            return self.host_angles
+        return torch.stack([self.elevation, self.azimuth], -1).float().cpu()
+
     def view_buckets(self) -> list[str]:
-        return [view_bucket(float(e), float(a)) for e, a in zip(self.elevation, self.azimuth, strict=True)]
+        return [view_bucket(e, a) for e, a in self.angles().tolist()]
 
     def to(self, device: torch.device | str) -> Cameras:
         return Cameras(
             self.c2w.to(device), self.fov_y.to(device), self.elevation.to(device),
-            self.azimuth.to(device), self.distance.to(device), self.height, self.width,
+            self.azimuth.to(device), self.distance.to(device), self.height, self.width, self.angles(),
         )
 
 
@@ -159,18 +168,23 @@ def orbit_cameras(
     width: int | None = None,
     device: torch.device | str = "cpu",
 ) -> Cameras:
-    """Cameras on a sphere around the origin, looking at it. Angles in degrees."""
-    el = torch.as_tensor(elevation, dtype=torch.float32, device=device).reshape(-1)
-    az = torch.as_tensor(azimuth, dtype=torch.float32, device=device).reshape(-1)
+    """Cameras on a sphere around the origin, looking at it. Angles in degrees.
+
+    Poses are made on the host and then moved (a few bytes a camera), so the host keeps the
+    angles that pick each view's prompt without waiting for the device.
+    """
+    def host(values: Tensor | list[float] | float) -> Tensor:
+        return torch.as_tensor(values, dtype=torch.float32).detach().cpu().reshape(-1)
+
+    el, az = host(elevation), host(azimuth)
     n = el.shape[0]
-    dist = torch.as_tensor(distance, dtype=torch.float32, device=device).reshape(-1).expand(n)
-    fov = torch.as_tensor(fov_y, dtype=torch.float32, device=device).reshape(-1).expand(n)
+    dist, fov = host(distance).expand(n), host(fov_y).expand(n)
     el_r, az_r = torch.deg2rad(el), torch.deg2rad(az)
     eye = torch.stack(
         [dist * torch.cos(el_r) * torch.sin(az_r), dist * torch.sin(el_r), dist * torch.cos(el_r) * torch.cos(az_r)],
         dim=-1,
     )
-    return Cameras(
+    cams = Cameras(
         c2w=look_at(eye),
         fov_y=torch.deg2rad(fov).clone(),
         elevation=el.clone(),
@@ -179,6 +193,7 @@ def orbit_cameras(
         height=height,
         width=width or height,
     )
+    return cams.to(device)
 
 
 def sample_orbit_cameras(

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import sys
 from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -108,6 +109,7 @@ class DeviceHarness(TorchFunctionMode):
         self.syncs = 0
         self.uploads = 0
         self.sync_sites: Counter[str] = Counter()
+        self.sync_lines: Counter[str] = Counter()  # the same, keyed by the project line that waited
         self._stack = contextlib.ExitStack()
 
     # --- entering: a CUDA runtime that exists -------------------------------------------
@@ -186,6 +188,7 @@ class DeviceHarness(TorchFunctionMode):
     def _sync(self, site: str) -> None:
         self.syncs += 1
         self.sync_sites[site] += 1
+        self.sync_lines[f"{site} at {_caller()}"] += 1
 
     def __torch_function__(self, func: Callable, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         kwargs = dict(kwargs or {})
@@ -294,6 +297,17 @@ class DeviceHarness(TorchFunctionMode):
             out = t.clone() if not t.requires_grad else t * 1  # a new tensor, as a real move gives
         mark(out, _place_of(target))
         return out
+
+
+def _caller() -> str:
+    """The innermost frame of the project's own code (magic3d, renderers, exporters) on the stack."""
+    frame = sys._getframe(2)
+    while frame is not None:
+        path = frame.f_code.co_filename.replace("\\", "/")
+        if any(f"/{pkg}/" in path for pkg in ("magic3d", "renderers", "exporters")) and "/tests/" not in path:
+            return f"{path.rsplit('/', 2)[-2]}/{path.rsplit('/', 1)[-1]}:{frame.f_lineno}"
+        frame = frame.f_back
+    return "outside the project"
 
 
 def _has_bool_mask(index: Any) -> bool:

@@ -50,7 +50,7 @@ class TextEmbeddings:
 class SDSOutput:
     loss: Float[Tensor, ""]  # backward() gives exactly w(t) * (eps_hat - eps) on the prior's input
     t: Tensor  # integer timesteps used, "B"
-    grad_norm: float
+    grad_norm: Float[Tensor, ""] | float  # a device scalar: the loop reads it with the loss
 
 
 class Prior(Protocol):

@@ -111,7 +111,7 @@ class _SDSTarget(torch.autograd.Function):
 
 def sds_loss(
     x: Float[Tensor, "B C H W"], grad: Float[Tensor, "B C H W"], grad_clip: float | None = None
-) -> tuple[Tensor, float]:
+) -> tuple[Tensor, Float[Tensor, ""]]:
     """Loss whose gradient w.r.t. ``x`` is exactly ``grad`` (after optional element-wise clipping).
 
     The value, 0.5 * ||grad||^2, is the stop-gradient target loss ``0.5 * ||x - sg(x - grad)||^2``:
@@ -125,4 +125,4 @@ def sds_loss(
     if grad_clip is not None:
         grad = grad.clamp(-grad_clip, grad_clip)
     loss = _SDSTarget.apply(x, grad.to(x.device))
-    return loss, float(grad.norm() / max(x.shape[0], 1) ** 0.5)
+    return loss, grad.norm().detach() / max(x.shape[0], 1) ** 0.5  # a tensor: read with the loss, once

@@ -132,7 +132,7 @@ class CoarseModel:
         )
         return out, out.rgb.view(b, h, w, 3)
 
-    def step(self, step: int, ratio: float, generator: torch.Generator) -> tuple[Tensor, dict[str, float]]:
+    def step(self, step: int, ratio: float, generator: torch.Generator) -> tuple[Tensor, dict[str, Tensor | float]]:
         cams = self.cameras(step, generator)
         mode = self.shading_mode(step, generator)
         out, rgb = self.render(cams, mode, generator)
@@ -143,7 +143,7 @@ class CoarseModel:
             facing = (out.sample_normals * out.dirs[:, None, :]).sum(-1).clamp(min=0.0)
             orientation = (out.weights.detach() * facing**2).sum(-1).mean()
             loss = loss + self.cfg.orientation_weight * orientation
-        return loss, {**metrics, "opacity": float(out.opacity.detach().mean())}
+        return loss, {**metrics, "opacity": out.opacity.detach().mean()}
 
     def after_step(self, step: int, generator: torch.Generator) -> None:
         if self.cfg.occupancy_every and (step + 1) % self.cfg.occupancy_every == 0:

@@ -150,7 +150,7 @@ class FineModel:
                            background=background, rasterizer=self.rasterizer,
                            smooth_normals=self.cfg.smooth_normals)
 
-    def step(self, step: int, ratio: float, generator: torch.Generator) -> tuple[Tensor, dict[str, float]]:
+    def step(self, step: int, ratio: float, generator: torch.Generator) -> tuple[Tensor, dict[str, Tensor | float]]:
         cams = self.cameras(step, generator)
         mode = self.shading_mode(generator)
         vertices, faces = self.mesh()
@@ -159,11 +159,11 @@ class FineModel:
         if self.cfg.normal_consistency_weight > 0:
             nc = normal_consistency(vertices, faces)
             loss = loss + self.cfg.normal_consistency_weight * nc
-            metrics = {**metrics, "normal_consistency": float(nc.detach())}
+            metrics = {**metrics, "normal_consistency": nc.detach()}
         if self.cfg.laplacian_weight > 0:
             lap = laplacian_smoothness(vertices, faces)
             loss = loss + self.cfg.laplacian_weight * lap
-            metrics = {**metrics, "laplacian": float(lap.detach())}
+            metrics = {**metrics, "laplacian": lap.detach()}
         return loss, {**metrics, "faces": float(faces.shape[0])}
 
     def after_step(self, step: int, generator: torch.Generator) -> None:

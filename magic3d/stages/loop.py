@@ -9,6 +9,7 @@ learning rate, when the loss or the parameters stop being finite.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,13 +94,13 @@ def run_loop(
 
     step = start
     while step < spec.steps:
-        loss, metrics = model.step(step, step / max(spec.steps, 1), generator)
-        healthy = bool(torch.isfinite(loss))
-        if healthy:
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            healthy = all(bool(torch.isfinite(p).all()) for g in opt.param_groups for p in g["params"])
+        loss, step_metrics = model.step(step, step / max(spec.steps, 1), generator)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        # One host read per step: health, loss and metrics travel together, so the GPU runs
+        # ahead until here. A non-finite step is undone below by the rollback, optimizer included.
+        healthy, values = read_step(loss, step_metrics, opt)
         if not healthy:
             nan_events += 1
             if nan_events > 1:
@@ -115,10 +116,10 @@ def run_loop(
             for group, base in zip(opt.param_groups, base_lrs, strict=True):
                 group["lr"] = base * lr_scale
             continue
-        metrics = {**metrics, "loss": float(loss.detach())}
+        metrics = values
         model.after_step(step, generator)
         step += 1
-        progress(spec.stage, step, spec.steps, float(loss.detach()))
+        progress(spec.stage, step, spec.steps, values["loss"])
         if step % max(spec.checkpoint_every, 1) == 0 or step == spec.steps:
             tensors, opt_state = optimizer_tensors(opt)
             rng_tensors, rng_json = rng_state(generator)
@@ -128,6 +129,20 @@ def run_loop(
         if spec.preview_every and (step % spec.preview_every == 0 or step == spec.steps):
             write_preview(run_dir / "previews" / f"{spec.stage}-{step:06d}.png", model.preview())
     return LoopResult(steps=step, metrics=metrics, resumed_from=resumed_from)
+
+
+def read_step(
+    loss: Tensor, metrics: dict[str, Tensor | float], opt: torch.optim.Optimizer
+) -> tuple[bool, dict[str, float]]:
+    """(loss and every parameter finite, {"loss": ..., **metrics} as floats) in one device-to-host read."""
+    params = [p for g in opt.param_groups for p in g["params"]]
+    finite = torch.stack([torch.isfinite(loss.detach()).all(), *(torch.isfinite(p.detach()).all() for p in params)]).all()
+    names = [k for k, v in metrics.items() if isinstance(v, Tensor)]
+    row = torch.stack([finite.float(), loss.detach().float().reshape(()), *(metrics[k].detach().float().reshape(()) for k in names)])
+    flag, loss_value, *rest = row.tolist()
+    values = {k: float(v) for k, v in metrics.items() if not isinstance(v, Tensor)}
+    values.update(zip(names, rest, strict=True))
+    return bool(flag) and math.isfinite(loss_value), {**values, "loss": loss_value}
 
 
 def snapshot(model: Trainable, opt: torch.optim.Optimizer, gen: torch.Generator, step: int, lr_scale: float) -> dict:

@@ -28,11 +28,12 @@ class SDSLoss:
     def __call__(
         self, rgb: Float[Tensor, "B H W 3"], cameras: Cameras, step_ratio: float,
         generator: torch.Generator | None = None, shading: str = "albedo",
-    ) -> tuple[Tensor, dict[str, float]]:
+    ) -> tuple[Tensor, dict[str, Tensor | float]]:
         images = to_prior_images(rgb, int(self.prior.resolution))
         embeddings = self.view_prompts.for_cameras(cameras, shading)
         out = self.prior.sds(images, embeddings, step_ratio, self.cfg, generator)
-        metrics = {"sds": float(out.loss.detach()), "t": float(out.t.float().mean()), "grad_norm": float(out.grad_norm)}
+        # Tensors, not floats: the loop reads every metric in one host sync per step.
+        metrics = {"sds": out.loss.detach(), "t": out.t.float().mean(), "grad_norm": out.grad_norm}
         return out.loss, metrics
 
 
