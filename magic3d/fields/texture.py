@@ -11,8 +11,9 @@ from dataclasses import dataclass
 
 import torch
 from jaxtyping import Float
-from nerfstudio.field_components.encodings import HashEncoding
 from torch import Tensor, nn
+
+from magic3d.fields.encoding import hash_encoding
 
 
 @dataclass
@@ -32,14 +33,11 @@ class TextureConfig:
 class TextureField(nn.Module):
     """``points "N 3" -> albedo "N 3"`` in [0, 1]."""
 
-    def __init__(self, cfg: TextureConfig | None = None) -> None:
+    def __init__(self, cfg: TextureConfig | None = None, device: torch.device | str = "cpu") -> None:
         super().__init__()
         self.cfg = cfg = cfg or TextureConfig()
-        self.encoding = HashEncoding(
-            num_levels=cfg.levels, min_res=cfg.min_res, max_res=cfg.max_res,
-            log2_hashmap_size=cfg.log2_hashmap_size, features_per_level=cfg.features_per_level,
-            implementation=_implementation(),
-        )
+        self.encoding = hash_encoding(cfg.levels, cfg.features_per_level, cfg.log2_hashmap_size, cfg.min_res,
+                                      cfg.max_res, device, lean=False)
         dim = cfg.levels * cfg.features_per_level
         self.mlp = nn.Sequential(nn.Linear(dim, cfg.hidden), nn.ReLU(), nn.Linear(cfg.hidden, 3))
 
@@ -66,17 +64,6 @@ class TextureField(nn.Module):
             loss.backward()
             opt.step()
         return float(loss.detach())
-
-
-def _implementation() -> str:
-    """tiny-cuda-nn when it is installed and CUDA is there; nerfstudio's PyTorch hash grid otherwise."""
-    if not torch.cuda.is_available():
-        return "torch"
-    try:
-        import tinycudann  # noqa: F401
-    except ImportError:
-        return "torch"
-    return "tcnn"
 
 
 @torch.no_grad()

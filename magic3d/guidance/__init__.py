@@ -21,7 +21,7 @@ BUILTIN = "builtin"
 class PriorConfig:
     id: str = BUILTIN  # coarse-stage prior: "builtin", a hub id or a local diffusers folder
     fine_id: str = ""  # fine-stage prior; "" uses ``id``
-    dtype: Literal["auto", "float32", "float16"] = "auto"  # auto: fp16 on CUDA, fp32 on CPU
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"  # auto: fp16 on CUDA, fp32 on CPU
     attention: Literal["auto", "sdpa", "xformers"] = "auto"  # auto: xformers when installed on CUDA
     compile: bool = False  # torch.compile the UNet (slow first step, faster after)
     local_files_only: bool = False  # never reach the hub, even when HF_HUB_OFFLINE is unset

@@ -26,13 +26,14 @@ from magic3d.guidance.sds import guided_noise, sample_noise, sample_timesteps, s
 
 
 def network_dtype(cfg: object, device: torch.device) -> torch.dtype:
-    """fp16 on CUDA (``auto`` or ``float16``); always fp32 on CPU, where fp16 convolutions are slow or missing."""
+    """The prior's network precision. ``auto``: fp16 on CUDA, fp32 on CPU (fp16 convolutions are
+    slow or missing there); ``float16`` applies on CUDA only; ``bfloat16`` is honoured everywhere."""
     choice = getattr(cfg, "dtype", "auto")
-    if device.type == "cpu":
+    if choice == "bfloat16":
+        return torch.bfloat16
+    if device.type == "cpu" or choice == "float32":
         return torch.float32
-    if choice == "float16" or choice == "auto":
-        return torch.float16
-    return torch.float32
+    return torch.float16
 
 
 def configure_attention(unet: torch.nn.Module, cfg: object, device: torch.device) -> str:

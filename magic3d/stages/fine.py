@@ -85,7 +85,7 @@ class FineModel:
                  camera_sampler: CameraSampler | None = None) -> None:
         self.cfg, self.loss_fn, self.device = cfg, loss_fn, device
         self.dmtet = DMTet(cfg.tet_resolution, cfg.bound).to(device)
-        self.texture = TextureField(dataclasses.replace(cfg.texture, bound=cfg.bound)).to(device)
+        self.texture = TextureField(dataclasses.replace(cfg.texture, bound=cfg.bound), device).to(device)
         self.camera_sampler = camera_sampler
         self.rasterizer = get_rasterizer(device)
         self.threshold = float("nan")

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from nerfstudio.field_components.encodings import HashEncoding
 
-from magic3d.fields.nerf import FieldConfig, NeRFField, TorchHashEncoding
+from magic3d.fields.encoding import TorchHashEncoding
+from magic3d.fields.nerf import FieldConfig, NeRFField
 
 
 def test_fast_hash_encoding_matches_nerfstudio_values_and_gradients():
