@@ -43,8 +43,8 @@ class RuntimeConfig:
     device: str = "auto"  # "auto" picks cuda when present, else cpu
     seed: int = 0
     threads: int | None = None  # torch CPU threads; None leaves torch's default
-    # GPU memory for bigger renders: a diffusers prior's text encoder waits on the CPU between
-    # prompts and SD's VAE decoder (unused by SDS) stays there. Passed to load_prior.
+    # GPU memory for bigger renders: Stable Diffusion's VAE decoder (unused by SDS) stays on the
+    # CPU. (Text encoders visit the device only while encoding, offload or not.) Passed to load_prior.
     offload: bool = False
 
 

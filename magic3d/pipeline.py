@@ -246,6 +246,16 @@ def out_of_memory_message(stage: str, cfg: Config, detail: str = "", prior_id: s
             + f"; {advice} or --device cpu, then run the same command again to resume.")
 
 
+def prior_family(prior_id: str, cfg: Config) -> str | None:
+    """"sd" or "if" for a diffusers prior (read from its model_index.json), None when unknown."""
+    from magic3d.guidance.hub import resolve_pipeline
+
+    try:
+        return resolve_pipeline(prior_id, cfg.prior, check_only=True)[1]
+    except Exception:  # advice only: a prior that can't be read here gets none of its knobs
+        return None
+
+
 def memory_knobs(stage: str, cfg: Config, prior_id: str | None = None) -> list[str]:
     """``key=value`` overrides that lower ``stage``'s peak GPU memory, from the current values,
     most effective first; settings already at their smallest are left out."""
@@ -268,7 +278,9 @@ def memory_knobs(stage: str, cfg: Config, prior_id: str | None = None) -> list[s
         if in_use != BUILTIN:
             if cfg.prior.dtype == "float32":
                 knobs.append("prior.dtype=float16")
-            if not cfg.runtime.offload:
+            # Offload moves only Stable Diffusion's VAE decoder off the device, and only while
+            # SDS runs: the text encoder is alone on the device while prompts load either way.
+            if stage != "load_prior" and not cfg.runtime.offload and prior_family(in_use, cfg) == "sd":
                 knobs.append("runtime.offload=true")
     if stage == "bake":
         if cfg.bake.query_chunk > 4096:

@@ -43,11 +43,15 @@ class ViewPrompts:
         use_cache = cache_dir is not None and bool(getattr(cfg, "embedding_cache", True))
         cache = cache_dir if use_cache else None
 
-        def per_view(text: str) -> dict[str, TextEmbeddings]:
-            return {b: encode_cached(prior, view_text(text, b, view_dependent), negative, cache) for b in BUCKETS}
-
         shape_prompt = getattr(prior, "shape_prompt", None)
         shape_text = shape_prompt(prompt) if callable(shape_prompt) else prompt
+        bases = [prompt] if shape_text == prompt else [prompt, shape_text]
+        texts = {(base, b): view_text(base, b, view_dependent) for base in bases for b in BUCKETS}
+        encoded = encode_cached(prior, list(texts.values()), negative, cache)
+
+        def per_view(base: str) -> dict[str, TextEmbeddings]:
+            return {b: encoded[texts[base, b]] for b in BUCKETS}
+
         per_bucket = per_view(prompt)
         shape_per_bucket = per_view(shape_text) if shape_text != prompt else None
         # Every embedding a run needs now exists: large text encoders (IF's T5-XXL) give their
@@ -82,21 +86,31 @@ def cache_key(prior: Prior, text: str, negative: str) -> str:
     return hashlib.sha256("\x1f".join((model, text, negative)).encode("utf-8")).hexdigest()[:24]
 
 
-def encode_cached(prior: Prior, text: str, negative: str, cache_dir: Path | None) -> TextEmbeddings:
-    """Embeddings of ``text``, read from ``cache_dir`` when an earlier run computed them."""
-    path = cache_dir / f"emb-{cache_key(prior, text, negative)}.safetensors" if cache_dir else None
-    if path is not None and path.is_file():
-        try:
-            data = load_file(str(path), device=str(prior.device))
-            return TextEmbeddings(data["cond"], data["uncond"])
-        except Exception:  # a damaged cache entry is recomputed, never trusted
-            path.unlink(missing_ok=True)
-    emb = prior.encode_prompt([text], [negative])
-    if path is not None:
-        from magic3d.storage import atomic_path
+def encode_cached(prior: Prior, texts: list[str], negative: str, cache_dir: Path | None) -> dict[str, TextEmbeddings]:
+    """One-row embeddings of each of ``texts``: read from ``cache_dir`` when an earlier run computed
+    them, the rest encoded together in one call (a large encoder visits the device once)."""
+    out: dict[str, TextEmbeddings] = {}
+    paths = {t: cache_dir / f"emb-{cache_key(prior, t, negative)}.safetensors" if cache_dir else None for t in texts}
+    for text, path in paths.items():
+        if path is not None and path.is_file():
+            try:  # read on the host, then moved: safetensors' device loading differs between versions
+                data = load_file(str(path))
+                out[text] = TextEmbeddings(data["cond"].to(prior.device), data["uncond"].to(prior.device))
+            except Exception:  # a damaged cache entry is recomputed, never trusted
+                path.unlink(missing_ok=True)
+    missing = [t for t in dict.fromkeys(texts) if t not in out]
+    if not missing:
+        return out
+    emb = prior.encode_prompt(missing, [negative] * len(missing))
+    for i, text in enumerate(missing):
+        row = TextEmbeddings(emb.cond[i : i + 1], emb.uncond[i : i + 1])
+        out[text] = row
+        path = paths[text]
+        if path is not None:
+            from magic3d.storage import atomic_path
 
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(path) as tmp:
-            save_file({"cond": emb.cond.detach().cpu().contiguous(), "uncond": emb.uncond.detach().cpu().contiguous()},
-                      str(tmp))
-    return emb
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(path) as tmp:
+                save_file({"cond": row.cond.detach().cpu().contiguous(), "uncond": row.uncond.detach().cpu().contiguous()},
+                          str(tmp))
+    return out

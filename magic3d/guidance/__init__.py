@@ -35,9 +35,10 @@ class PriorConfig:
 def load_prior(id_or_path: str, cfg: PriorConfig, device: torch.device, offload: bool = False) -> Prior:
     """The prior named ``id_or_path`` on ``device``; PriorError with one sentence when it can't load.
 
-    ``offload`` (``runtime.offload``) keeps the parts of a diffusers prior that SDS doesn't run
-    every step on the CPU: the text encoder visits ``device`` only while it encodes prompts, and
-    Stable Diffusion's VAE decoder never leaves the CPU. The built-in prior is a few MB and ignores it.
+    A diffusers prior's text encoder visits ``device`` only for the one call that encodes a run's
+    prompts, and its UNet moves there only after it (at the first SDS step). ``offload``
+    (``runtime.offload``) also keeps Stable Diffusion's VAE decoder, which SDS never runs, on
+    the CPU. The built-in prior is a few MB and ignores it.
     """
     if id_or_path == BUILTIN:
         from magic3d.guidance.builtin import load_builtin_prior

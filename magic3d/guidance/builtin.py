@@ -78,8 +78,13 @@ class BuiltinPrior:
     @torch.no_grad()
     def encode_prompt(self, prompts: list[str], negative_prompts: list[str]) -> TextEmbeddings:
         negatives = negative_prompts or [""] * len(prompts)
-        return TextEmbeddings(cond=self.text_encoder.encode([_drop_unseen(p) for p in prompts]),
-                              uncond=self.text_encoder.encode([_drop_unseen(p) for p in negatives]))
+
+        def rows(texts: list[str]) -> Tensor:
+            # One text at a time: a few microseconds each, and an embedding that doesn't depend
+            # on what it was batched with (batched matmuls round differently), so runs repeat.
+            return torch.cat([self.text_encoder.encode([_drop_unseen(t)]) for t in texts])
+
+        return TextEmbeddings(cond=rows(prompts), uncond=rows(negatives))
 
     def shape_prompt(self, prompt: str) -> str:
         """The prompt for textureless renders: training captioned those without their colour."""

@@ -2,8 +2,9 @@
 
 Renders are resized to the VAE's input size (512 for SD 2.1 base), encoded with gradients
 flowing through the encoder, noised at t, and scored by the UNet with classifier-free guidance.
-On CUDA the networks run in fp16 while the SDS arithmetic stays in fp32. With ``offload`` the
-text encoder waits on the CPU between prompts and the VAE decoder (SDS never decodes) stays there.
+On CUDA the networks run in fp16 while the SDS arithmetic stays in fp32. The text encoder is on
+the device only for the one call that encodes a run's prompts, never beside the UNet; with
+``offload`` the VAE decoder (SDS never decodes) stays on the CPU too.
 
 ``DiffusersPrior`` holds what the latent and the pixel (DeepFloyd IF) priors share: precision
 and attention choices, the noise schedule, guided noise prediction and the SDS step itself.
@@ -112,6 +113,7 @@ class DiffusersPrior:
         self.dtype = network_dtype(cfg, self.device)
         self.tokenizer = load_component(self.tokenizer_cls, self.folder / "tokenizer", model_id)
         self.text_encoder: torch.nn.Module | None = None
+        self.moves: list[tuple[str, str]] = []
         # Only the noise schedule is needed: every scheduler config of a diffusers folder
         # (PNDM for SD, DDPM for IF) carries the betas that DDPMScheduler turns into alpha_bar.
         scheduler = load_component(DDPMScheduler, self.folder / "scheduler", model_id)
@@ -120,51 +122,81 @@ class DiffusersPrior:
         self.num_train_timesteps = len(self.alphas_cumprod)
 
     def setup_unet(self, unet: torch.nn.Module) -> torch.nn.Module:
-        unet = unet.to(self.device).requires_grad_(False).eval()
-        if self.device.type == "cuda":
-            unet.to(memory_format=torch.channels_last)
+        """Frozen UNet, left on the host until SDS first needs it (see ``place``)."""
+        unet = unet.requires_grad_(False).eval()
         self.attention = configure_attention(unet, self.cfg, self.device)
+        self.unet_on_device = self.device.type == "cpu"
         if getattr(self.cfg, "compile", False):
             unet = torch.compile(unet)
         return unet
+
+    def place(self, name: str, module: torch.nn.Module, device: torch.device) -> None:
+        """Move one network, and record it: the memory order is a property the tests check."""
+        module.to(device)
+        self.moves.append((name, str(device)))
+
+    # One rule keeps the largest pair apart: the text encoder (IF's T5-XXL, ~11 GB) and the
+    # UNet (IF-I-XL, ~8.6 GB) are never on the device together. Prompts are encoded (or read
+    # from the cache) first, with the UNet still on the host; it moves at the first SDS step.
+
+    def unet_to_device(self) -> None:
+        if not self.unet_on_device:
+            self.free_text_encoder()
+            self.place("unet", self.unet, self.device)
+            if self.device.type == "cuda":
+                self.unet.to(memory_format=torch.channels_last)
+            self.unet_on_device = True
+
+    def unet_to_host(self) -> None:
+        if self.unet_on_device and self.device.type != "cpu":
+            self.place("unet", self.unet, torch.device("cpu"))
+            self.unet_on_device = False
+            torch.cuda.empty_cache()
 
     # --- text ---------------------------------------------------------------------------
 
     def load_text_encoder(self) -> torch.nn.Module:
         if self.text_encoder is None:
             enc = load_component(self.text_encoder_cls, self.folder / "text_encoder", self.model_id, torch_dtype=self.dtype)
-            self.text_encoder = enc.to(self.idle_device).requires_grad_(False).eval()
+            self.text_encoder = enc.requires_grad_(False).eval()  # on the host until it encodes
         return self.text_encoder
 
     def free_text_encoder(self) -> None:
-        """Drop the text encoder (T5-XXL is ~9 GB in fp16); it reloads if a new prompt needs it."""
-        self.text_encoder = None
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()
+        """Drop the text encoder; it reloads (on the host) if a new prompt needs it."""
+        if self.text_encoder is not None:
+            self.text_encoder = None
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
 
     @torch.no_grad()
     def encode_text(self, texts: list[str]) -> Tensor:
+        """Embeddings "N L D" of ``texts``, in one encoder call on the device."""
         encoder = self.load_text_encoder()
         warn_if_truncated(self.tokenizer, texts, self.model_id)
         tokens = self.tokenizer(texts, padding="max_length", max_length=self.tokenizer.model_max_length,
                                 truncation=True, return_tensors="pt")
-        encoder.to(self.device)  # a no-op unless offloaded
+        self.unet_to_host()
+        self.place("text_encoder", encoder, self.device)
+        self.encoder_calls = getattr(self, "encoder_calls", 0) + 1
         try:
             return self.run_text_encoder(encoder, tokens)
         finally:
-            if self.offload:
-                encoder.to(self.idle_device)
-                if self.device.type == "cuda":
-                    torch.cuda.empty_cache()
+            if self.device.type != "cpu":
+                self.place("text_encoder", encoder, torch.device("cpu"))
+                torch.cuda.empty_cache()
 
     def run_text_encoder(self, encoder: torch.nn.Module, tokens: Any) -> Tensor:
         return encoder(tokens.input_ids.to(self.device))[0]
 
     def encode_prompt(self, prompts: list[str], negative_prompts: list[str]) -> TextEmbeddings:
         negatives = negative_prompts or [""] * len(prompts)
-        # One call: an offloaded encoder makes one round trip to the device, not two.
-        cond, uncond = self.encode_text([*prompts, *negatives]).split([len(prompts), len(negatives)])
-        return TextEmbeddings(cond=cond, uncond=uncond)
+        # Every distinct text once, in one call: the encoder visits the device once per run.
+        unique = list(dict.fromkeys([*prompts, *negatives]))
+        rows = self.encode_text(unique)
+        row = {text: i for i, text in enumerate(unique)}
+        pick = torch.tensor([row[t] for t in prompts], device=rows.device)
+        pick_neg = torch.tensor([row[t] for t in negatives], device=rows.device)
+        return TextEmbeddings(cond=rows[pick], uncond=rows[pick_neg])
 
     # --- score distillation ---------------------------------------------------------------
 
@@ -174,6 +206,7 @@ class DiffusersPrior:
     @torch.no_grad()
     def predict_noise(self, x_t: Tensor, t: Tensor, text: Tensor) -> Tensor:
         """eps predicted by the UNet in fp32 (v-prediction models are converted to eps)."""
+        self.unet_to_device()
         out = self.unet(x_t.to(self.dtype), t, encoder_hidden_states=text.to(self.device, self.dtype)).sample
         out = out[:, : x_t.shape[1]].float()  # IF also predicts a variance interpolation: drop it
         if self.prediction_type == "v_prediction":
@@ -247,6 +280,7 @@ class StableDiffusionPrior(DiffusersPrior):
         self.idle_device = torch.device("cpu") if offload else self.device
         self.dtype = network_dtype(cfg, self.device)
         self.tokenizer, self.text_encoder = None, None
+        self.moves = []
         self.prediction_type = "epsilon"
         self.alphas_cumprod = alphas_cumprod.to(self.device, torch.float32)
         self.num_train_timesteps = len(self.alphas_cumprod)
