@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -207,6 +208,15 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"Config key {key!r} must be positive, not {value}.")
         if name.endswith("_weight") and isinstance(value, float) and value < 0:
             raise ConfigError(f"Config key {key!r} must be 0 or more, not {value}.")
+        if name.endswith("_weight") and isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"Config key {key!r} must be a finite number, not {value}.")
+        if name.endswith("_schedule"):
+            _check_schedule(key, value)
+        if name == "tet_resolution" and value % 2:
+            raise ConfigError(
+                f"Config key {key!r} must be even (an N grid has N/2 cells per side, as in threestudio's "
+                f"tet grids), not {value}."
+            )
         if name in ("t_min", "t_max", "t_max_end") and not 0.0 <= value <= 1.0:
             raise ConfigError(f"Config key {key!r} must lie in [0, 1], not {value}.")
         if name == "guidance_scale" and value < 1.0:
@@ -228,6 +238,15 @@ def validate(cfg: Config) -> None:
     device = cfg.runtime.device
     if not (device in ("auto", "cpu", "cuda") or device.startswith("cuda:")):
         raise ConfigError(f"Config key 'runtime.device' must be auto, cpu, cuda or cuda:N, not {device!r}.")
+
+
+def _check_schedule(key: str, points: Any) -> None:
+    """(step, weight) points: finite, 0 or more, steps increasing."""
+    steps = [p[0] for p in points]
+    if any(not math.isfinite(v) or v < 0 for p in points for v in p):
+        raise ConfigError(f"Config key {key!r} needs (step, weight) points of finite numbers 0 or more, not {points}.")
+    if any(b <= a for a, b in zip(steps, steps[1:], strict=False)):
+        raise ConfigError(f"Config key {key!r} needs its (step, weight) points in increasing step order, not {points}.")
 
 
 def walk(obj: Any, prefix: str = "") -> typing.Iterator[tuple[str, Any]]:

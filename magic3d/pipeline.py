@@ -270,8 +270,8 @@ def memory_knobs(stage: str, cfg: Config, prior_id: str | None = None) -> list[s
             knobs.append(f"{stage}.resolution={section.resolution // 2 // 8 * 8}")
         if stage == "coarse" and cfg.coarse.samples_per_ray > 16:
             knobs.append(f"coarse.samples_per_ray={cfg.coarse.samples_per_ray // 2}")
-        if stage == "fine" and cfg.fine.tet_resolution > 32:
-            knobs.append(f"fine.tet_resolution={cfg.fine.tet_resolution // 2}")
+        if stage == "fine" and cfg.fine.tet_resolution > 64:  # half the cells per side, and still even
+            knobs.append(f"fine.tet_resolution={cfg.fine.tet_resolution // 4 * 2}")
     if stage in ("load_prior", "coarse", "fine"):
         in_use = prior_id or (cfg.prior.fine_id or cfg.prior.id if stage == "fine" else cfg.prior.id)
         # The built-in prior is a few MB: neither its precision nor offloading it matters.

@@ -1,12 +1,15 @@
 """Seconds per fine-stage step on this machine, split into marching tets, rendering and backward+Adam.
 
-    nice -n 15 python scripts/bench_fine.py [--sizes 32x64,32x128,64x64,64x128] [--threads 1,2]
+    nice -n 15 python scripts/bench_fine.py [--sizes 64x64,64x128,128x64,128x128] [--threads 1,2]
                                             [--texture-levels 12] [--texture-log2 15]
                                             [--steps 8] [--out samples/benchmarks/fine.json]
 
 The loss is a stand-in (mean of the rendered image) so only the fine stage itself is timed; a real
 run adds the prior's SDS cost. The start shape is an analytic soft ball (what a coarse NeRF gives),
 initialised through the same code path as ``run_fine`` (automatic threshold, texture regression).
+Sizes are ``fine.tet_resolution`` (N/2 cells per side, see magic3d.fields.dmtet) x render pixels;
+each run also records ``tet_cells`` per side. (Runs recorded before that field counted cells as
+``tet_resolution``: their 32 and 64 are today's 64 and 128.)
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from magic3d.fields.dmtet import grid_cells  # noqa: E402
 from magic3d.fields.texture import TextureConfig  # noqa: E402
 from magic3d.stages.fine import FineConfig, FineModel  # noqa: E402
 
@@ -74,7 +78,8 @@ def bench(tet_resolution: int, resolution: int, threads: int, steps: int, batch:
             parts["cpu_step"].append(time.process_time() - cpu - extract_cpu)
         faces = int(f.shape[0])
     return {
-        "tet_resolution": tet_resolution, "resolution": resolution, "batch": batch, "threads": threads,
+        "tet_resolution": tet_resolution, "tet_cells": grid_cells(tet_resolution), "resolution": resolution,
+        "batch": batch, "threads": threads,
         "texture_levels": texture.levels, "texture_log2_hashmap_size": texture.log2_hashmap_size,
         "faces": faces, "init_s": round(init_s, 3),
         **{f"{k}_s": round(statistics.median(v), 4) for k, v in parts.items()},
@@ -83,7 +88,8 @@ def bench(tet_resolution: int, resolution: int, threads: int, steps: int, batch:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", default="32x64,32x128,64x64,64x128", help="tet_resolution x pixels, comma separated")
+    parser.add_argument("--sizes", default="64x64,64x128,128x64,128x128",
+                        help="tet_resolution x pixels, comma separated")
     parser.add_argument("--threads", default="1,2")
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--batch", type=int, default=1)

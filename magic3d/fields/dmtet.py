@@ -1,8 +1,15 @@
 """DMTet: a deformable tetrahedral grid with a signed distance per vertex, meshed by marching tetrahedra.
 
-The grid is a cube lattice of ``resolution`` cells per side, each cell cut into six tetrahedra
-around its main diagonal (Kuhn/Freudenthal). Every cell uses the same diagonal direction, so the
-triangulated faces of neighbouring cells coincide and the tetrahedra tile space without cracks.
+Grid size: ``resolution`` N counts as threestudio's tet grids do (``load/tets/{N}_tets.npz``,
+made with Quartet; the ``isosurface_resolution`` of its Magic3D configs): an N grid has N/2
+lattice steps per side of its box. threestudio's 64 grid has 36,562 vertices and
+192,492 tetrahedra, about 33^3 and 6 * 32^3. Here an N grid is a cube lattice of N/2 cells per
+side, (N/2 + 1)^3 vertices and 6 (N/2)^3 tetrahedra (35,937 and 196,608 at 64), so N must be even.
+The reference's grid spans the coarse object's bounding box; this one spans [-bound, bound]^3.
+
+Each cell is cut into six tetrahedra around its main diagonal (Kuhn/Freudenthal). Every cell uses
+the same diagonal direction, so the triangulated faces of neighbouring cells coincide and the
+tetrahedra tile space without cracks.
 
 Signs: ``sdf < 0`` is inside. Surface vertices sit on the grid edges whose ends differ in sign,
 placed by linear interpolation of the SDF (differentiable w.r.t. both the SDF and the deformed
@@ -23,7 +30,7 @@ import torch.nn.functional as F
 from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
 
-# Holes in a hollow NeRF's shell up to this wide (world units; 4 cells at 32 per side) are sealed
+# Holes in a hollow NeRF's shell up to this wide (world units; 4 cells of a resolution-64 grid) are sealed
 # while looking for the hollow behind them (see fill_hidden_space); the holes themselves stay open.
 SEALED_HOLE_WIDTH = 0.25
 
@@ -31,11 +38,20 @@ SEALED_HOLE_WIDTH = 0.25
 TET_EDGES = ((0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3))
 
 
+def grid_cells(resolution: int) -> int:
+    """Cells per side of a tet grid of ``resolution`` (the reference's N: N/2 cells per side)."""
+    if resolution < 2 or resolution % 2:
+        raise ValueError(f"tet grid resolution must be a positive even number (N/2 cells per side), not {resolution}")
+    return resolution // 2
+
+
 def tet_grid(resolution: int, bound: float = 1.0) -> tuple[Float[Tensor, "V 3"], Int[Tensor, "T 4"]]:
-    """Lattice vertices in [-bound, bound]^3 and the tetrahedra (6 per cell, positively oriented)."""
-    if resolution < 1:
-        raise ValueError(f"tet grid resolution must be positive, not {resolution}")
-    n = resolution + 1
+    """Lattice vertices in [-bound, bound]^3 and the tetrahedra (6 per cell, positively oriented).
+
+    ``resolution`` is the reference's grid size N (see the module docstring): N/2 cells per side.
+    """
+    cells = grid_cells(resolution)
+    n = cells + 1
     axis = torch.linspace(-bound, bound, n)
     gx, gy, gz = torch.meshgrid(axis, axis, axis, indexing="ij")
     vertices = torch.stack([gx, gy, gz], dim=-1).reshape(-1, 3)
@@ -43,7 +59,7 @@ def tet_grid(resolution: int, bound: float = 1.0) -> tuple[Float[Tensor, "V 3"],
     def vid(i: Tensor, j: Tensor, k: Tensor) -> Tensor:
         return (i * n + j) * n + k
 
-    c = torch.arange(resolution)
+    c = torch.arange(cells)
     ci, cj, ck = (x.reshape(-1) for x in torch.meshgrid(c, c, c, indexing="ij"))
     unit = torch.eye(3, dtype=torch.long)
     tets = []
@@ -188,13 +204,17 @@ def auto_density_threshold(density: Float[Tensor, " N"]) -> float:
 
 
 class DMTet(nn.Module):
-    """SDF and bounded deformation on a tet grid; ``extract()`` gives the current mesh."""
+    """SDF and bounded deformation on a tet grid; ``extract()`` gives the current mesh.
+
+    ``resolution`` is the reference's grid size N (see the module docstring): N/2 cells per side.
+    """
 
     def __init__(self, resolution: int, bound: float = 1.0) -> None:
         super().__init__()
         vertices, tets = tet_grid(resolution, bound)
         self.resolution, self.bound = resolution, bound
-        self.cell = 2.0 * bound / resolution
+        self.cells = grid_cells(resolution)  # lattice cells per side
+        self.cell = 2.0 * bound / self.cells
         self.register_buffer("grid_vertices", vertices, persistent=False)
         self.register_buffer("tets", tets, persistent=False)
         boundary = (vertices.abs() >= bound - 1e-6).any(-1)
@@ -266,7 +286,7 @@ class DMTet(nn.Module):
         """
         from scipy import ndimage
 
-        n = self.resolution + 1  # lattice vertices per side
+        n = self.cells + 1  # lattice vertices per side
         occupied = (linear < 0).reshape(n, n, n).cpu().numpy()
         if keep_largest:
             labels, count = ndimage.label(occupied)  # 6-connected pieces
@@ -356,7 +376,7 @@ def laplacian_smoothness(vertices: Float[Tensor, "V 3"], faces: Int[Tensor, "F 3
 
 
 __all__ = [
-    "DMTet", "auto_density_threshold", "laplacian_smoothness", "marching_tetrahedra", "mesh_edges",
+    "DMTet", "auto_density_threshold", "grid_cells", "laplacian_smoothness", "marching_tetrahedra", "mesh_edges",
     "normal_consistency", "otsu_threshold", "tet_grid",
 ]
 

@@ -22,6 +22,7 @@ from magic3d.fields.nerf import FieldConfig, NeRFField
 from magic3d.guidance.base import SDSConfig
 from magic3d.progress import ProgressFn, silent
 from magic3d.stages.loop import LoopSpec, LossFn, run_loop
+from magic3d.stages.losses import scheduled_weight
 from renderers.cameras import Cameras, OrbitRange, sample_orbit_cameras, turntable_cameras
 from renderers.shading import SHADING_MODES, random_lights
 from renderers.volume import OccupancyGrid, render_rays
@@ -55,8 +56,16 @@ class CoarseConfig:
     shading: tuple[float, float, float] = (0.2, 0.5, 0.3)
     albedo_warmup: int = 100
     ambient: float = 0.3
+    # Regulariser weights are relative to the stage loss: SDS is 0.5 * ||grad||^2 summed over the
+    # batch (threestudio's divides by the batch size, so at batch 1 these mean what its lambdas mean;
+    # at batch B they weigh 1/B as much against SDS). Opacity sparsity and orientation are means
+    # over rays (threestudio's orientation averages over rays with opacity > 0 instead).
     opacity_weight: float = 1e-3
     orientation_weight: float = 1e-2
+    # (step, weight) points for the orientation weight, linear in between and flat beyond the ends
+    # (threestudio's lambda_orient [0, 10, 1000, 5000] is ((0, 10), (5000, 1000))); empty:
+    # orientation_weight throughout.
+    orientation_schedule: tuple[tuple[float, float], ...] = ()
     occupancy_every: int = 16
     occupancy_resolution: int = 32
     occupancy_threshold: float = 0.5
@@ -139,10 +148,11 @@ class CoarseModel:
         loss, metrics = self.loss_fn(rgb, cams, ratio, generator, shading=mode)
         sparsity = torch.sqrt(out.opacity**2 + 0.01).mean()
         loss = loss + self.cfg.opacity_weight * sparsity
-        if out.sample_normals is not None and self.cfg.orientation_weight > 0:
+        orientation_weight = scheduled_weight(self.cfg.orientation_schedule, step, self.cfg.orientation_weight)
+        if out.sample_normals is not None and orientation_weight > 0:
             facing = (out.sample_normals * out.dirs[:, None, :]).sum(-1).clamp(min=0.0)
             orientation = (out.weights.detach() * facing**2).sum(-1).mean()
-            loss = loss + self.cfg.orientation_weight * orientation
+            loss = loss + orientation_weight * orientation
         return loss, {**metrics, "opacity": out.opacity.detach().mean()}
 
     def after_step(self, step: int, generator: torch.Generator) -> None:

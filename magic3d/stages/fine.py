@@ -44,7 +44,10 @@ class FineConfig:
     steps: int = 300  # 0 skips optimisation: the mesh is extracted from the coarse density as is
     batch_size: int = 1
     resolution: int = 64  # render side in pixels (512 in the paper)
-    tet_resolution: int = 32  # tet grid cells per side (128 in the paper)
+    # Tet grid size N as threestudio's isosurface_resolution counts it (its Magic3D refine uses 128):
+    # N/2 cells per side of [-bound, bound]^3, (N/2 + 1)^3 vertices, 6 (N/2)^3 tets; even.
+    # See magic3d.fields.dmtet.
+    tet_resolution: int = 64
     bound: float = 1.0
     density_threshold: float | None = None  # None: automatic (see magic3d.fields.dmtet.auto_density_threshold)
     keep_largest_component: bool = True  # floaters of the coarse NeRF do not become meshes

@@ -5,9 +5,13 @@ how the views were lit ("albedo", "diffuse", "textureless"), which SDS uses to p
 
 The fitting tests pass an image loss through the same stage loops, which is how they prove
 that field, renderer and optimiser can make a shape with only the loss swapped.
+
+``scheduled_weight`` gives a stage's regulariser weight at a step from (step, weight) points.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -43,3 +47,18 @@ def to_prior_images(rgb: Float[Tensor, "B H W 3"], resolution: int) -> Float[Ten
     if images.shape[-2:] != (resolution, resolution):
         images = F.interpolate(images, size=(resolution, resolution), mode="bilinear", align_corners=False)
     return images
+
+
+def scheduled_weight(points: Sequence[tuple[float, float]], step: int, constant: float) -> float:
+    """A regulariser's weight at ``step`` from (step, weight) ``points``: linear in between, flat
+    before the first and after the last; ``constant`` when there are no points."""
+    if not points:
+        return constant
+    (s0, w0), rest = points[0], points[1:]
+    if step <= s0:
+        return float(w0)
+    for s1, w1 in rest:
+        if step <= s1:
+            return float(w0 + (w1 - w0) * (step - s0) / (s1 - s0)) if s1 > s0 else float(w1)
+        s0, w0 = s1, w1
+    return float(w0)

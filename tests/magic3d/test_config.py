@@ -21,7 +21,7 @@ def test_paper_preset_follows_magic3d_coarse_stage():
     assert cfg.coarse.field.levels == 16
     assert cfg.coarse.field.features_per_level == 2
     assert cfg.coarse.field.log2_hashmap_size == 19
-    assert cfg.coarse.sds.guidance_scale == 100
+    assert (cfg.coarse.sds.guidance_scale, cfg.coarse.sds.weighting) == (20, "uniform")  # threestudio's IF config
     assert (cfg.coarse.sds.t_min, cfg.coarse.sds.t_max) == (0.02, 0.98)
     assert cfg.fine.resolution == 512
     assert (cfg.fine.sds.t_min, cfg.fine.sds.t_max) == (0.02, 0.5)
@@ -57,6 +57,17 @@ def test_overrides_convert_types_and_win_over_presets():
         ("prior.perp_neg=maybe", "prior.perp_neg"),
         ("coarse=3", "coarse"),
         ("runtime.device=gpu", "runtime.device"),
+        ("fine.tet_resolution=33", "fine.tet_resolution"),
+        ("fine.tet_resolution=0", "fine.tet_resolution"),
+        ("coarse.orientation_weight=.nan", "coarse.orientation_weight"),
+        ("coarse.opacity_weight=.inf", "coarse.opacity_weight"),
+        ("coarse.opacity_weight=-1", "coarse.opacity_weight"),
+        ("coarse.orientation_schedule=[[0,10],[5000,.nan]]", "coarse.orientation_schedule"),
+        ("coarse.orientation_schedule=[[0,10],[5000,.inf]]", "coarse.orientation_schedule"),
+        ("coarse.orientation_schedule=[[0,-10]]", "coarse.orientation_schedule"),
+        ("coarse.orientation_schedule=[[-1,10]]", "coarse.orientation_schedule"),
+        ("coarse.orientation_schedule=[[5000,10],[0,1000]]", "coarse.orientation_schedule"),
+        ("coarse.orientation_schedule=[[0,10,1000]]", "coarse.orientation_schedule"),
     ],
 )
 def test_invalid_values_are_rejected_naming_the_key(override, named):
@@ -76,3 +87,8 @@ def test_config_round_trips_through_a_plain_dict():
     assert plain["coarse"]["steps"] == 7
     keys = dict(walk(cfg))
     assert keys["coarse.sds.guidance_scale"] == plain["coarse"]["sds"]["guidance_scale"]
+
+
+def test_a_schedule_override_reads_as_step_weight_points():
+    cfg = load_config("fast", ["coarse.orientation_schedule=[[0, 10], [5000, 1000]]"])
+    assert cfg.coarse.orientation_schedule == ((0.0, 10.0), (5000.0, 1000.0))

@@ -32,7 +32,7 @@ def check_closed_manifold(vertices: torch.Tensor, faces: torch.Tensor) -> int:
 
 
 def test_grid_tets_fill_the_cube_without_overlap():
-    vertices, tets = tet_grid(3, bound=1.0)
+    vertices, tets = tet_grid(6, bound=1.0)  # 3 cells per side
     assert vertices.shape == (64, 3) and tets.shape == (6 * 27, 4)
     p = vertices[tets]
     signed = torch.linalg.det(p[:, 1:] - p[:, :1]) / 6
@@ -49,14 +49,37 @@ def test_grid_tets_fill_the_cube_without_overlap():
     assert (counts[~on_boundary] == 2).all() and (counts[on_boundary] == 1).all()
 
 
-@pytest.mark.parametrize("resolution", [16, 24])
+# threestudio's load/tets/{32,64}_tets.npz (the grids its Magic3D configs name by
+# isosurface_resolution): vertex and tetrahedron counts as shipped.
+REFERENCE_GRIDS = {32: (5_034, 24_444), 64: (36_562, 192_492)}
+
+
+@pytest.mark.parametrize("resolution", sorted(REFERENCE_GRIDS))
+def test_grid_resolution_counts_as_the_reference_does(resolution):
+    vertices, tets = tet_grid(resolution)
+    ref_vertices, ref_tets = REFERENCE_GRIDS[resolution]
+    cells = resolution // 2
+    assert vertices.shape[0] == (cells + 1) ** 3 and tets.shape[0] == 6 * cells**3
+    # Quartet's lattice is not ours cell by cell, but the same N gives the same size to within 3%.
+    assert abs(vertices.shape[0] / ref_vertices - 1) < 0.03, vertices.shape[0]
+    assert abs(tets.shape[0] / ref_tets - 1) < 0.03, tets.shape[0]
+    assert DMTet(resolution).cell == pytest.approx(2.0 / cells)
+
+
+@pytest.mark.parametrize("resolution", [0, 7, -4])
+def test_grid_resolution_must_be_positive_and_even(resolution):
+    with pytest.raises(ValueError, match="even"):
+        tet_grid(resolution)
+
+
+@pytest.mark.parametrize("resolution", [32, 48])
 def test_sphere_is_closed_manifold_and_on_the_radius(resolution):
     radius = 0.6
     vertices, tets = tet_grid(resolution)
     sdf = vertices.norm(dim=-1) - radius
     v, f = marching_tetrahedra(vertices, tets, sdf)
     assert check_closed_manifold(v, f) == 2
-    cell = 2.0 / resolution
+    cell = 2.0 / (resolution // 2)
     assert (v.norm(dim=-1) - radius).abs().max() < cell
     mesh = trimesh.Trimesh(v.numpy(), f.numpy(), process=False)
     assert mesh.is_watertight and mesh.is_winding_consistent
@@ -66,7 +89,7 @@ def test_sphere_is_closed_manifold_and_on_the_radius(resolution):
 
 
 def test_torus_has_euler_characteristic_zero():
-    vertices, tets = tet_grid(32)
+    vertices, tets = tet_grid(64)
     x, y, z = vertices.unbind(-1)
     sdf = torch.sqrt((torch.sqrt(x**2 + z**2) - 0.55) ** 2 + y**2) - 0.25
     v, f = marching_tetrahedra(vertices, tets, sdf)
@@ -75,7 +98,7 @@ def test_torus_has_euler_characteristic_zero():
 
 
 def test_two_balls_are_two_spheres():
-    vertices, tets = tet_grid(24)
+    vertices, tets = tet_grid(48)
     sdf = torch.minimum((vertices - torch.tensor([0.45, 0, 0])).norm(dim=-1) - 0.3,
                         (vertices + torch.tensor([0.45, 0, 0])).norm(dim=-1) - 0.3)
     v, f = marching_tetrahedra(vertices, tets, sdf)
@@ -83,7 +106,7 @@ def test_two_balls_are_two_spheres():
 
 
 def test_surface_touching_the_grid_boundary_stays_closed():
-    dmtet = DMTet(8)
+    dmtet = DMTet(16)
     dmtet.init_from_sdf(lambda p: p.norm(dim=-1) - 1.5)  # everything inside, boundary forced outside
     v, f = dmtet.extract()
     assert f.shape[0] > 0 and check_closed_manifold(v, f) == 2
@@ -91,7 +114,7 @@ def test_surface_touching_the_grid_boundary_stays_closed():
 
 def test_deformed_noisy_surface_stays_closed_and_consistently_wound():
     gen = torch.Generator().manual_seed(0)
-    dmtet = DMTet(16)
+    dmtet = DMTet(32)
     # A lumpy SDF with many vertices at exactly zero (degenerate triangles) and strong deformation.
     dmtet.init_from_sdf(lambda p: (p.norm(dim=-1) - 0.6 + 0.1 * torch.randn(p.shape[0], generator=gen)))
     with torch.no_grad():
@@ -104,7 +127,7 @@ def test_deformed_noisy_surface_stays_closed_and_consistently_wound():
 
 
 def test_gradients_reach_sdf_and_deformation():
-    dmtet = DMTet(12)
+    dmtet = DMTet(24)
     dmtet.init_from_sdf(lambda p: p.norm(dim=-1) - 0.5)
     v, f = dmtet.extract()
     v.norm(dim=-1).mean().backward()
@@ -114,7 +137,7 @@ def test_gradients_reach_sdf_and_deformation():
 
 
 def test_deformation_is_bounded_by_half_a_cell():
-    dmtet = DMTet(8)
+    dmtet = DMTet(16)
     with torch.no_grad():
         dmtet.deform.fill_(100.0)
     shift = (dmtet.vertices() - dmtet.grid_vertices).abs().max()
@@ -128,7 +151,7 @@ def soft_ball(points, radius=0.5, peak=40.0, width=0.03):
 @pytest.mark.parametrize("peak", [5.0, 40.0, 2000.0])
 def test_auto_threshold_finds_a_density_blob_at_any_scale(peak):
     torch.manual_seed(0)
-    dmtet = DMTet(24)
+    dmtet = DMTet(48)
     thr = dmtet.init_from_density(lambda p: soft_ball(p, peak=peak))
     # The split sits between the empty level (~0) and the solid level (peak), the same fraction at any scale.
     assert 0.1 * peak < thr < 0.6 * peak
@@ -154,7 +177,7 @@ def test_auto_threshold_ignores_faint_haze():
 
 
 def test_explicit_threshold_overrides_the_automatic_one():
-    dmtet = DMTet(24)
+    dmtet = DMTet(48)
     # A Gaussian blob has no natural edge: the threshold sets the radius, r = sqrt(2 s^2 ln(peak/thr)).
     thr = dmtet.init_from_density(lambda p: 10.0 * torch.exp(-(p**2).sum(-1) / (2 * 0.3**2)), threshold=2.0)
     assert thr == 2.0
@@ -165,7 +188,7 @@ def test_explicit_threshold_overrides_the_automatic_one():
 
 def test_empty_density_is_an_error():
     with pytest.raises(ValueError, match="constant"):
-        DMTet(4).init_from_density(lambda p: torch.zeros(p.shape[0]))
+        DMTet(8).init_from_density(lambda p: torch.zeros(p.shape[0]))
 
 
 def test_regularisers_prefer_smooth_meshes():
@@ -192,7 +215,7 @@ def test_sdf_from_density_is_a_distance_and_drops_floaters():
         floater = 40.0 * torch.sigmoid((0.12 - (p - torch.tensor([0.8, 0.8, 0.8])).norm(dim=-1)) / 0.03)
         return ball + floater + 5.0
 
-    kept_all, largest = DMTet(24), DMTet(24)
+    kept_all, largest = DMTet(48), DMTet(48)
     kept_all.init_from_density(density, threshold=15.0)
     largest.init_from_density(density, threshold=15.0, keep_largest=True)
     assert check_closed_manifold(*kept_all.extract()) == 4  # two spheres
@@ -231,7 +254,7 @@ def test_density_init_fills_a_hollow_nerf():
         r = p.norm(dim=-1)
         return 40.0 * torch.sigmoid((0.6 - r) / 0.02) * torch.sigmoid((r - 0.4) / 0.02)
 
-    hollow, solid = DMTet(24), DMTet(24)
+    hollow, solid = DMTet(48), DMTet(48)
     hollow.init_from_density(density, threshold=15.0, keep_largest=True)
     solid.init_from_density(density, threshold=15.0, keep_largest=True, fill_hidden=True)
     assert check_closed_manifold(*hollow.extract()) == 4  # outer and inner sphere

@@ -37,7 +37,7 @@ class BallField:
 
 
 TINY = FineConfig(
-    steps=4, resolution=32, tet_resolution=12, checkpoint_every=2, texture_init_steps=20,
+    steps=4, resolution=32, tet_resolution=24, checkpoint_every=2, texture_init_steps=20,
     texture_init_points=2000, texture=TextureConfig(levels=4, log2_hashmap_size=12, min_res=4, max_res=32, hidden=16),
 )
 
@@ -55,7 +55,7 @@ def closed(vertices: torch.Tensor, faces: torch.Tensor) -> trimesh.Trimesh:
 
 def test_extract_mesh_uses_the_automatic_threshold_and_coarse_colours():
     field = BallField(radius=0.5)
-    cfg = dataclasses.replace(TINY, tet_resolution=20, steps=0)
+    cfg = dataclasses.replace(TINY, tet_resolution=40, steps=0)
     result = extract_mesh(field, cfg, "cpu")
     closed(result.vertices, result.faces)
     thr = result.metrics["density_threshold"]
@@ -187,7 +187,7 @@ def test_fine_loop_fits_an_ellipsoid_from_images(tmp_path):
         return loss, {"mse": float(loss.detach())}
 
     cfg = FineConfig(
-        steps=int(os.environ.get("FINE_FIT_STEPS", 150)), tet_resolution=24, resolution=64,
+        steps=int(os.environ.get("FINE_FIT_STEPS", 150)), tet_resolution=48, resolution=64,
         shading=(1.0, 0.0, 0.0), sdf_lr=1e-2, deform_lr=3e-2, lr=1e-2,
         normal_consistency_weight=1e-3, laplacian_weight=1e-1, checkpoint_every=1000,
         texture_init_steps=20, texture_init_points=2000,
