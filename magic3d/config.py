@@ -47,6 +47,9 @@ class RuntimeConfig:
     # GPU memory for bigger renders: Stable Diffusion's VAE decoder (unused by SDS) stays on the
     # CPU. (Text encoders visit the device only while encoding, offload or not.) Passed to load_prior.
     offload: bool = False
+    # Fields and renderers under autocast: "auto" is bf16 on CUDA (fp16 where bf16 is missing)
+    # and fp32 on CPU. The priors' own precision is prior.dtype.
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
 
 
 @dataclass

@@ -185,7 +185,7 @@ def run_stages(
     with out_of_memory_advice("coarse", cfg):
         coarse = run_coarse(
             SDSLoss(prior, prompts, cfg.coarse.sds), cfg.coarse, run_dir, device, seed, progress=progress,
-            resume=resume,
+            resume=resume, precision=cfg.runtime.precision,
         )
     timings["coarse"] = time.perf_counter() - clock
     metrics["coarse"] = coarse.metrics
@@ -200,7 +200,8 @@ def run_stages(
                 prompts = ViewPrompts.build(text, prior, cfg.prior, cache_dir)
         loss = SDSLoss(prior, prompts, cfg.fine.sds)
         with out_of_memory_advice("fine", cfg):
-            fine = run_fine(coarse.field, loss, cfg.fine, run_dir, device, seed, progress=progress, resume=resume)
+            fine = run_fine(coarse.field, loss, cfg.fine, run_dir, device, seed, progress=progress, resume=resume,
+                            precision=cfg.runtime.precision)
     else:
         with out_of_memory_advice("fine", cfg):
             fine = extract_mesh(coarse.field, cfg.fine, device)

@@ -179,6 +179,8 @@ def render_rays(
 
     density = torch.zeros(flat.shape[0], device=flat.device, dtype=flat.dtype)
     sigma, live_albedo = field_fn(live)
+    # Under autocast the field answers in bf16/fp16; compositing stays in the rays' precision.
+    sigma, live_albedo = sigma.to(flat.dtype), live_albedo.to(flat.dtype)
     density = density.index_put((idx,), sigma)
     delta = step_length[:, None].expand(-1, samples)
     weights = composite(density.view(n_rays, samples), delta)
@@ -194,7 +196,7 @@ def render_rays(
         shifted = density_fn((npts[:, None, :] + offsets[None]).view(-1, 3)).view(-1, 3)
         grad = (shifted - nsigma[:, None]) / normal_eps
         n_live = -F.normalize(grad, dim=-1)
-        sample_normals = torch.zeros_like(flat).index_put((nidx,), n_live).view(n_rays, samples, 3)
+        sample_normals = torch.zeros_like(flat).index_put((nidx,), n_live.to(flat.dtype)).view(n_rays, samples, 3)
     albedo = albedo.view(n_rays, samples, 3)
     opacity = weights.sum(-1, keepdim=True)
 

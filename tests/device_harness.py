@@ -104,8 +104,12 @@ def _place_of(device: torch.device | None) -> str | None:
 class DeviceHarness(TorchFunctionMode):
     """``with DeviceHarness() as h:`` runs code as if on ``cuda:0``; see the module docstring."""
 
-    def __init__(self) -> None:
+    def __init__(self, ignore_syncs_in: tuple[str, ...] = ()) -> None:
         super().__init__()
+        # Files whose syncs are tallied apart (``ignored_syncs``), e.g. the PyTorch rasterizer,
+        # which a CUDA run replaces with nvdiffrast.
+        self.ignore_syncs_in = ignore_syncs_in
+        self.ignored_syncs = 0
         self.syncs = 0
         self.uploads = 0
         self.sync_sites: Counter[str] = Counter()
@@ -186,9 +190,13 @@ class DeviceHarness(TorchFunctionMode):
     # --- every torch call -----------------------------------------------------------------
 
     def _sync(self, site: str) -> None:
+        line = _caller()
+        if any(line.startswith(prefix) for prefix in self.ignore_syncs_in):
+            self.ignored_syncs += 1
+            return
         self.syncs += 1
         self.sync_sites[site] += 1
-        self.sync_lines[f"{site} at {_caller()}"] += 1
+        self.sync_lines[f"{site} at {line}"] += 1
 
     def __torch_function__(self, func: Callable, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         kwargs = dict(kwargs or {})
@@ -250,6 +258,8 @@ class DeviceHarness(TorchFunctionMode):
             device = RUN if on_device(args[0]) else HOST
         if device is None and func in NEW:
             device = RUN if on_device(args[0]) else HOST
+        if device is None and func in (torch.tensor, torch.as_tensor) and args and isinstance(args[0], torch.Tensor):
+            device = RUN if on_device(args[0]) else HOST  # from a tensor: its device, as torch does
         place = _place_of(device) or ON_HOST  # no device= means the default device: the host
         if "device" in kwargs:
             kwargs["device"] = HOST
@@ -257,8 +267,6 @@ class DeviceHarness(TorchFunctionMode):
         if func in RANDOM and gen is not None and gen.device.type != (device or HOST).type:
             raise MixedDeviceError(f"{getattr(func, '__name__', func)} draws on {device} from a generator on "
                                    f"{gen.device}; CUDA refuses this: draw on the generator's device, then move")
-        if func is torch.tensor and args and isinstance(args[0], torch.Tensor) and on_device(args[0]):
-            self._sync("torch.tensor(tensor)")
         out = func(*args, **kwargs)
         for t in tree_flatten(out)[0]:
             mark(t, place)

@@ -69,3 +69,12 @@ def test_it_catches_the_fine_stage_threshold_built_on_the_host(monkeypatch):
         monkeypatch.setattr(torch, "arange", lambda *a, **k: real_arange(*a, **{**k, "device": None}))
         with pytest.raises(MixedDeviceError):
             dmtet.otsu_threshold(density.to("cuda"))
+
+
+def test_tensors_made_from_tensors_keep_their_device():
+    with DeviceHarness():
+        x = torch.randn(3, device="cuda")
+        assert torch.as_tensor(x) is x and x.device.type == "cuda"
+        assert torch.tensor(x.tolist()).device.type == "cpu"
+        with pytest.raises(MixedDeviceError):
+            x + torch.as_tensor([1.0, 2.0, 3.0])

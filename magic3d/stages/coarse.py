@@ -21,7 +21,7 @@ from magic3d.errors import RunError
 from magic3d.fields.nerf import FieldConfig, NeRFField
 from magic3d.guidance.base import SDSConfig
 from magic3d.progress import ProgressFn, silent
-from magic3d.stages.loop import LoopSpec, LossFn, run_loop
+from magic3d.stages.loop import LoopSpec, LossFn, Precision, autocast_dtype, run_loop
 from magic3d.stages.losses import scheduled_weight
 from renderers.cameras import Cameras, OrbitRange, sample_orbit_cameras, turntable_cameras
 from renderers.shading import SHADING_MODES, random_lights
@@ -172,13 +172,15 @@ class CoarseModel:
 def run_coarse(
     loss_fn: LossFn, cfg: CoarseConfig, run_dir: Path, device: torch.device | str, seed: int,
     progress: ProgressFn = silent, resume: bool = True, camera_sampler: CameraSampler | None = None,
+    precision: Precision = "fp32",
 ) -> CoarseResult:
     device = torch.device(device)
     with torch.random.fork_rng(devices=[]):  # the hash table's initial values, without touching the caller's RNG
         torch.manual_seed(seed)
         model = CoarseModel(cfg, loss_fn, device, camera_sampler)
     generator = torch.Generator().manual_seed(seed)
-    spec = LoopSpec("coarse", cfg.steps, cfg.checkpoint_every, cfg.preview_every or cfg.steps)
+    spec = LoopSpec("coarse", cfg.steps, cfg.checkpoint_every, cfg.preview_every or cfg.steps,
+                    device_type=device.type, autocast=autocast_dtype(precision, device))
     result = run_loop(model, spec, Path(run_dir), generator, progress, resume)
     return CoarseResult(field=model.field.eval(), metrics=result.metrics)
 

@@ -27,7 +27,7 @@ from magic3d.fields.texture import TextureConfig, TextureField, sample_surface
 from magic3d.guidance.base import SDSConfig
 from magic3d.progress import ProgressFn, silent
 from magic3d.stages.coarse import CameraSampler, OrbitConfig
-from magic3d.stages.loop import LoopSpec, LossFn, run_loop
+from magic3d.stages.loop import LoopSpec, LossFn, Precision, autocast_dtype, run_loop
 from renderers.cameras import Cameras, sample_orbit_cameras, turntable_cameras
 from renderers.mesh_render import MeshRender, render_mesh
 from renderers.raster import get_rasterizer
@@ -201,6 +201,7 @@ class FineModel:
 def run_fine(
     coarse_field, loss_fn: LossFn, cfg: FineConfig, run_dir: Path, device: torch.device | str, seed: int,
     progress: ProgressFn = silent, resume: bool = True, camera_sampler: CameraSampler | None = None,
+    precision: Precision = "fp32",
 ) -> FineResult:
     """Refine the coarse result into a textured mesh; resumes from run_dir/checkpoints/fine-*.
 
@@ -217,7 +218,8 @@ def run_fine(
         metrics = model.initialise(coarse_field, generator)
     if cfg.steps <= 0:
         return model.result(metrics)
-    spec = LoopSpec("fine", cfg.steps, cfg.checkpoint_every, cfg.preview_every or cfg.steps)
+    spec = LoopSpec("fine", cfg.steps, cfg.checkpoint_every, cfg.preview_every or cfg.steps,
+                    device_type=device.type, autocast=autocast_dtype(precision, device))
     result = run_loop(model, spec, run_dir, generator, progress, resume)
     return model.result({**metrics, **result.metrics})
 

@@ -8,12 +8,13 @@ learning rate, when the loss or the parameters stop being finite.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import torch
@@ -54,12 +55,30 @@ class Trainable(Protocol):
     def preview(self) -> np.ndarray: ...
 
 
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+
+
+def autocast_dtype(precision: Precision, device: torch.device) -> torch.dtype | None:
+    """The dtype the fields and renderers compute in under autocast, None for plain fp32.
+
+    ``auto``: bf16 on CUDA (fp16 where the GPU lacks bf16), fp32 on CPU. Autocast runs only
+    matrix products and convolutions in low precision; exponentials, sums and compositing stay fp32.
+    """
+    if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
+        return None
+    if precision == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if precision == "bf16" else torch.float16
+
+
 @dataclass
 class LoopSpec:
     stage: str
     steps: int
     checkpoint_every: int
     preview_every: int = 0
+    device_type: str = "cpu"
+    autocast: torch.dtype | None = None  # see autocast_dtype; fp16 adds a gradient scaler
     lr_drop_on_nan: float = 0.5
     betas: tuple[float, float] = (0.9, 0.99)
     eps: float = 1e-15  # hash tables see rare, tiny gradients: Instant-NGP's epsilon keeps them moving
@@ -92,12 +111,20 @@ def run_loop(
     # The last state known to be finite, in memory, for rollback before the first checkpoint.
     good = snapshot(model, opt, generator, start, lr_scale)
 
+    # fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none.
+    scaler = torch.amp.GradScaler(spec.device_type) if spec.autocast == torch.float16 else None
     step = start
     while step < spec.steps:
-        loss, step_metrics = model.step(step, step / max(spec.steps, 1), generator)
+        with autocast(spec):
+            loss, step_metrics = model.step(step, step / max(spec.steps, 1), generator)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        if scaler is None:
+            loss.backward()
+            opt.step()
+        else:
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
         # One host read per step: health, loss and metrics travel together, so the GPU runs
         # ahead until here. A non-finite step is undone below by the rollback, optimizer included.
         healthy, values = read_step(loss, step_metrics, opt)
@@ -129,6 +156,12 @@ def run_loop(
         if spec.preview_every and (step % spec.preview_every == 0 or step == spec.steps):
             write_preview(run_dir / "previews" / f"{spec.stage}-{step:06d}.png", model.preview())
     return LoopResult(steps=step, metrics=metrics, resumed_from=resumed_from)
+
+
+def autocast(spec: LoopSpec) -> contextlib.AbstractContextManager:
+    if spec.autocast is None:
+        return contextlib.nullcontext()
+    return torch.autocast(spec.device_type, dtype=spec.autocast)
 
 
 def read_step(

@@ -33,9 +33,12 @@ class SDSLoss:
         self, rgb: Float[Tensor, "B H W 3"], cameras: Cameras, step_ratio: float,
         generator: torch.Generator | None = None, shading: str = "albedo",
     ) -> tuple[Tensor, dict[str, Tensor | float]]:
-        images = to_prior_images(rgb, int(self.prior.resolution))
-        embeddings = self.view_prompts.for_cameras(cameras, shading)
-        out = self.prior.sds(images, embeddings, step_ratio, self.cfg, generator)
+        # The prior keeps its own precision (prior.dtype): the fields' autocast stops here, or
+        # an fp16 UNet would be recast to bf16 on every call.
+        with torch.autocast(rgb.device.type, enabled=False):
+            images = to_prior_images(rgb.float(), int(self.prior.resolution))
+            embeddings = self.view_prompts.for_cameras(cameras, shading)
+            out = self.prior.sds(images, embeddings, step_ratio, self.cfg, generator)
         # Tensors, not floats: the loop reads every metric in one host sync per step.
         metrics = {"sds": out.loss.detach(), "t": out.t.float().mean(), "grad_norm": out.grad_norm}
         return out.loss, metrics

@@ -196,3 +196,20 @@ def test_sds_loss_resizes_and_picks_view_prompts(tmp_path):
     # Through the stage: a couple of SDS steps run and checkpoint.
     run_coarse(loss_fn, small_cfg(steps=2), tmp_path, "cpu", seed=0)
     assert len(prior.seen) == 4 and (tmp_path / "checkpoints" / "coarse-000002.safetensors").is_file()
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_steps_keep_fp32_parameters_and_fit(precision, tmp_path):
+    """Autocast (fp16 with its gradient scaler) on the coarse stage: parameters stay fp32 and the
+    loss of a fit falls as in fp32. CPU autocast stands in for CUDA's here."""
+    from magic3d.stages.loop import autocast_dtype
+
+    assert autocast_dtype("auto", torch.device("cpu")) is None
+    assert autocast_dtype(precision, torch.device("cpu")) == {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    cfg = small_cfg(steps=30, checkpoint_every=100)
+    losses: list[float] = []
+    result = run_coarse(image_loss, cfg, tmp_path, "cpu", seed=0, camera_sampler=training_views(16, 1),
+                        progress=lambda stage, step, total, loss: losses.append(loss), precision=precision)
+    assert all(p.dtype == torch.float32 for p in result.field.parameters())
+    assert all(np.isfinite(losses)) and len(losses) == 30
+    assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5])
