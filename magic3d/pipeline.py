@@ -248,13 +248,17 @@ def out_of_memory_message(stage: str, cfg: Config, detail: str = "", prior_id: s
 
 
 def prior_family(prior_id: str, cfg: Config) -> str | None:
-    """"sd" or "if" for a diffusers prior (read from its model_index.json), None when unknown."""
+    """"sd" or "if" for a diffusers prior, without the network: its model_index.json when the
+    folder or the hub cache has it, else the family its hub id names; None when unknown."""
+    from dataclasses import replace
+
     from magic3d.guidance.hub import resolve_pipeline
 
     try:
-        return resolve_pipeline(prior_id, cfg.prior, check_only=True)[1]
-    except Exception:  # advice only: a prior that can't be read here gets none of its knobs
-        return None
+        return resolve_pipeline(prior_id, replace(cfg.prior, local_files_only=True), check_only=True)[1]
+    except Exception:  # advice only: fall back on the name
+        name = prior_id.lower()
+        return "if" if "/if-" in name else "sd" if "stable-diffusion" in name else None
 
 
 def memory_knobs(stage: str, cfg: Config, prior_id: str | None = None) -> list[str]:
