@@ -202,6 +202,11 @@ def validate(cfg: Config) -> None:
         name = key.rsplit(".", 1)[-1]
         if value is None:
             continue
+        # Range checks below are false for NaN ("nan <= 0" is false): every number is finite first.
+        numbers = value if isinstance(value, (list, tuple)) else [value]
+        flat = [x for v in numbers for x in (v if isinstance(v, (list, tuple)) else [v])]
+        if any(isinstance(x, float) and not math.isfinite(x) for x in flat):
+            raise ConfigError(f"Config key {key!r} must be a finite number, not {value}.")
         if (name == "steps" or name.endswith("_every") or name.endswith("_steps")) and value < 0:
             raise ConfigError(f"Config key {key!r} must be 0 or more, not {value}.")
         if name in ("resolution", "batch_size", "texture_size", "preview_frames", "preview_resolution",

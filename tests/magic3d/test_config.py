@@ -92,3 +92,15 @@ def test_config_round_trips_through_a_plain_dict():
 def test_a_schedule_override_reads_as_step_weight_points():
     cfg = load_config("fast", ["coarse.orientation_schedule=[[0, 10], [5000, 1000]]"])
     assert cfg.coarse.orientation_schedule == ((0.0, 10.0), (5000.0, 1000.0))
+
+
+@pytest.mark.parametrize("override", [
+    "coarse.lr=.nan", "fine.sds.guidance_scale=.inf", "export.size_m=.nan", "coarse.sds.t_max=.nan",
+    "coarse.orbit.distance=[2.0,.inf]", "fine.background=[1.0,.nan,1.0]", "bake.texture_size=64",
+])
+def test_every_number_is_finite_before_any_range_check(override):
+    if override == "bake.texture_size=64":  # the control: a finite value passes
+        assert load_config("builtin", [override]).bake.texture_size == 64
+        return
+    with pytest.raises(ConfigError, match=r"must be a finite number"):
+        load_config("builtin", [override])
