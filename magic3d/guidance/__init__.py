@@ -45,8 +45,11 @@ def load_prior(id_or_path: str, cfg: PriorConfig, device: torch.device, offload:
 
         return load_builtin_prior(cfg, device)
     from magic3d.guidance.hub import resolve_pipeline
+    from magic3d.guidance.stable_diffusion import network_dtype
 
-    folder, family = resolve_pipeline(id_or_path, cfg)
+    # fp16 runs fetch (and load) the fp16 weight files where the hub has them: half the download.
+    variant = "fp16" if network_dtype(cfg, device) == torch.float16 else None
+    folder, family = resolve_pipeline(id_or_path, cfg, variant=variant)
     if family == "if":
         from magic3d.guidance.deepfloyd import DeepFloydPrior
 

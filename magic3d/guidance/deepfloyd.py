@@ -4,8 +4,9 @@ No VAE: renders are resized to the UNet's resolution and scored in pixel space (
 IF's UNet predicts eps and a variance interpolation (6 channels); SDS uses the eps half.
 Its T5-XXL text encoder is ~9 GB in fp16 and only needed once per prompt: embeddings are
 computed up front (and cached on disk by ``magic3d.prompts``), then the encoder is freed.
-Real IF checkpoints ship a sentencepiece model for their tokenizer, which needs the
-``sentencepiece`` package; the weights are gated on the hub (accept the licence first).
+Real IF checkpoints ship their tokenizer as a bare sentencepiece model (``spiece.model``),
+read by ``T5SentencePieceTokenizer`` (transformers' conversion would need a newer protobuf than
+the project can install); the weights are gated on the hub (accept the licence first).
 """
 
 from __future__ import annotations
@@ -17,21 +18,29 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from magic3d.errors import PriorError
 from magic3d.guidance.stable_diffusion import DiffusersPrior, load_component, resize
+from magic3d.guidance.t5_tokenizer import T5SentencePieceTokenizer, import_sentencepiece
+
+# IF was trained on 77 T5 tokens and its own pipeline always pads and cuts to 77, whatever
+# (or nothing) the tokenizer config says about ``model_max_length``.
+IF_TEXT_LENGTH = 77
 
 
 def require_sentencepiece_if_needed(tokenizer_dir: Path, model_id: str) -> None:
     """Hub IF repositories ship only ``spiece.model``; reading it needs the sentencepiece package."""
     if (tokenizer_dir / "tokenizer.json").is_file() or not (tokenizer_dir / "spiece.model").is_file():
         return
-    try:
-        import sentencepiece  # noqa: F401
-    except ImportError:
-        raise PriorError(
-            f"The T5 tokenizer of {model_id!r} is a sentencepiece model; install it with `pip install sentencepiece` "
-            "and run again."
-        ) from None
+    import_sentencepiece(repr(model_id))
+
+
+def tokenizer_class(tokenizer_dir: Path) -> Any:
+    """transformers' fast tokenizer when the folder has a tokenizer.json (it needs neither
+    sentencepiece nor protobuf then), else ours on ``spiece.model``."""
+    if (tokenizer_dir / "tokenizer.json").is_file():
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer
+    return T5SentencePieceTokenizer
 
 
 class DeepFloydPrior(DiffusersPrior):
@@ -41,14 +50,19 @@ class DeepFloydPrior(DiffusersPrior):
         self, folder: Path, model_id: str, cfg: object, device: torch.device | str, offload: bool = False
     ) -> None:
         from diffusers import UNet2DConditionModel
-        from transformers import AutoTokenizer, T5EncoderModel
+        from transformers import T5EncoderModel
 
-        self.text_encoder_cls, self.tokenizer_cls = T5EncoderModel, AutoTokenizer
+        self.text_encoder_cls = T5EncoderModel
+        self.tokenizer_cls = tokenizer_class(Path(folder) / "tokenizer")
         require_sentencepiece_if_needed(Path(folder) / "tokenizer", model_id)
         super().__init__(folder, model_id, cfg, device, offload)
         unet = load_component(UNet2DConditionModel, self.folder / "unet", model_id, torch_dtype=self.dtype)
         self.unet = self.setup_unet(unet)
         self.resolution = int(self.unet.config.sample_size)
+
+    @property
+    def max_text_length(self) -> int:
+        return IF_TEXT_LENGTH
 
     def run_text_encoder(self, encoder: torch.nn.Module, tokens: Any) -> Tensor:
         # T5 sees the padding mask (as IF's own pipeline does), so padded positions don't

@@ -6,9 +6,11 @@ and ``HF_HUB_OFFLINE`` set by a launcher or a test are honoured.
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import re
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Literal
 
@@ -16,11 +18,50 @@ from magic3d.errors import PriorError
 
 Family = Literal["sd", "if"]
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-# What a pipeline needs; skips the safety checker, other precisions and framework duplicates.
+# What a pipeline needs; skips the safety checker and framework duplicates (.bin, .msgpack, .onnx).
 ALLOW = ["model_index.json", "*/config.json", "*/*.safetensors", "*/*.txt", "*/*.json", "*/*.model"]
-# fp16 duplicates of the fp32 weights (same file names with ``.fp16.``): loading reads the fp32
-# files and casts, so fetching both would double the download.
-IGNORE = ["*.fp16.*", "*fp16-*", "safety_checker/*", "feature_extractor/*", "watermarker/*"]
+IGNORE = ["safety_checker/*", "feature_extractor/*", "watermarker/*"]
+# Shard suffix of sharded weights: ``model-00001-of-00002.safetensors``, ``model.fp16-00001-of-00002.safetensors``.
+SHARD = re.compile(r"-\d{5}-of-\d{5}$")
+
+
+def is_weights(name: str) -> bool:
+    """Safetensors weights or their shard index (``*.safetensors.index[.variant].json``)."""
+    return name.endswith(".safetensors") or (".safetensors.index." in name and name.endswith(".json"))
+
+
+def weights_variant(name: str) -> str | None:
+    """The variant of a weights file name as diffusers and transformers write them, None for the
+    plain (fp32) files: "fp16" for ``diffusion_pytorch_model.fp16.safetensors``,
+    ``model.fp16-00001-of-00002.safetensors``, ``x-00001-of-00002.fp16.safetensors`` and
+    ``model.safetensors.index.fp16.json``; "non_ema" for ``*.non_ema.safetensors``."""
+    parts = Path(name).name.split(".")
+    middle = parts[parts.index("index") + 1 : -1] if name.endswith(".json") and "index" in parts else parts[1:-1]
+    return ".".join(SHARD.sub("", p) for p in middle) or None
+
+
+def component_variant(names: Iterable[str], variant: str | None) -> str | None:
+    """``variant`` when a component's weights come in it, else None (its plain fp32 files)."""
+    if variant is None:
+        return None
+    return variant if any(is_weights(n) and weights_variant(n) == variant for n in names) else None
+
+
+def select_files(files: Iterable[str], variant: str | None) -> list[str]:
+    """The repository files a pipeline run needs: ``ALLOW`` minus ``IGNORE``, and per component
+    folder one set of weights: the ``variant`` files (``"fp16"`` for fp16 runs, about half the
+    bytes) where the component has them, else the plain fp32 files; other variants (the other
+    precision, ``non_ema``) are left on the hub."""
+    from fnmatch import fnmatch
+
+    wanted = [f for f in files
+              if any(fnmatch(f, p) for p in ALLOW) and not any(fnmatch(f, p) for p in IGNORE)]
+    by_component: dict[str, list[str]] = {}
+    for f in wanted:
+        by_component.setdefault(f.split("/")[0] if "/" in f else "", []).append(f)
+    chosen = {c: component_variant(names, variant) for c, names in by_component.items()}
+    return [f for f in wanted
+            if not is_weights(f) or weights_variant(f) == chosen[f.split("/")[0] if "/" in f else ""]]
 
 
 def hub_cache_dir() -> Path:
@@ -34,11 +75,15 @@ def offline(cfg_local_only: bool) -> bool:
     return cfg_local_only or os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
-def resolve_pipeline(id_or_path: str, cfg: object, check_only: bool = False) -> tuple[Path, Family]:
+def resolve_pipeline(
+    id_or_path: str, cfg: object, check_only: bool = False, variant: str | None = None
+) -> tuple[Path, Family]:
     """(folder holding model_index.json, model family) or PriorError naming what is missing.
 
     ``check_only`` never downloads weights: a hub id must be cached, or (hub allowed) its
-    model_index.json fetchable; the returned folder then may hold only that file.
+    model_index.json fetchable; the returned folder then may hold only that file. ``variant``
+    ("fp16" for fp16 runs) downloads those weight files instead of the fp32 ones where a
+    component has them (see ``select_files``).
     """
     local_only = bool(getattr(cfg, "local_files_only", False))
     looks_like_path = id_or_path.startswith(("/", ".", "~")) or (os.sep in id_or_path and not HUB_ID.match(id_or_path))
@@ -49,19 +94,24 @@ def resolve_pipeline(id_or_path: str, cfg: object, check_only: bool = False) -> 
         return path, family_of(path, id_or_path)
     if not HUB_ID.match(id_or_path):
         raise PriorError(f"{id_or_path!r} is neither a local folder nor a hub id like org/model; or use --prior builtin.")
-    folder = check_available(id_or_path, local_only) if check_only else download(id_or_path, local_only)
+    folder = check_available(id_or_path, local_only) if check_only else download(id_or_path, local_only, variant)
     return folder, family_of(folder, id_or_path)
 
 
-def download(repo_id: str, local_only: bool) -> Path:
-    """The snapshot folder of ``repo_id``: from the cache, or downloaded when the hub is allowed."""
-    from huggingface_hub import snapshot_download
+def download(repo_id: str, local_only: bool, variant: str | None = None) -> Path:
+    """The snapshot folder of ``repo_id``: from the cache, or (hub allowed) with the files
+    ``select_files`` picks for ``variant`` downloaded into it."""
+    from huggingface_hub import HfApi, snapshot_download
 
     cache = hub_cache_dir()
     no_hub = offline(local_only)
     try:
-        return Path(snapshot_download(repo_id, cache_dir=cache, local_files_only=no_hub,
-                                      allow_patterns=ALLOW, ignore_patterns=IGNORE))
+        if no_hub:
+            return Path(snapshot_download(repo_id, cache_dir=cache, local_files_only=True))
+        # Which weights to fetch depends on which variants each component has, so list the
+        # repository first; exact names (escaped: the hub matches them as fnmatch patterns).
+        files = select_files(HfApi().list_repo_files(repo_id), variant)
+        return Path(snapshot_download(repo_id, cache_dir=cache, allow_patterns=[glob.escape(f) for f in files]))
     except Exception as exc:  # LocalEntryNotFound, connection errors, gated repos: all mean "not here"
         raise missing_model(repo_id, cache, no_hub, exc) from None
 

@@ -63,9 +63,21 @@ def resize(images: Float[Tensor, "B 3 H W"], size: int) -> Float[Tensor, "B 3 S 
 
 
 def load_component(cls: Any, folder: Path, model_id: str, **kwargs: Any) -> Any:
-    """``cls.from_pretrained(folder)`` from local files only (never remote code), or PriorError."""
+    """``cls.from_pretrained(folder)`` from local files only (never remote code), or PriorError.
+
+    Loading in fp16 (``torch_dtype=torch.float16``) reads the folder's fp16 variant files
+    (``*.fp16.safetensors``) when it has them: half the bytes, and no fp32 copy to cast.
+    """
+    from magic3d.guidance.hub import component_variant
+
+    if kwargs.get("torch_dtype", kwargs.get("dtype")) == torch.float16 and folder.is_dir():
+        variant = component_variant((f.name for f in folder.iterdir()), "fp16")
+        if variant is not None:
+            kwargs.setdefault("variant", variant)
     try:
         return cls.from_pretrained(folder, local_files_only=True, **kwargs)
+    except PriorError:
+        raise  # already the sentence for people (ours: a T5 tokenizer naming a missing package)
     except ImportError as exc:
         raise PriorError(f"Loading {model_id!r} needs a missing package ({exc}); install it and run again.") from None
     except Exception as exc:
@@ -75,10 +87,9 @@ def load_component(cls: Any, folder: Path, model_id: str, **kwargs: Any) -> Any:
         ) from None
 
 
-def warn_if_truncated(tokenizer: Any, texts: list[str], model_id: str) -> None:
-    """Text encoders read at most ``model_max_length`` tokens (77 for CLIP and IF's T5) and the
-    tokenizer cuts the rest silently; say how much of an over-long prompt is lost."""
-    limit = int(tokenizer.model_max_length)
+def warn_if_truncated(tokenizer: Any, texts: list[str], model_id: str, limit: int) -> None:
+    """Text encoders read at most ``limit`` tokens (the prior's ``max_text_length``: 77 for CLIP
+    and IF's T5) and the tokenizer cuts the rest silently; say how much of an over-long prompt is lost."""
     # verbose=False: transformers' own "sequence length is longer than" log line would say it twice.
     lengths = [len(ids) for ids in tokenizer(texts, truncation=False, verbose=False).input_ids]
     for text, n in zip(texts, lengths, strict=True):
@@ -155,6 +166,13 @@ class DiffusersPrior:
 
     # --- text ---------------------------------------------------------------------------
 
+    @property
+    def max_text_length(self) -> int:
+        """Tokens the text encoder reads: the tokenizer's ``model_max_length`` (77 for SD's CLIP),
+        77 when its config has none (transformers then reports a huge sentinel, not a length)."""
+        n = getattr(self.tokenizer, "model_max_length", None)
+        return int(n) if isinstance(n, int) and 0 < n <= 4096 else 77
+
     def load_text_encoder(self) -> torch.nn.Module:
         if self.text_encoder is None:
             enc = load_component(self.text_encoder_cls, self.folder / "text_encoder", self.model_id, torch_dtype=self.dtype)
@@ -172,8 +190,8 @@ class DiffusersPrior:
     def encode_text(self, texts: list[str]) -> Tensor:
         """Embeddings "N L D" of ``texts``, in one encoder call on the device."""
         encoder = self.load_text_encoder()
-        warn_if_truncated(self.tokenizer, texts, self.model_id)
-        tokens = self.tokenizer(texts, padding="max_length", max_length=self.tokenizer.model_max_length,
+        warn_if_truncated(self.tokenizer, texts, self.model_id, self.max_text_length)
+        tokens = self.tokenizer(texts, padding="max_length", max_length=self.max_text_length,
                                 truncation=True, return_tensors="pt")
         self.unet_to_host()
         self.place("text_encoder", encoder, self.device)

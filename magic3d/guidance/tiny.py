@@ -86,14 +86,62 @@ def tiny_clip_tokenizer(work: Path):  # noqa: ANN201 (transformers type)
     return CLIPTokenizer(vocab=str(vocab_file), merges=str(merges_file), model_max_length=77)
 
 
-def tiny_t5_tokenizer():  # noqa: ANN201 (transformers type)
-    """A Unigram (sentencepiece-style) T5 tokenizer over ``WORDS`` plus single letters."""
+# Letters, digits and punctuation every tiny T5 vocabulary has as pieces, so unknown words
+# still encode (letter by letter) instead of collapsing to <unk>.
+T5_CHARACTERS = "abcdefghijklmnopqrstuvwxyz0123456789,.-'"
+T5_EXTRA_IDS = 4  # sentinels after the pieces, as T5's 100 <extra_id_N> follow its 32000
+
+
+def tiny_spiece_model(vocab_size: int = 128, seed: int = 0) -> bytes:
+    """A unigram sentencepiece model in T5's layout (pad 0, eos 1, unk 2, no bos) trained offline
+    on shuffled ``WORDS``: every word is one piece, everything else falls back to characters.
+
+    One training thread on a seeded corpus makes the bytes the same on every run.
+    """
+    import io
+    import random
+
+    import sentencepiece as spm
+
+    rng = random.Random(seed)
+    lines = [" ".join(rng.sample(WORDS, len(WORDS))) for _ in range(200)]
+    lines.append(" ".join(T5_CHARACTERS))
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(lines), model_writer=model, model_type="unigram", vocab_size=vocab_size,
+        hard_vocab_limit=False,  # the corpus has fewer candidate pieces than vocab_size: take them all
+        pad_id=0, eos_id=1, unk_id=2, bos_id=-1, character_coverage=1.0,
+        split_by_number=False,  # keep "3d" one piece
+        num_threads=1, minloglevel=2,
+    )
+    return model.getvalue()
+
+
+def write_t5_tokenizer_files(folder: Path, spiece_model: bytes, extra_ids: int = T5_EXTRA_IDS) -> Path:
+    """The files of a hub IF ``tokenizer/`` folder: ``spiece.model`` and its two JSON configs (no
+    tokenizer.json), so loading takes the path a real download takes."""
+    import json
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "spiece.model").write_bytes(spiece_model)
+    specials = {"eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>",
+                "additional_special_tokens": [f"<extra_id_{i}>" for i in range(extra_ids)]}
+    config = {**specials, "extra_ids": extra_ids, "model_max_length": 77, "sp_model_kwargs": {},
+              "tokenizer_class": "T5Tokenizer"}
+    (folder / "special_tokens_map.json").write_text(json.dumps(specials, indent=2), encoding="utf-8")
+    (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
+    return folder
+
+
+def tiny_t5_tokenizer(spiece_model: bytes | None = None, extra_ids: int = T5_EXTRA_IDS):  # noqa: ANN201 (transformers type)
+    """transformers' (fast, Unigram) T5 tokenizer over the pieces and scores of ``spiece_model``:
+    the twin of what ``T5SentencePieceTokenizer`` reads from the same file, built without protobuf."""
+    import sentencepiece as spm
     from transformers import T5Tokenizer
 
-    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -2.0)]
-    pieces += [("▁" + w, -1.0) for w in WORDS]
-    pieces += [(ch, -5.0) for ch in "abcdefghijklmnopqrstuvwxyz0123456789,.-'"]
-    return T5Tokenizer(vocab=pieces, extra_ids=0, model_max_length=77)
+    sp = spm.SentencePieceProcessor(model_proto=spiece_model or tiny_spiece_model())
+    pieces = [(sp.id_to_piece(i), float(sp.get_score(i))) for i in range(sp.get_piece_size())]
+    return T5Tokenizer(vocab=pieces, extra_ids=extra_ids, model_max_length=77)
 
 
 def build_tiny_sd(folder: Path | str, sizes: TinySizes | None = None) -> Path:
@@ -153,9 +201,13 @@ def build_tiny_if(folder: Path | str, sizes: TinySizes | None = None) -> Path:
     sizes = sizes or TinySizes(image_size=16)
     folder = Path(folder)
     torch.manual_seed(sizes.seed)
-    tokenizer = tiny_t5_tokenizer()
+    spiece = tiny_spiece_model()
+    # Only saved for model_index.json's ["transformers", "T5Tokenizer"] entry; its files are
+    # replaced below by the hub's layout.
+    tokenizer = tiny_t5_tokenizer(spiece)
     text_encoder = T5EncoderModel(T5Config(
-        vocab_size=len(tokenizer), d_model=sizes.text_width, d_kv=8, d_ff=2 * sizes.text_width, num_layers=2,
+        vocab_size=len(tokenizer),  # sentencepiece pieces plus the sentinels after them
+        d_model=sizes.text_width, d_kv=8, d_ff=2 * sizes.text_width, num_layers=2,
         num_heads=4, relative_attention_num_buckets=8, pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id, decoder_start_token_id=tokenizer.pad_token_id,
     ))
@@ -180,6 +232,9 @@ def build_tiny_if(folder: Path | str, sizes: TinySizes | None = None) -> Path:
         safety_checker=None, feature_extractor=None, watermarker=None, requires_safety_checker=False,
     )
     pipe.save_pretrained(folder, safe_serialization=True)
+    # Hub IF repositories carry spiece.model + JSON configs (no tokenizer.json): keep that layout.
+    _remove_tree(folder / "tokenizer")
+    write_t5_tokenizer_files(folder / "tokenizer", spiece)
     return folder
 
 
