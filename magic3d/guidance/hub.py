@@ -20,7 +20,7 @@ Family = Literal["sd", "if"]
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 # What a pipeline needs; skips the safety checker and framework duplicates (.bin, .msgpack, .onnx).
 ALLOW = ["model_index.json", "*/config.json", "*/*.safetensors", "*/*.txt", "*/*.json", "*/*.model"]
-IGNORE = ["safety_checker/*", "feature_extractor/*", "watermarker/*"]
+IGNORE = ["safety_checker/*", "feature_extractor/*", "watermarker/*", "*.bin.index*.json", "*.msgpack.index*.json"]
 # Shard suffix of sharded weights: ``model-00001-of-00002.safetensors``, ``model.fp16-00001-of-00002.safetensors``.
 SHARD = re.compile(r"-\d{5}-of-\d{5}$")
 
