@@ -33,4 +33,17 @@ def collect_info() -> dict[str, str]:
     }
     for name, version in package_versions().items():
         info[name] = version or "not installed"
+    info.update(nvdiffrast_build_info())
     return info
+
+
+def nvdiffrast_build_info() -> dict[str, str]:
+    """Whether nvdiffrast's first-use CUDA build can work here: compiler, ninja, CUDA headers and
+    the package, found or not, with how to add what is missing. Builds nothing."""
+    from renderers.raster.build_check import requirements, summary
+
+    reqs = requirements()
+    out = {"nvdiffrast build": summary(reqs)}
+    for r in reqs:
+        out[f"  {r.name}"] = r.detail if r.ok else f"missing: {r.detail}; {r.fix}"
+    return out

@@ -57,12 +57,31 @@ def get_rasterizer(device: torch.device | str = "cpu", backend: str = "auto") ->
         # RuntimeError/OSError: nvdiffrast is installed but its CUDA plugin failed to build or load.
         if backend == "nvdiffrast":
             raise
-        warnings.warn(
-            f"nvdiffrast unavailable on {device} ({type(exc).__name__}: {exc}); falling back to the slower PyTorch "
-            "rasterizer. Install the gpu extra (pip install diffrp-nvdiffrast) for the CUDA backend.",
-            stacklevel=2,
-        )
+        warn_fallback_once(device, exc)
         return TorchRasterizer()
+
+
+_fallback_warned = False  # one warning per process: every fine-stage model asks for a rasterizer
+
+
+def fallback_message(device: torch.device, exc: BaseException) -> str:
+    """Why nvdiffrast is not used, and what to install or set so that it builds."""
+    from renderers.raster.build_check import advice
+
+    how = advice() or (
+        "its build requirements (compiler, ninja, CUDA headers, diffrp-nvdiffrast) look present, "
+        "so the error above is the cause; `magic3d info` lists them."
+    )
+    return (f"nvdiffrast unavailable on {device} ({type(exc).__name__}: {exc}); falling back to the slower "
+            f"PyTorch rasterizer. {how}")
+
+
+def warn_fallback_once(device: torch.device, exc: BaseException) -> None:
+    global _fallback_warned
+    if _fallback_warned:
+        return
+    _fallback_warned = True
+    warnings.warn(fallback_message(device, exc), stacklevel=3)
 
 
 __all__ = ["Rasterizer", "TorchRasterizer", "get_rasterizer"]
