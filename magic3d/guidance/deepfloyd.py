@@ -71,3 +71,29 @@ class DeepFloydPrior(DiffusersPrior):
 
     def to_model_input(self, images: Float[Tensor, "B 3 H W"]) -> Float[Tensor, "B 3 S S"]:
         return resize(images, self.resolution).float() * 2.0 - 1.0
+
+    @classmethod
+    def from_components(
+        cls, unet: torch.nn.Module, alphas_cumprod: Tensor, cfg: object, device: torch.device | str,
+        model_id: str = "in-memory", offload: bool = False,
+    ) -> DeepFloydPrior:
+        """A prior around a UNet already in memory (benchmarks with random weights, see
+        scripts/gpu_check.py); it has no text encoder, so embeddings must be supplied directly."""
+        from magic3d.guidance.stable_diffusion import network_dtype
+
+        self = cls.__new__(cls)
+        self.folder, self.model_id, self.cfg = Path("."), model_id, cfg
+        self.device = torch.device(device)
+        self.offload = offload
+        self.idle_device = torch.device("cpu") if offload else self.device
+        self.dtype = network_dtype(cfg, self.device)
+        self.tokenizer, self.text_encoder = None, None
+        self.moves = []
+        self.prediction_type = "epsilon"
+        self.alphas_cumprod = alphas_cumprod.to(self.device, torch.float32)
+        self.num_train_timesteps = len(self.alphas_cumprod)
+        if self.dtype != torch.float32:
+            unet = unet.to(dtype=self.dtype)
+        self.unet = self.setup_unet(unet)
+        self.resolution = int(self.unet.config.sample_size)
+        return self
