@@ -31,6 +31,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -533,6 +534,7 @@ class Check:
         guarded(r["step_times"], "fine", self.fine_step)
         guarded(r["generation"], "fine", lambda: self.generation("fine"))
         self.prior = self.prompts = None
+        shutil.rmtree(self.work, ignore_errors=True)
         stages = [r["generation"].get(s, {}) for s in ("coarse", "fine")]
         if all(s.get("ok") for s in stages):
             r["extrapolated_paper_s"] = round(sum(s["extrapolated_stage_s"] for s in stages), 2)

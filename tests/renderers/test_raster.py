@@ -226,6 +226,7 @@ def test_get_rasterizer_falls_back_to_torch_with_a_warning(monkeypatch):
         get_rasterizer("cpu", backend="opengl")
     monkeypatch.setitem(sys.modules, "nvdiffrast", None)  # importing it now raises ImportError
     monkeypatch.delitem(sys.modules, "renderers.raster.nvdiffrast_backend", raising=False)
+    monkeypatch.setattr("renderers.raster._fallback_warned", False)  # warned once per process
     with pytest.warns(UserWarning, match="nvdiffrast unavailable"):
         assert get_rasterizer("cuda").name == "torch"
     with pytest.raises(ImportError):
@@ -238,3 +239,85 @@ def test_texture_is_differentiable_in_texels_and_uv():
     # Random samples stay off texel centres, where bilinear filtering has kinks.
     uv = (torch.rand(1, 3, 3, 2, dtype=torch.float64, generator=g) * 0.6 + 0.2).requires_grad_(True)
     assert torch.autograd.gradcheck(lambda t, u: R.texture(t, u), (tex, uv), eps=1e-7, atol=1e-5)
+
+
+# --- nvdiffrast's build requirements (renderers/raster/build_check.py) ----------------------------
+
+
+@pytest.fixture
+def bare_machine(monkeypatch):
+    """Nothing nvdiffrast's build needs: no compiler, ninja, CUDA toolkit or package."""
+    import importlib.metadata
+    import importlib.util
+
+    import renderers.raster.build_check as bc
+
+    monkeypatch.setattr(bc.shutil, "which", lambda name: None)
+    for var in ("CUDA_HOME", "CUDA_PATH", "CXX"):
+        monkeypatch.delenv(var, raising=False)
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(bc.importlib.util, "find_spec",
+                        lambda name, *a: None if name in ("ninja", "nvdiffrast") else real_find_spec(name, *a))
+
+    def no_version(name):
+        if name == "diffrp-nvdiffrast":
+            raise importlib.metadata.PackageNotFoundError(name)
+        return importlib.metadata.version(name)
+
+    monkeypatch.setattr(bc.importlib.metadata, "version", no_version)
+    monkeypatch.setattr(bc, "cuda_home", lambda: None)
+    return bc
+
+
+def test_build_check_names_every_missing_piece_and_its_fix(bare_machine):
+    bc = bare_machine
+    reqs = {r.name: r for r in bc.requirements()}
+    assert set(reqs) == {"diffrp-nvdiffrast", "compiler", "ninja", "cuda headers"}
+    assert not any(r.ok for r in reqs.values())
+    text = bc.advice()
+    assert "install ninja with `pip install ninja`" in text
+    assert "set CUDA_HOME to the CUDA toolkit with headers" in text
+    assert "`pip install diffrp-nvdiffrast`" in text
+    assert "C++ compiler" in text
+    assert bc.summary().startswith("cannot build here, missing diffrp-nvdiffrast, compiler, ninja, cuda headers")
+
+
+def test_build_check_finds_a_complete_cuda_toolkit(monkeypatch, tmp_path):
+    import renderers.raster.build_check as bc
+
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "include").mkdir()
+    monkeypatch.setenv("CUDA_HOME", str(tmp_path))
+    assert not bc.check_cuda_headers().ok  # neither nvcc nor the header yet
+    assert "cuda_runtime.h" in bc.check_cuda_headers().detail
+    (tmp_path / "bin" / "nvcc").write_text("")
+    (tmp_path / "include" / "cuda_runtime.h").write_text("")
+    found = bc.check_cuda_headers()
+    assert found.ok and str(tmp_path) in found.detail and found.fix == ""
+
+
+def test_ninja_from_the_python_package_counts(monkeypatch):
+    import renderers.raster.build_check as bc
+
+    monkeypatch.setattr(bc.shutil, "which", lambda name: None)
+    monkeypatch.setattr(bc.importlib.util, "find_spec", lambda name, *a: object() if name == "ninja" else None)
+    assert bc.check_ninja().ok
+    monkeypatch.setattr(bc.importlib.util, "find_spec", lambda name, *a: None)
+    assert not bc.check_ninja().ok
+
+
+def test_fallback_warning_says_what_is_missing_once_per_process(monkeypatch, bare_machine):
+    import sys
+    import warnings
+
+    monkeypatch.setitem(sys.modules, "renderers.raster.nvdiffrast_backend", None)  # import fails
+    monkeypatch.setattr("renderers.raster._fallback_warned", False)
+    with pytest.warns(UserWarning) as record:
+        assert get_rasterizer("cuda").name == "torch"
+    text = str(record[0].message)
+    assert "nvdiffrast unavailable on cuda" in text and "ModuleNotFoundError" in text
+    assert "install ninja with `pip install ninja`" in text
+    assert "set CUDA_HOME to the CUDA toolkit with headers" in text
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a second fallback in the same process stays quiet
+        assert get_rasterizer("cuda").name == "torch"
