@@ -406,9 +406,10 @@ def extrapolate(seconds_per_step: float, setup_s: float, preset_steps: int) -> d
 
 
 def gen_steps(requested: int, seconds_per_step: float | None, budget_s: float) -> int:
-    """As many of ``requested`` steps as fit the part's budget at the measured step time (at least 3)."""
+    """As many of ``requested`` steps as fit the part's budget at the measured step time (at least
+    3); without a measurement (its part failed), a cautious 20."""
     if not seconds_per_step or not math.isfinite(seconds_per_step):
-        return requested
+        return max(3, min(requested, 20))
     return max(3, min(requested, int(budget_s / seconds_per_step)))
 
 
@@ -427,6 +428,7 @@ class Check:
         self.prompts: Any = None
         self.coarse_field: Any = None
         self.work = Path(tempfile.mkdtemp(prefix="magic3d-gpu-check-"))
+        self.started = time.perf_counter()
 
     def autocast(self) -> torch.dtype | None:
         from magic3d.stages.loop import autocast_dtype
@@ -476,7 +478,8 @@ class Check:
         model = FineModel(f, self.loss(f), self.device)
         out["rasterizer"] = model.rasterizer.name
         start = time.perf_counter()
-        model.initialise(self.coarse_field_or_blob(), torch.Generator().manual_seed(0))
+        out["coarse_field"] = self.with_coarse_field(
+            lambda field: model.initialise(field, torch.Generator().manual_seed(0)))
         sync(self.device)
         out.update(initialise_s=round(time.perf_counter() - start, 3), resolution=f.resolution,
                    tet_resolution=f.tet_resolution, batch_size=f.batch_size,
@@ -484,13 +487,27 @@ class Check:
                    peak_gib=peak_gib(self.device))
         return out
 
-    def coarse_field_or_blob(self) -> Any:
-        """The coarse field of an earlier part, else a fresh one (its density blob has a surface)."""
-        if self.coarse_field is None:
-            from magic3d.fields.nerf import NeRFField
+    def with_coarse_field(self, fn: Callable[[Any], Any]) -> str:
+        """``fn(coarse field)`` with the field of an earlier part; if that one has no surface (random
+        priors may empty it) or does not exist, with a fresh field, whose density blob has one.
+        Returns which field was used. Fine-stage speed depends on the mesh size, not its shape."""
+        from magic3d.errors import RunError
+        from magic3d.fields.nerf import NeRFField
 
-            self.coarse_field = NeRFField(self.cfg.coarse.field, self.device).to(self.device).eval()
-        return self.coarse_field
+        note = "fresh density blob (no coarse part ran)"
+        if self.coarse_field is not None:
+            try:
+                fn(self.coarse_field)
+                return "from the coarse part"
+            except RunError as exc:
+                note = f"fresh density blob (the coarse part's field: {exc})"
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            fn(NeRFField(self.cfg.coarse.field, self.device).to(self.device).eval())
+        return note
+
+    def remaining_s(self) -> float:
+        return self.args.deadline - (time.perf_counter() - self.started)
 
     def generation(self, stage: str) -> dict[str, Any]:
         import dataclasses
@@ -501,7 +518,9 @@ class Check:
         out = self.use_prior("if" if stage == "coarse" else "sd")
         reset_peak(self.device)
         measured = self.results.get("step_times", {}).get(stage, {}).get("seconds_per_step")
-        steps = gen_steps(self.args.gen_steps, measured, self.args.budget_gen)
+        # The part's budget, shortened when the whole check nears its deadline (60 s kept for the rest).
+        budget = max(5.0, min(self.args.budget_gen, self.remaining_s() - (60.0 if stage == "coarse" else 15.0)))
+        steps = gen_steps(self.args.gen_steps, measured, budget)
         stage_cfg = dataclasses.replace(getattr(self.cfg, stage), steps=steps, checkpoint_every=steps,
                                         preview_every=steps)
         clock = StepClock()
@@ -512,8 +531,17 @@ class Check:
                                 resume=False, precision=self.precision)
             self.coarse_field = result.field
         else:
-            result = run_fine(self.coarse_field_or_blob(), self.loss(stage_cfg), stage_cfg, run_dir, self.device,
-                              seed=0, progress=clock, resume=False, precision=self.precision)
+            results: list[Any] = []
+
+            def fine(field: Any) -> None:
+                nonlocal start
+                start = time.perf_counter()  # a failed first attempt is not counted
+                clock.times.clear()
+                results.append(run_fine(field, self.loss(stage_cfg), stage_cfg, run_dir, self.device, seed=0,
+                                        progress=clock, resume=False, precision=self.precision))
+
+            out["coarse_field"] = self.with_coarse_field(fine)
+            result = results[-1]
         sync(self.device)
         wall = time.perf_counter() - start
         per_step = clock.seconds_per_step()
@@ -560,6 +588,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--step-repeats", type=int, default=None, help="timed steps per stage (default 10; dry run 2)")
     parser.add_argument("--budget-step", type=float, default=30.0, help="seconds per step-timing part")
     parser.add_argument("--budget-gen", type=float, default=75.0, help="seconds per generation part")
+    parser.add_argument("--deadline", type=float, default=420.0,
+                        help="seconds for the whole check; the generation parts shrink to fit it")
     args = parser.parse_args(argv)
     args.gen_steps = args.gen_steps or (3 if args.dry_run else 300)
     args.step_repeats = args.step_repeats or (2 if args.dry_run else 10)

@@ -114,3 +114,26 @@ def test_full_size_configs_have_the_public_shapes(load_script):
     assert 4.2e9 < count(if_unet) < 4.4e9  # IF-I-XL: 4.3 B
     assert 860e6 < count(sd_unet) < 870e6  # SD 2.1 base UNet: 865 M
     assert 80e6 < count(vae) < 90e6  # SD's VAE: 83.7 M
+
+
+def test_fine_parts_fall_back_to_a_fresh_blob_when_the_coarse_field_has_no_surface(load_script):
+    import argparse
+
+    import torch
+
+    from magic3d.errors import RunError
+
+    gpu_check = load_script("gpu_check")
+    args = argparse.Namespace(dry_run=True, deadline=60.0)
+    check = gpu_check.Check(args, torch.device("cpu"))
+    check.coarse_field = "an emptied field"
+    seen = []
+
+    def initialise(field):
+        seen.append(field)
+        if isinstance(field, str):
+            raise RunError("The fine stage's surface is empty")
+
+    note = check.with_coarse_field(initialise)
+    assert note.startswith("fresh density blob") and "surface is empty" in note
+    assert len(seen) == 2 and hasattr(seen[1], "density")
