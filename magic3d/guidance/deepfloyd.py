@@ -79,19 +79,7 @@ class DeepFloydPrior(DiffusersPrior):
     ) -> DeepFloydPrior:
         """A prior around a UNet already in memory (benchmarks with random weights, see
         scripts/gpu_check.py); it has no text encoder, so embeddings must be supplied directly."""
-        from magic3d.guidance.stable_diffusion import network_dtype
-
-        self = cls.__new__(cls)
-        self.folder, self.model_id, self.cfg = Path("."), model_id, cfg
-        self.device = torch.device(device)
-        self.offload = offload
-        self.idle_device = torch.device("cpu") if offload else self.device
-        self.dtype = network_dtype(cfg, self.device)
-        self.tokenizer, self.text_encoder = None, None
-        self.moves = []
-        self.prediction_type = "epsilon"
-        self.alphas_cumprod = alphas_cumprod.to(self.device, torch.float32)
-        self.num_train_timesteps = len(self.alphas_cumprod)
+        self = cls.without_folder(alphas_cumprod, cfg, device, model_id, offload)
         if self.dtype != torch.float32:
             unet = unet.to(dtype=self.dtype)
         self.unet = self.setup_unet(unet)

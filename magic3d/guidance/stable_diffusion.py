@@ -132,6 +132,26 @@ class DiffusersPrior:
         self.alphas_cumprod = scheduler.alphas_cumprod.to(self.device, torch.float32)
         self.num_train_timesteps = len(self.alphas_cumprod)
 
+    @classmethod
+    def without_folder(
+        cls, alphas_cumprod: Tensor, cfg: object, device: torch.device | str, model_id: str = "in-memory",
+        offload: bool = False,
+    ) -> DiffusersPrior:
+        """The shared state of a prior whose networks the caller supplies (``from_components``):
+        no folder, no tokenizer, no text encoder, an eps-predicting schedule."""
+        self = cls.__new__(cls)
+        self.folder, self.model_id, self.cfg = Path("."), model_id, cfg
+        self.device = torch.device(device)
+        self.offload = offload
+        self.idle_device = torch.device("cpu") if offload else self.device
+        self.dtype = network_dtype(cfg, self.device)
+        self.tokenizer, self.text_encoder = None, None
+        self.moves = []
+        self.prediction_type = "epsilon"
+        self.alphas_cumprod = alphas_cumprod.to(self.device, torch.float32)
+        self.num_train_timesteps = len(self.alphas_cumprod)
+        return self
+
     def setup_unet(self, unet: torch.nn.Module) -> torch.nn.Module:
         """Frozen UNet, left on the host until SDS first needs it (see ``place``)."""
         unet = unet.requires_grad_(False).eval()
@@ -291,17 +311,7 @@ class StableDiffusionPrior(DiffusersPrior):
     ) -> StableDiffusionPrior:
         """A prior around networks already in memory (benchmarks with random weights); it has
         no text encoder, so embeddings must be supplied directly."""
-        self = cls.__new__(cls)
-        self.folder, self.model_id, self.cfg = Path("."), model_id, cfg
-        self.device = torch.device(device)
-        self.offload = offload
-        self.idle_device = torch.device("cpu") if offload else self.device
-        self.dtype = network_dtype(cfg, self.device)
-        self.tokenizer, self.text_encoder = None, None
-        self.moves = []
-        self.prediction_type = "epsilon"
-        self.alphas_cumprod = alphas_cumprod.to(self.device, torch.float32)
-        self.num_train_timesteps = len(self.alphas_cumprod)
+        self = cls.without_folder(alphas_cumprod, cfg, device, model_id, offload)
         if self.dtype != torch.float32:
             unet, vae = unet.to(dtype=self.dtype), vae.to(dtype=self.dtype)
         self.setup_networks(unet, vae)
