@@ -131,7 +131,7 @@ def test_over_long_prompt_encodes_with_a_warning_naming_the_dropped_tokens(tiny_
     text = known_words_prompt(10_000)
     assert 9_900 < len(text) <= 10_000
     n_tokens = len(prior.tokenizer(text, truncation=False, verbose=False).input_ids)
-    limit = prior.tokenizer.model_max_length
+    limit = prior.max_text_length
     with pytest.warns(UserWarning, match=rf"{n_tokens} tokens long .* reads only {limit}; its last {n_tokens - limit} tokens"):
         emb = prior.encode_prompt([text], [""])
     assert emb.cond.shape == emb.uncond.shape == (1, limit, prior.text_encoder.config.hidden_size)
