@@ -292,10 +292,9 @@ def compare_raster(device: torch.device, dry_run: bool) -> dict[str, Any]:
 def build_on_device(cls: Any, config: dict[str, Any], device: torch.device) -> torch.nn.Module:
     """A diffusers model with random weights created directly on ``device`` (a 4.3 B-parameter
     init on the host takes minutes); fp32 here, the prior casts to its own dtype."""
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), device:
-        torch.manual_seed(0)
-        model = cls(**config)
-    return model
+    torch.manual_seed(0)
+    with device:
+        return cls(**config)
 
 
 def build_if_prior(cfg: Any, device: torch.device, dry_run: bool) -> tuple[Any, dict[str, Any]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import pytest
 
@@ -126,6 +127,7 @@ def test_fine_parts_fall_back_to_a_fresh_blob_when_the_coarse_field_has_no_surfa
     gpu_check = load_script("gpu_check")
     args = argparse.Namespace(dry_run=True, deadline=60.0)
     check = gpu_check.Check(args, torch.device("cpu"))
+    shutil.rmtree(check.work)  # its scratch folder; this test runs no stage
     check.coarse_field = "an emptied field"
     seen = []
 
@@ -137,3 +139,34 @@ def test_fine_parts_fall_back_to_a_fresh_blob_when_the_coarse_field_has_no_surfa
     note = check.with_coarse_field(initialise)
     assert note.startswith("fresh density blob") and "surface is empty" in note
     assert len(seen) == 2 and hasattr(seen[1], "density")
+
+
+def test_the_cuda_code_paths_run_under_the_device_harness(load_script, monkeypatch, tmp_path):
+    """Every part's CUDA branches (fp16 priors, autocast, syncs, peak memory) without a GPU:
+    the tiny networks on a CPU that calls itself cuda:0 and rejects host/device mixes."""
+    import torch
+    from device_harness import DeviceHarness
+
+    gpu_check = load_script("gpu_check")
+
+    def build_on_host_then_move(cls, config, device):  # the harness cannot see a default-device context
+        torch.manual_seed(0)
+        return cls(**config).to(device)
+
+    class Properties:
+        name, total_memory = "device-harness (CPU)", 2**30
+
+    monkeypatch.setattr(gpu_check, "build_on_device", build_on_host_then_move)
+    monkeypatch.setattr(torch.backends.cudnn, "version", lambda: None)
+    monkeypatch.setattr("renderers.raster._fallback_warned", True)
+    out = tmp_path / "gpu.json"
+    with DeviceHarness(ignore_syncs_in=("renderers/raster/torch_backend.py",)):
+        monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: Properties())
+        assert gpu_check.main(["--dry-run", "--device", "cuda", "--out", str(out)]) == 0
+    data = json.loads(out.read_text(encoding="utf-8"))
+    assert data["machine"]["device_name"] == "device-harness (CPU)"
+    parts = [data["raster"], *data["step_times"].values(), *data["generation"].values()]
+    assert len(parts) == 5
+    for part in parts:
+        assert part["ok"], part.get("traceback")
+    assert data["step_times"]["coarse"]["prior"]["dtype"] == "torch.float16"  # the CUDA default
