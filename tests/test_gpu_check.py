@@ -115,6 +115,15 @@ def test_full_size_configs_have_the_public_shapes(load_script):
     assert 4.2e9 < count(if_unet) < 4.4e9  # IF-I-XL: 4.3 B
     assert 860e6 < count(sd_unet) < 870e6  # SD 2.1 base UNet: 865 M
     assert 80e6 < count(vae) < 90e6  # SD's VAE: 83.7 M
+    # The inputs the priors give them (shapes only: meta tensors compute nothing).
+    with torch.device("meta"):
+        t = torch.tensor([500, 500])
+        eps = if_unet(torch.randn(2, 3, 64, 64), t, encoder_hidden_states=torch.randn(2, *gpu_check.IF_TEXT)).sample
+        assert eps.shape == (2, 6, 64, 64)
+        latents = vae.encode(torch.randn(1, 3, 512, 512)).latent_dist.mean
+        assert latents.shape == (1, 4, 64, 64)
+        eps = sd_unet(torch.randn(2, 4, 64, 64), t, encoder_hidden_states=torch.randn(2, *gpu_check.SD_TEXT)).sample
+        assert eps.shape == (2, 4, 64, 64)
 
 
 def test_fine_parts_fall_back_to_a_fresh_blob_when_the_coarse_field_has_no_surface(load_script):
