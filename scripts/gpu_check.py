@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import json
 import math
 import os
@@ -439,6 +440,7 @@ class Check:
         if self.prior is not None and self.prior.name == ("deepfloyd-if" if family == "if" else "stable-diffusion"):
             return {}
         self.prior = self.prompts = None
+        gc.collect()  # the previous prior's networks leave the device before the next one is built
         reset_peak(self.device)
         if family == "if":
             self.prior, info = build_if_prior(self.cfg, self.device, self.dry_run)
