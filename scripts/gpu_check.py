@@ -353,25 +353,18 @@ def time_model_steps(model: Any, steps: int, budget_s: float, autocast: torch.dt
                      device: torch.device) -> dict[str, Any]:
     """Seconds per optimisation step of a stage's model (step, backward, Adam, after_step), as
     ``run_loop`` runs it; the first step (allocator and kernel warm-up) is reported apart."""
-    ctx = (lambda: torch.autocast(device.type, dtype=autocast)) if autocast else contextlib.nullcontext
-    opt = torch.optim.Adam(model.param_groups(), betas=(0.9, 0.99), eps=1e-15)
-    scaler = torch.amp.GradScaler(device.type) if autocast == torch.float16 else None
+    from magic3d.stages.loop import LoopSpec, grad_scaler, optimise_step
+
+    spec = LoopSpec("timed", steps + 1, 0, device_type=device.type, autocast=autocast)
+    opt = torch.optim.Adam(model.param_groups(), betas=spec.betas, eps=spec.eps)
+    scaler = grad_scaler(spec)
     gen = torch.Generator().manual_seed(0)
     times: list[float] = []
     start_all = time.perf_counter()
     for step in range(steps + 1):
         sync(device)
         start = time.perf_counter()
-        with ctx():
-            loss, _ = model.step(step, step / max(steps, 1), gen)
-        opt.zero_grad(set_to_none=True)
-        if scaler is None:
-            loss.backward()
-            opt.step()
-        else:
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
+        loss, _ = optimise_step(model, opt, scaler, spec, step, gen)
         model.after_step(step, gen)
         loss.detach().item()  # the loop's one host read per step
         sync(device)

@@ -111,20 +111,10 @@ def run_loop(
     # The last state known to be finite, in memory, for rollback before the first checkpoint.
     good = snapshot(model, opt, generator, start, lr_scale)
 
-    # fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none.
-    scaler = torch.amp.GradScaler(spec.device_type) if spec.autocast == torch.float16 else None
+    scaler = grad_scaler(spec)
     step = start
     while step < spec.steps:
-        with autocast(spec):
-            loss, step_metrics = model.step(step, step / max(spec.steps, 1), generator)
-        opt.zero_grad(set_to_none=True)
-        if scaler is None:
-            loss.backward()
-            opt.step()
-        else:
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
+        loss, step_metrics = optimise_step(model, opt, scaler, spec, step, generator)
         # One host read per step: health, loss and metrics travel together, so the GPU runs
         # ahead until here. A non-finite step is undone below by the rollback, optimizer included.
         healthy, values = read_step(loss, step_metrics, opt)
@@ -156,6 +146,29 @@ def run_loop(
         if spec.preview_every and (step % spec.preview_every == 0 or step == spec.steps):
             write_preview(run_dir / "previews" / f"{spec.stage}-{step:06d}.png", model.preview())
     return LoopResult(steps=step, metrics=metrics, resumed_from=resumed_from)
+
+
+def grad_scaler(spec: LoopSpec) -> torch.amp.GradScaler | None:
+    # fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none.
+    return torch.amp.GradScaler(spec.device_type) if spec.autocast == torch.float16 else None
+
+
+def optimise_step(
+    model: Trainable, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None, spec: LoopSpec,
+    step: int, generator: torch.Generator,
+) -> tuple[Tensor, dict[str, Tensor | float]]:
+    """One step's forward (under the stage's autocast), backward and Adam update; no host read."""
+    with autocast(spec):
+        loss, metrics = model.step(step, step / max(spec.steps, 1), generator)
+    opt.zero_grad(set_to_none=True)
+    if scaler is None:
+        loss.backward()
+        opt.step()
+    else:
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+    return loss, metrics
 
 
 def autocast(spec: LoopSpec) -> contextlib.AbstractContextManager:
