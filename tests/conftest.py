@@ -1,4 +1,4 @@
-"""Shared fixtures: one torch thread, and a tiny random Stable-Diffusion-shaped prior on disk."""
+"""Shared fixtures: one torch thread, and tiny random Stable-Diffusion- and IF-shaped priors on disk."""
 
 from __future__ import annotations
 
@@ -25,6 +25,14 @@ def tiny_prior_dir(tmp_path_factory) -> Path:
     from magic3d.guidance.tiny import TinySizes, build_tiny_sd
 
     return build_tiny_sd(tmp_path_factory.mktemp("tiny") / "tiny-sd", TinySizes(image_size=64, seed=0))
+
+
+@pytest.fixture(scope="session")
+def tiny_if_dir(tmp_path_factory) -> Path:
+    """A tiny random IF-stage-I-shaped pipeline in the hub's layout (T5 tokenizer as spiece.model)."""
+    from magic3d.guidance.tiny import TinySizes, build_tiny_if
+
+    return build_tiny_if(tmp_path_factory.mktemp("tiny") / "tiny-if", TinySizes(image_size=16))
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
 from device_harness import DeviceHarness, per_step_syncs
 
 from magic3d.pipeline import generate
@@ -21,13 +20,6 @@ SMALL = ["coarse.steps=6", "coarse.resolution=32", "coarse.checkpoint_every=3", 
          "fine.texture_init_steps=5", "fine.texture.log2_hashmap_size=12", "fine.texture.max_res=128",
          "bake.texture_size=64", "export.preview_frames=2", "export.preview_resolution=32",
          "export.formats=[usdc,glb,obj]"]
-
-
-@pytest.fixture(scope="module")
-def tiny_if_dir(tmp_path_factory):
-    from magic3d.guidance.tiny import build_tiny_if
-
-    return build_tiny_if(tmp_path_factory.mktemp("tiny-if") / "if")
 
 
 def test_paper_pairing_runs_every_stage_on_cuda_with_few_host_syncs(tiny_if_dir, tiny_prior_dir, tmp_path):

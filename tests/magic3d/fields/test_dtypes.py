@@ -31,13 +31,6 @@ def test_fp16_grid_features_flow_through_fp32_fields(make):
     assert all(p.grad.dtype == torch.float32 for p in field.mlp.parameters())
 
 
-@pytest.fixture(scope="module")
-def tiny_if_dir(tmp_path_factory):
-    from magic3d.guidance.tiny import build_tiny_if
-
-    return build_tiny_if(tmp_path_factory.mktemp("tiny-if") / "if")
-
-
 @pytest.mark.parametrize("family", ["sd", "if"])
 def test_tiny_priors_in_bfloat16_give_finite_sds_on_fp32_parameters(family, tiny_prior_dir, tiny_if_dir):
     from magic3d.guidance import PriorConfig, SDSConfig, load_prior

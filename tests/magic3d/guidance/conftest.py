@@ -1,4 +1,4 @@
-"""Tiny random SD- and IF-shaped pipelines, written once per test session and loaded through the real path."""
+"""Tiny random SD- and IF-shaped priors loaded through the real path (the IF folder: tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -8,17 +8,12 @@ import pytest
 import torch
 
 from magic3d.guidance import PriorConfig, load_prior
-from magic3d.guidance.tiny import TinySizes, build_tiny_if, build_tiny_sd
+from magic3d.guidance.tiny import build_tiny_sd
 
 
 @pytest.fixture(scope="session")
 def tiny_sd_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_sd(tmp_path_factory.mktemp("tiny") / "sd")
-
-
-@pytest.fixture(scope="session")
-def tiny_if_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_if(tmp_path_factory.mktemp("tiny") / "if", TinySizes(image_size=16))
 
 
 @pytest.fixture(scope="module")

@@ -147,3 +147,22 @@ def test_a_tokenizer_folder_without_its_model_says_re_download(tiny_if_dir, tmp_
     (folder / "tokenizer" / "spiece.model").unlink()
     with pytest.raises(PriorError, match="tokenizer of prior .* could not be loaded"):
         load_prior(str(folder), PriorConfig(), torch.device("cpu"))
+
+
+def test_magic3d_generate_runs_coarse_steps_on_the_hub_layout(tiny_if_dir, tmp_path, capsys, monkeypatch):
+    """The CLI as a user runs it, on an IF folder whose tokenizer is only spiece.model."""
+    from magic3d import cli
+
+    out = tmp_path / "out"
+    argv = ["magic3d", "generate", "a red chair", "--prior", str(tiny_if_dir), "--preset", "fast", "--out", str(out),
+            "--device", "cpu", "--quiet", "--set", "coarse.steps=3", "--set", "coarse.resolution=32",
+            "--set", "fine.steps=0", "--set", "fine.tet_resolution=32", "--set", "export.formats=[obj]",
+            "--set", "export.preview=false", "--set", "bake.texture_size=64"]
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+    assert exit_info.value.code == 0, capsys.readouterr().err
+    record = json.loads((out / "a-red-chair" / "run.json").read_text())
+    assert record["status"] == "done" and record["metrics"]["coarse"]["loss"] > 0
+    assert (out / "a-red-chair" / "checkpoints" / "coarse-000003.safetensors").is_file()
+    assert (out / "a-red-chair" / "asset.obj").stat().st_size > 0

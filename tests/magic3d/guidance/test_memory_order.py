@@ -13,13 +13,6 @@ from magic3d.stages.losses import SDSLoss
 from renderers.cameras import orbit_cameras
 
 
-@pytest.fixture(scope="module")
-def tiny_if_dir(tmp_path_factory):
-    from magic3d.guidance.tiny import build_tiny_if
-
-    return build_tiny_if(tmp_path_factory.mktemp("tiny-if") / "if")
-
-
 def watch_encoder(prior, seen: list[dict]) -> None:
     """Record, at each text-encoder call, where the UNet's weights and the encoder's are."""
     real = prior.run_text_encoder
