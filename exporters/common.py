@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -57,6 +58,21 @@ def atomic_output(path: Path, suffix: str | None = None) -> Iterator[Path]:
         os.replace(tmp_path, path)
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+# atomic_output's temporary names: ".<name>.<8 random characters>.tmp<ext>"
+TEMP_NAME = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp(\.[A-Za-z0-9]+)?$")
+
+
+def sweep_temp_files(folder: Path) -> list[Path]:
+    """Remove the temporaries that killed writers of ``atomic_output`` left under ``folder``
+    (never following links out of it); returns what was removed."""
+    removed = []
+    for path in Path(folder).rglob(".*.tmp*"):
+        if TEMP_NAME.match(path.name) and path.is_file() and not path.is_symlink():
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
 
 
 def default_file_mode() -> int:

@@ -85,6 +85,9 @@ def run_planned(
     text: str, cfg: Config, run_dir: Path, restart: bool = False, progress: ProgressFn = silent
 ) -> RunResult:
     run_dir.mkdir(parents=True, exist_ok=True)
+    from exporters.common import sweep_temp_files
+
+    sweep_temp_files(run_dir)  # half-written files of a killed earlier run of this folder
     record_path = run_dir / "run.json"
     previous = read_record(record_path)
     config_dict = to_dict(cfg)

@@ -145,6 +145,9 @@ def run_loop(
             good = snapshot(model, opt, generator, step, lr_scale)
         if spec.preview_every and (step % spec.preview_every == 0 or step == spec.steps):
             write_preview(run_dir / "previews" / f"{spec.stage}-{step:06d}.png", model.preview())
+    final = run_dir / "previews" / f"{spec.stage}-{spec.steps:06d}.png"
+    if spec.preview_every and spec.steps > 0 and not final.is_file():
+        write_preview(final, model.preview())  # a kill after the last checkpoint lost it: the resume owes it
     return LoopResult(steps=step, metrics=metrics, resumed_from=resumed_from)
 
 

@@ -123,3 +123,30 @@ def test_checkpoints_are_not_pickles(tmp_path):
     path = save_checkpoint(tmp_path, "coarse", 1, {"x": torch.ones(3)}, {"note": "plain"})
     head = path.read_bytes()[:16]
     assert not head.startswith(b"\x80") and not head.startswith(b"PK"), "looks like a pickle/zip torch.save file"
+
+
+def test_a_rerun_sweeps_the_temp_files_killed_writers_left(tmp_path, monkeypatch):
+    from exporters.common import TEMP_NAME, atomic_output
+    from magic3d import pipeline
+    from magic3d.config import load_config
+    from magic3d.errors import RunError
+
+    with atomic_output(tmp_path / "probe" / "run.json") as tmp:  # the names the sweep looks for
+        assert TEMP_NAME.match(tmp.name)
+    run_dir = tmp_path / "out" / "a-red-cube"
+    stale = [run_dir / ".run.json.k3j2x9aq.tmp.json",
+             run_dir / "checkpoints" / ".coarse-000002.safetensors.a_b1c2d3.tmp.safetensors",
+             run_dir / "textures" / ".albedo.png.Zz09abcd.tmp.png"]
+    kept = [run_dir / ".notes.tmp", run_dir / "asset.tmp.usda", run_dir / "mine.txt"]
+    for p in stale + kept:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text("x")
+
+    def stop(*args, **kwargs):
+        raise RunError("stop after the sweep")
+
+    monkeypatch.setattr(pipeline, "run_stages", stop)
+    with pytest.raises(RunError):
+        pipeline.run_planned("a red cube", load_config("builtin"), run_dir)
+    assert not any(p.exists() for p in stale)
+    assert all(p.exists() for p in kept)

@@ -116,3 +116,12 @@ def test_non_finite_parameters_are_caught_too(tmp_path):
 
     with pytest.raises(RunError, match="diverged twice"):
         run(tmp_path, 5, model=Exploding())
+
+
+def test_a_resume_writes_the_final_preview_a_kill_lost(tmp_path):
+    run(tmp_path, 9)  # killed after the step-9 checkpoint, before its preview was written
+    final = tmp_path / "previews" / "coarse-000009.png"
+    final.unlink()
+    model, result = run(tmp_path, 9)
+    assert model.calls == [] and result.resumed_from == 9  # no step reruns...
+    assert final.is_file()  # ...but the stage's promised output is back
