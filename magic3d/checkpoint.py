@@ -21,6 +21,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from magic3d.errors import ConfigError
 from magic3d.storage import atomic_path, atomic_write_text
 
 KEEP = 2
@@ -83,6 +84,35 @@ def load_latest_checkpoint(ckpt_dir: Path, stage: str, device: torch.device | st
             continue
         return Checkpoint(stage, int(sidecar["step"]), tensors, sidecar.get("state", {}), path)
     return None
+
+
+def run_identity(prompt: str, config: dict) -> str:
+    """A digest of what shapes a run's result (the prompt and the whole config, seed included)."""
+    text = json.dumps({"prompt": prompt, "config": config}, sort_keys=True, allow_nan=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:20]
+
+
+def foreign_checkpoints(ckpt_dir: Path, made_by: str) -> list[Path]:
+    """Checkpoints in ``ckpt_dir`` whose sidecar does not say ``made_by`` (or says nothing)."""
+    foreign = []
+    for sidecar in sorted(Path(ckpt_dir).glob("*-[0-9]*.json")) if Path(ckpt_dir).is_dir() else []:
+        try:
+            state = json.loads(sidecar.read_text(encoding="utf-8")).get("state", {})
+        except (OSError, ValueError, AttributeError):
+            continue  # a damaged sidecar makes its checkpoint unusable anyway (load_latest_checkpoint)
+        if state.get("made_by") != made_by:
+            foreign.append(sidecar.with_suffix(".safetensors"))
+    return foreign
+
+
+def check_made_by(ck: Checkpoint, made_by: str) -> None:
+    if made_by and ck.state.get("made_by") != made_by:
+        raise ConfigError(made_by_message(ck.path.parent))
+
+
+def made_by_message(ckpt_dir: Path) -> str:
+    return (f"The checkpoints in {str(ckpt_dir)!r} were made by another prompt, config or seed (or by a version "
+            "that did not record it), so they are not resumed from; pass --restart to start over or choose another --out.")
 
 
 def optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, Tensor], dict[str, Any]]:

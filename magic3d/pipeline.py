@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from magic3d.checkpoint import foreign_checkpoints, made_by_message, run_identity
 from magic3d.config import Config, load_config, to_dict
 from magic3d.errors import ConfigError, InputError, RunError
 from magic3d.naming import clean_prompt, slugify
@@ -101,8 +102,12 @@ def run_planned(
             files = {k: run_dir / v for k, v in previous.get("files", {}).items()}
             if all(p.is_file() for p in files.values()):
                 return RunResult(run_dir, files, previous.get("metrics", {}))
+    made_by = run_identity(text, config_dict)
     if restart:
         clear_checkpoints(run_dir)
+    elif foreign_checkpoints(run_dir / "checkpoints", made_by):
+        # run.json may be gone or damaged: the checkpoints themselves say what made them.
+        raise ConfigError(made_by_message(run_dir / "checkpoints"))
 
     device = resolve_device(cfg.runtime.device)
     if cfg.runtime.threads:
@@ -119,7 +124,8 @@ def run_planned(
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     atomic_write_text(record_path, json.dumps(record, indent=2))
-    files, metrics, timings = run_stages(text, cfg, run_dir, device, resume=not restart, progress=progress)
+    files, metrics, timings = run_stages(text, cfg, run_dir, device, resume=not restart, progress=progress,
+                                         made_by=made_by)
     record.update(
         status="done",
         files={k: str(p.relative_to(run_dir)) for k, p in files.items()},
@@ -161,7 +167,8 @@ def versions() -> dict[str, str | None]:
 
 
 def run_stages(
-    text: str, cfg: Config, run_dir: Path, device: torch.device, resume: bool, progress: ProgressFn
+    text: str, cfg: Config, run_dir: Path, device: torch.device, resume: bool, progress: ProgressFn,
+    made_by: str = "",
 ) -> tuple[dict[str, Path], dict[str, Any], dict[str, float]]:
     """Coarse NeRF -> fine mesh -> baked texture -> files; each stage resumes from its checkpoints."""
     from magic3d.bake import bake
@@ -188,7 +195,7 @@ def run_stages(
     with out_of_memory_advice("coarse", cfg):
         coarse = run_coarse(
             SDSLoss(prior, prompts, cfg.coarse.sds), cfg.coarse, run_dir, device, seed, progress=progress,
-            resume=resume, precision=cfg.runtime.precision,
+            resume=resume, precision=cfg.runtime.precision, made_by=made_by,
         )
     timings["coarse"] = time.perf_counter() - clock
     metrics["coarse"] = coarse.metrics
@@ -204,7 +211,7 @@ def run_stages(
         loss = SDSLoss(prior, prompts, cfg.fine.sds)
         with out_of_memory_advice("fine", cfg):
             fine = run_fine(coarse.field, loss, cfg.fine, run_dir, device, seed, progress=progress, resume=resume,
-                            precision=cfg.runtime.precision)
+                            precision=cfg.runtime.precision, made_by=made_by)
     else:
         with out_of_memory_advice("fine", cfg):
             fine = extract_mesh(coarse.field, cfg.fine, device)

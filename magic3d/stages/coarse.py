@@ -172,7 +172,7 @@ class CoarseModel:
 def run_coarse(
     loss_fn: LossFn, cfg: CoarseConfig, run_dir: Path, device: torch.device | str, seed: int,
     progress: ProgressFn = silent, resume: bool = True, camera_sampler: CameraSampler | None = None,
-    precision: Precision = "fp32",
+    precision: Precision = "fp32", made_by: str = "",
 ) -> CoarseResult:
     device = torch.device(device)
     with torch.random.fork_rng(devices=[]):  # the hash table's initial values, without touching the caller's RNG
@@ -180,7 +180,7 @@ def run_coarse(
         model = CoarseModel(cfg, loss_fn, device, camera_sampler)
     generator = torch.Generator().manual_seed(seed)
     spec = LoopSpec("coarse", cfg.steps, cfg.checkpoint_every, cfg.preview_every or cfg.steps,
-                    device_type=device.type, autocast=autocast_dtype(precision, device))
+                    device_type=device.type, autocast=autocast_dtype(precision, device), made_by=made_by)
     result = run_loop(model, spec, Path(run_dir), generator, progress, resume)
     return CoarseResult(field=model.field.eval(), metrics=result.metrics)
 

@@ -201,7 +201,7 @@ class FineModel:
 def run_fine(
     coarse_field, loss_fn: LossFn, cfg: FineConfig, run_dir: Path, device: torch.device | str, seed: int,
     progress: ProgressFn = silent, resume: bool = True, camera_sampler: CameraSampler | None = None,
-    precision: Precision = "fp32",
+    precision: Precision = "fp32", made_by: str = "",
 ) -> FineResult:
     """Refine the coarse result into a textured mesh; resumes from run_dir/checkpoints/fine-*.
 
@@ -219,7 +219,7 @@ def run_fine(
     if cfg.steps <= 0:
         return model.result(metrics)
     spec = LoopSpec("fine", cfg.steps, cfg.checkpoint_every, cfg.preview_every or cfg.steps,
-                    device_type=device.type, autocast=autocast_dtype(precision, device))
+                    device_type=device.type, autocast=autocast_dtype(precision, device), made_by=made_by)
     result = run_loop(model, spec, run_dir, generator, progress, resume)
     return model.result({**metrics, **result.metrics})
 

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from magic3d.checkpoint import (
+    check_made_by,
     load_latest_checkpoint,
     load_optimizer,
     optimizer_tensors,
@@ -79,6 +80,9 @@ class LoopSpec:
     preview_every: int = 0
     device_type: str = "cpu"
     autocast: torch.dtype | None = None  # see autocast_dtype; fp16 adds a gradient scaler
+    # What made this run (``magic3d.checkpoint.run_identity``): stored in every checkpoint, and a
+    # checkpoint made by anything else is never resumed from. "" (tests, benchmarks): not checked.
+    made_by: str = ""
     lr_drop_on_nan: float = 0.5
     betas: tuple[float, float] = (0.9, 0.99)
     eps: float = 1e-15  # hash tables see rare, tiny gradients: Instant-NGP's epsilon keeps them moving
@@ -102,6 +106,7 @@ def run_loop(
     # Loaded on the CPU: the optimizer moves moments to the parameters' device itself and wants
     # Adam's step counters left on the CPU.
     if resume and (ck := load_latest_checkpoint(ckpt_dir, spec.stage, "cpu")) is not None:
+        check_made_by(ck, spec.made_by)
         model.load_state_tensors(ck.tensors)
         load_optimizer(opt, ck.tensors, ck.state)
         restore_rng_state(ck.tensors, ck.state.get("rng", {}), generator)
@@ -140,7 +145,8 @@ def run_loop(
         if step % max(spec.checkpoint_every, 1) == 0 or step == spec.steps:
             tensors, opt_state = optimizer_tensors(opt)
             rng_tensors, rng_json = rng_state(generator)
-            state = {**opt_state, "metrics": metrics, "lr_scale": lr_scale, "nan_events": nan_events, "rng": rng_json}
+            state = {**opt_state, "metrics": metrics, "lr_scale": lr_scale, "nan_events": nan_events, "rng": rng_json,
+                     "made_by": spec.made_by}
             save_checkpoint(ckpt_dir, spec.stage, step, {**model.state_tensors(), **tensors, **rng_tensors}, state)
             good = snapshot(model, opt, generator, step, lr_scale)
         if spec.preview_every and (step % spec.preview_every == 0 or step == spec.steps):
