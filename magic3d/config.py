@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import reprlib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -74,8 +75,12 @@ def load_config(preset: str | None = None, overrides: typing.Sequence[str] = ())
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
-            raise ConfigError(f"Override {item!r} is not of the form key=value (e.g. coarse.steps=2000).")
-        set_value(cfg, key.strip(), yaml.safe_load(raw) if raw.strip() else "")
+            raise ConfigError(f"Override {shown(item)} is not of the form key=value (e.g. coarse.steps=2000).")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as exc:  # tags (!!python/...), bad syntax: never run, never a traceback
+            raise ConfigError(f"Override {shown(item)} is not a value YAML can read ({type(exc).__name__}).") from None
+        set_value(cfg, key.strip(), value)
     validate(cfg)
     return cfg
 
@@ -150,16 +155,16 @@ def coerce(value: Any, hint: Any, key: str) -> Any:
                 return coerce(value, arg, key)
             except ConfigError as exc:
                 errors.append(str(exc))
-        raise ConfigError(errors[0] if errors else f"Config key {key!r} got an invalid value {value!r}.")
+        raise ConfigError(errors[0] if errors else f"Config key {key!r} got an invalid value {shown(value)}.")
     if origin is Literal:
         if value not in args:
-            raise ConfigError(f"Config key {key!r} must be one of {', '.join(map(repr, args))}, not {value!r}.")
+            raise ConfigError(f"Config key {key!r} must be one of {', '.join(map(repr, args))}, not {shown(value)}.")
         return value
     if origin in (tuple, list):
         if isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"Config key {key!r} needs a list, not {value!r}.")
+            raise ConfigError(f"Config key {key!r} needs a list, not {shown(value)}.")
         if origin is tuple and args and args[-1] is not Ellipsis:
             if len(value) != len(args):
                 raise ConfigError(f"Config key {key!r} needs {len(args)} values, not {len(value)}.")
@@ -170,10 +175,10 @@ def coerce(value: Any, hint: Any, key: str) -> Any:
     if hint is bool:
         if isinstance(value, bool):
             return value
-        raise ConfigError(f"Config key {key!r} needs true or false, not {value!r}.")
+        raise ConfigError(f"Config key {key!r} needs true or false, not {shown(value)}.")
     if hint is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"Config key {key!r} needs a whole number, not {value!r}.")
+            raise ConfigError(f"Config key {key!r} needs a whole number, not {shown(value)}.")
         return value
     if hint is float:
         if isinstance(value, str):
@@ -183,17 +188,41 @@ def coerce(value: Any, hint: Any, key: str) -> Any:
             except ValueError:
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"Config key {key!r} needs a number, not {value!r}.")
+            raise ConfigError(f"Config key {key!r} needs a number, not {shown(value)}.")
         return float(value)
     if hint is str:
         if isinstance(value, (dict, list)) or value is None:
-            raise ConfigError(f"Config key {key!r} needs text, not {value!r}.")
+            raise ConfigError(f"Config key {key!r} needs text, not {shown(value)}.")
         return str(value)
     if dataclasses.is_dataclass(hint) and isinstance(value, dict):
         obj = hint()
         apply_mapping(obj, value, prefix=f"{key}.")
         return obj
     return value
+
+
+# Sane bounds by field name (inclusive): a value past one is a typo or a run that would never end
+# (or exhaust memory) rather than a choice. They are documented in the README; a real need past
+# one is a preset of its own, where the limit can be raised here with a reason.
+BOUNDS: dict[str, tuple[float, float]] = {
+    "steps": (0, 1_000_000), "texture_init_steps": (0, 100_000), "albedo_warmup": (0, 1_000_000),
+    "batch_size": (1, 64), "samples_per_ray": (1, 4096), "tet_resolution": (2, 512),
+    "occupancy_resolution": (1, 512), "texture_size": (16, 8192), "face_budget": (4, 10_000_000),
+    "texture_init_points": (1, 10_000_000), "preview_frames": (1, 720), "preview_resolution": (16, 2048),
+    "preview_views": (1, 64), "levels": (1, 32), "log2_hashmap_size": (8, 24), "hidden": (1, 1024),
+    "seed": (0, 2**63 - 1), "threads": (1, 1024),
+}
+
+
+_SHOW = reprlib.Repr()  # Python 3.11's Repr takes its limits as attributes
+_SHOW.maxlevel, _SHOW.maxlist, _SHOW.maxtuple, _SHOW.maxdict, _SHOW.maxstring, _SHOW.maxother = 3, 6, 6, 4, 60, 60
+
+
+def shown(value: Any, limit: int = 100) -> str:
+    """A value as an error message echoes it: bounded however large or deeply nested it is
+    (reprlib never expands what it will not print, so a YAML alias bomb stays one short line)."""
+    text = _SHOW.repr(value) if isinstance(value, (str, list, tuple, dict)) else str(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 # Rules by field name hold across sections, so a new stage's `steps` is checked without a new rule.
@@ -206,7 +235,11 @@ def validate(cfg: Config) -> None:
         numbers = value if isinstance(value, (list, tuple)) else [value]
         flat = [x for v in numbers for x in (v if isinstance(v, (list, tuple)) else [v])]
         if any(isinstance(x, float) and not math.isfinite(x) for x in flat):
-            raise ConfigError(f"Config key {key!r} must be a finite number, not {value}.")
+            raise ConfigError(f"Config key {key!r} must be a finite number, not {shown(value)}.")
+        if name in BOUNDS and isinstance(value, (int, float)) and not isinstance(value, bool):
+            lo, hi = BOUNDS[name]
+            if not lo <= value <= hi:
+                raise ConfigError(f"Config key {key!r} must lie between {lo} and {hi}, not {shown(value)}.")
         if (name == "steps" or name.endswith("_every") or name.endswith("_steps")) and value < 0:
             raise ConfigError(f"Config key {key!r} must be 0 or more, not {value}.")
         if name in ("resolution", "batch_size", "texture_size", "preview_frames", "preview_resolution",

@@ -104,3 +104,21 @@ def test_every_number_is_finite_before_any_range_check(override):
         return
     with pytest.raises(ConfigError, match=r"must be a finite number"):
         load_config("builtin", [override])
+
+
+@pytest.mark.parametrize(("override", "says"), [
+    ("coarse.steps=1000000000000", "between 0 and 1000000"),
+    ("export.preview_frames=100000", "between 1 and 720"),
+    ("bake.texture_size=1", "between 16 and 8192"),
+    ("runtime.threads=-1", "between 1 and 1024"),
+    ("runtime.seed=18446744073709551616", "between 0 and"),
+    ("coarse.steps=!!python/object/apply:os.system [echo hi]", "YAML can read"),
+    ("coarse.lr=" + "[&a [x,x,x,x,x,x,x,x,x],&b [*a,*a,*a,*a,*a,*a,*a,*a,*a],&c [*b,*b,*b,*b,*b,*b,*b,*b,*b],"
+     "&d [*c,*c,*c,*c,*c,*c,*c,*c,*c],&e [*d,*d,*d,*d,*d,*d,*d,*d,*d],&f [*e,*e,*e,*e,*e,*e,*e,*e,*e]]",
+     "needs a number"),
+])
+def test_values_are_bounded_and_echoed_short(override, says):
+    with pytest.raises(ConfigError) as info:
+        load_config("builtin", [override])
+    message = str(info.value)
+    assert says in message and len(message) <= 300, message
