@@ -138,10 +138,16 @@ def run_planned(
 
 
 def read_record(path: Path) -> dict | None:
+    """The run's record, or None when there is none or it is damaged (the checkpoints then
+    decide, see foreign_checkpoints); a run.json that is not a file is refused."""
+    if path.is_symlink() or (path.exists() and not path.is_file()):
+        kind = "a link" if path.is_symlink() else "a folder" if path.is_dir() else "not a regular file"
+        raise InputError(f"{str(path)!r} is {kind}, not the run's record; remove it or choose another --out.")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        record = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
+    return record if isinstance(record, dict) else None
 
 
 def clear_checkpoints(run_dir: Path) -> None:

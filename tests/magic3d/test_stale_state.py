@@ -56,3 +56,22 @@ def test_the_same_run_resumes_from_its_checkpoints_without_run_json(finished, tm
     assert (run_dir / "asset.obj").read_bytes() == (finished[1] / "asset.obj").read_bytes()
     record = json.loads((run_dir / "run.json").read_text())
     assert record["status"] == "done" and record["seed"] == 1
+
+
+def test_a_run_json_folder_is_one_line(tmp_path):
+    from magic3d.errors import InputError
+
+    (tmp_path / "out" / "a-red-cube" / "run.json").mkdir(parents=True)
+    with pytest.raises(InputError, match="is a folder"):
+        generate("a red cube", out=tmp_path / "out", prior="builtin", overrides=TINY)
+
+
+def test_a_run_json_of_the_wrong_shape_is_a_damaged_record(tmp_path):
+    record = tmp_path / "out" / "a-red-cube" / "run.json"
+    record.parent.mkdir(parents=True)
+    record.write_text("[1, 2]")  # not a record at all: treated as missing, the run starts
+    generate("a red cube", out=tmp_path / "out", prior="builtin", overrides=TINY)
+    assert json.loads(record.read_text())["status"] == "done"
+    record.write_text(json.dumps({"prompt": "a red cube", "config": [3]}))  # a record of another config
+    with pytest.raises(ConfigError, match="--restart"):
+        generate("a red cube", out=tmp_path / "out", prior="builtin", overrides=TINY)
