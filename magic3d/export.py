@@ -66,7 +66,7 @@ def reexport(
     """Write ``formats`` (comma-separated) for a finished run; defaults come from its run.json."""
     from exporters import load_asset
     from magic3d.config import EXPORT_FORMATS
-    from magic3d.pipeline import read_record
+    from magic3d.storage import read_record
 
     run_dir = Path(run_dir)
     record = read_record(run_dir / "run.json")

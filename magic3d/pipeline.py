@@ -22,7 +22,7 @@ from magic3d.config import Config, load_config, to_dict
 from magic3d.errors import ConfigError, InputError, RunError
 from magic3d.naming import clean_prompt, slugify
 from magic3d.progress import ProgressFn, silent
-from magic3d.storage import atomic_write_text, ensure_writable_dir
+from magic3d.storage import atomic_write_text, ensure_writable_dir, read_record
 
 
 @dataclass
@@ -135,19 +135,6 @@ def run_planned(
     )
     atomic_write_text(record_path, json.dumps(record, indent=2))
     return RunResult(run_dir, files, metrics)
-
-
-def read_record(path: Path) -> dict | None:
-    """The run's record, or None when there is none or it is damaged (the checkpoints then
-    decide, see foreign_checkpoints); a run.json that is not a file is refused."""
-    if path.is_symlink() or (path.exists() and not path.is_file()):
-        kind = "a link" if path.is_symlink() else "a folder" if path.is_dir() else "not a regular file"
-        raise InputError(f"{str(path)!r} is {kind}, not the run's record; remove it or choose another --out.")
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return record if isinstance(record, dict) else None
 
 
 def clear_checkpoints(run_dir: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -51,3 +52,16 @@ def ensure_writable_dir(path: Path) -> None:
             pass
     except OSError:
         raise InputError(f"The output folder {str(path)!r} is not writable; choose another --out.") from None
+
+
+def read_record(path: Path) -> dict | None:
+    """The run's record, or None when there is none or it is damaged (the checkpoints then
+    decide, see foreign_checkpoints); a run.json that is not a file is refused."""
+    if path.is_symlink() or (path.exists() and not path.is_file()):
+        kind = "a link" if path.is_symlink() else "a folder" if path.is_dir() else "not a regular file"
+        raise InputError(f"{str(path)!r} is {kind}, not the run's record; remove it or choose another --out.")
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
