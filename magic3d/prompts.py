@@ -72,7 +72,7 @@ class ViewPrompts:
         for b in buckets:
             others = OPPOSITES[b] or ("front", "back")
             negs.append(torch.cat([table[o].cond for o in others]))
-            weights.append(torch.full((len(others),), self.perp_neg_weight if OPPOSITES[b] else 0.0))
+            weights.append(torch.full((len(others),), self.perp_neg_weight if OPPOSITES[b] else 0.0, device=cond.device))
         return TextEmbeddings(cond, uncond, torch.stack(negs), torch.stack(weights).to(cond))
 
     def for_cameras(self, cameras: Cameras, shading: str = "albedo") -> TextEmbeddings:

@@ -52,7 +52,7 @@ def tet_grid(resolution: int, bound: float = 1.0) -> tuple[Float[Tensor, "V 3"],
     """
     cells = grid_cells(resolution)
     n = cells + 1
-    axis = torch.linspace(-bound, bound, n)
+    axis = torch.linspace(-bound, bound, n, device="cpu")  # the grid is built once on the host, then moved as buffers
     gx, gy, gz = torch.meshgrid(axis, axis, axis, indexing="ij")
     vertices = torch.stack([gx, gy, gz], dim=-1).reshape(-1, 3)
 

@@ -55,9 +55,9 @@ class TextureField(nn.Module):
         with torch.no_grad():
             targets = torch.cat([target_fn(points[i : i + 65536]).float() for i in range(0, points.shape[0], 65536)])
         opt = torch.optim.Adam(self.parameters(), lr=lr, betas=(0.9, 0.99), eps=1e-15)
-        loss = torch.zeros(())
+        loss = torch.zeros((), device=points.device)
         for _ in range(steps):
-            index = torch.randint(0, points.shape[0], (min(batch, points.shape[0]),), generator=generator)
+            index = torch.randint(0, points.shape[0], (min(batch, points.shape[0]),), generator=generator, device="cpu")
             index = index.to(points.device)
             loss = ((self(points[index]) - targets[index]) ** 2).mean()
             opt.zero_grad(set_to_none=True)
@@ -76,7 +76,7 @@ def sample_surface(
     if faces.shape[0] == 0 or float(area.sum()) <= 0:
         raise ValueError("cannot sample points on an empty mesh")
     face = torch.multinomial(area.cpu().double(), count, replacement=True, generator=generator).to(vertices.device)
-    r = torch.rand(count, 2, generator=generator).to(vertices)
+    r = torch.rand(count, 2, generator=generator, device="cpu").to(vertices)
     s = r[:, :1].sqrt()
     u, v = 1 - s, s * (1 - r[:, 1:])
     tri = p[face]

@@ -119,7 +119,6 @@ class DiffusersPrior:
         self.cfg = cfg
         self.device = torch.device(device)
         # Where the networks SDS doesn't run every step wait (``runtime.offload``, see load_prior).
-        self.offload = offload
         self.idle_device = torch.device("cpu") if offload else self.device
         self.dtype = network_dtype(cfg, self.device)
         self.tokenizer = load_component(self.tokenizer_cls, self.folder / "tokenizer", model_id)
@@ -142,7 +141,6 @@ class DiffusersPrior:
         self = cls.__new__(cls)
         self.folder, self.model_id, self.cfg = Path("."), model_id, cfg
         self.device = torch.device(device)
-        self.offload = offload
         self.idle_device = torch.device("cpu") if offload else self.device
         self.dtype = network_dtype(cfg, self.device)
         self.tokenizer, self.text_encoder = None, None
@@ -215,7 +213,6 @@ class DiffusersPrior:
                                 truncation=True, return_tensors="pt")
         self.unet_to_host()
         self.place("text_encoder", encoder, self.device)
-        self.encoder_calls = getattr(self, "encoder_calls", 0) + 1
         try:
             return self.run_text_encoder(encoder, tokens)
         finally:

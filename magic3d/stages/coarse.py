@@ -123,7 +123,7 @@ class CoarseModel:
     def shading_mode(self, step: int, generator: torch.Generator) -> str:
         if step < self.cfg.albedo_warmup:
             return "albedo"
-        probs = torch.tensor(self.cfg.shading, dtype=torch.float64)
+        probs = torch.tensor(self.cfg.shading, dtype=torch.float64, device="cpu")  # for the CPU generator
         return SHADING_MODES[int(torch.multinomial(probs / probs.sum(), 1, generator=generator))]
 
     def render(self, cams: Cameras, mode: str, generator: torch.Generator | None, perturb: bool = True):

@@ -122,7 +122,7 @@ class FineModel:
     def state_tensors(self) -> dict[str, Tensor]:
         tensors = {"dmtet/sdf": self.dmtet.sdf, "dmtet/deform": self.dmtet.deform}
         tensors.update({f"texture/{k}": v for k, v in self.texture.state_dict().items()})
-        tensors["dmtet/threshold"] = torch.tensor(self.threshold)
+        tensors["dmtet/threshold"] = torch.tensor(self.threshold, device="cpu")  # a checkpoint value, never computed with
         return tensors
 
     def load_state_tensors(self, tensors: dict[str, Tensor]) -> None:
@@ -140,7 +140,7 @@ class FineModel:
                                     generator=generator, device=self.device)
 
     def shading_mode(self, generator: torch.Generator) -> str:
-        probs = torch.tensor(self.cfg.shading, dtype=torch.float64)
+        probs = torch.tensor(self.cfg.shading, dtype=torch.float64, device="cpu")  # for the CPU generator
         return SHADING_MODES[int(torch.multinomial(probs / probs.sum(), 1, generator=generator))]
 
     def render(self, vertices: Tensor, faces: Tensor, cams: Cameras, mode: str,
