@@ -10,7 +10,7 @@ from pathlib import Path
 
 import trimesh
 
-from exporters.common import AssetInfo, check_up_axis, placed, placement
+from exporters.common import AssetInfo, check_up_axis, make_dirs, placed, placement
 from exporters.gltf import write_glb
 from exporters.obj import write_obj
 from exporters.read import load_asset
@@ -33,7 +33,7 @@ def export_asset(
         raise ValueError(f"unknown export formats {unknown or list(formats)}; choose from {', '.join(FORMATS)}")
     check_up_axis(up_axis)
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    make_dirs(out_dir)
     info = info or AssetInfo(name=stem)
     files: dict[str, Path] = {}
     y_up = None

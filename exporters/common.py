@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import os
 import re
+import stat
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -39,14 +41,67 @@ class Surface:
     metallic: float
 
 
+class OutsideOutput(OSError):
+    """A write would land outside the output folder (through a link, or a path that leaves it)."""
+
+
+_WRITE_ROOT: contextvars.ContextVar[Path | None] = contextvars.ContextVar("write_root", default=None)
+
+
+@contextlib.contextmanager
+def writes_confined_to(root: Path) -> Iterator[Path]:
+    """Inside the block every folder ``make_dirs`` (and so ``atomic_output``) writes into must lie
+    under ``root`` with no link on the way: a link planted in the output tree is never followed.
+    ``root`` itself may be a link; the user named it."""
+    token = _WRITE_ROOT.set(Path(os.path.abspath(root)))
+    try:
+        yield _WRITE_ROOT.get()  # type: ignore[misc]
+    finally:
+        _WRITE_ROOT.reset(token)
+
+
+def link_on_the_way(root: Path, path: Path) -> Path | None:
+    """The first link (or non-folder) between ``root`` and ``path``'s parent folders, walking
+    down from ``root``; ``path`` itself when it lies outside ``root``; None when the way is clean."""
+    root, path = Path(os.path.abspath(root)), Path(os.path.abspath(path))
+    try:
+        parts = path.relative_to(root).parts
+    except ValueError:
+        return path
+    here = root
+    for part in parts:
+        here = here / part
+        try:
+            mode = os.lstat(here).st_mode
+        except FileNotFoundError:
+            return None  # the rest will be made fresh, as folders
+        if stat.S_ISLNK(mode):
+            return here
+    return None
+
+
+def make_dirs(folder: Path) -> Path:
+    """``mkdir -p`` that refuses to follow a link below the write root (see writes_confined_to)."""
+    folder = Path(folder)
+    root = _WRITE_ROOT.get()
+    if root is not None:
+        bad = link_on_the_way(root, folder)
+        if bad is not None:
+            what = "is a link" if bad.is_symlink() else "is outside the output folder"
+            raise OutsideOutput(f"refusing to write through {str(bad)!r}: it {what} ({str(root)!r} is the output folder)")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
 @contextlib.contextmanager
 def atomic_output(path: Path, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path in ``path``'s folder; rename it onto ``path`` only if the block succeeds.
 
     The temporary name keeps the real extension (``suffix``) because USD picks its file format from it.
+    Renaming replaces a link at ``path`` itself rather than writing through it.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(path.parent)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + (suffix or path.suffix), dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
@@ -65,13 +120,19 @@ TEMP_NAME = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp(\.[A-Za-z0-9]+)?$")
 
 
 def sweep_temp_files(folder: Path) -> list[Path]:
-    """Remove the temporaries that killed writers of ``atomic_output`` left under ``folder``
-    (never following links out of it); returns what was removed."""
+    """Remove the temporaries that killed writers left under ``folder`` (``atomic_output``'s files
+    and the USDZ packager's work folders), never following links out of it; returns what was removed."""
+    import shutil
+
     removed = []
-    for path in Path(folder).rglob(".*.tmp*"):
-        if TEMP_NAME.match(path.name) and path.is_file() and not path.is_symlink():
+    for path in sorted(Path(folder).rglob(".*.tmp*")):
+        if not TEMP_NAME.match(path.name) or path.is_symlink() or not path.exists():
+            continue
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
             path.unlink(missing_ok=True)
-            removed.append(path)
+        removed.append(path)
     return removed
 
 

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from exporters.common import atomic_output
+from exporters.common import atomic_output, make_dirs
 
 _PRIM_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _KINDS = ("component", "assembly", "group", "subcomponent")
@@ -152,8 +152,7 @@ def write_world(
     if path.suffix != ".usda":
         raise ValueError(f"the world stage must be a .usda file, not {path.name!r}")
     names = _check(assets, up_axis)
-    folder = path.parent.resolve()
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = make_dirs(path.parent).resolve()
 
     layer = Sdf.Layer.CreateAnonymous("world.usda")
     stage = Usd.Stage.Open(layer, load=Usd.Stage.LoadNone)

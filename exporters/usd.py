@@ -28,6 +28,7 @@ from exporters.common import (
     Surface,
     atomic_output,
     check_up_axis,
+    make_dirs,
     placement,
     surface,
     write_png,
@@ -188,8 +189,10 @@ def write_usdz(
     if path.suffix != ".usdz":
         raise ValueError(f"write_usdz writes .usdz, not {path.name!r}")
     info = info or AssetInfo(name=path.stem)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f".{path.stem}.", dir=path.parent) as work:
+    make_dirs(path.parent)
+    # Named like atomic_output's temporaries, so a run killed while packaging leaves nothing the
+    # next run's sweep does not remove.
+    with tempfile.TemporaryDirectory(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent) as work:
         layer = write_usd(mesh, Path(work) / f"{path.stem}.usdc", info, up_axis, size_m)
         with atomic_output(path) as tmp:
             tmp.unlink()  # the packager refuses to overwrite an existing file

@@ -53,7 +53,6 @@ def save_checkpoint(
     ckpt_dir: Path, stage: str, step: int, tensors: dict[str, Tensor], state: dict[str, Any], keep: int = KEEP
 ) -> Path:
     """Write tensors then the sidecar (the sidecar last: it is what makes the checkpoint count)."""
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
     path = checkpoint_path(ckpt_dir, stage, step)
     with atomic_path(path) as tmp:
         save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp))

@@ -7,6 +7,7 @@ other formats, axes or sizes later without optimising again.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,9 +27,7 @@ def write_outputs(mesh: trimesh.Trimesh, run_dir: Path, prompt: str, cfg: Config
     """Write every configured format, the preview GIF and the re-export source; return the paths."""
     from exporters import write_glb
 
-    baked = run_dir / BAKED_MESH
-    baked.parent.mkdir(parents=True, exist_ok=True)
-    write_glb(mesh, baked)
+    write_glb(mesh, run_dir / BAKED_MESH)
     files = write_formats(mesh, run_dir, cfg.export.formats, asset_info(run_dir, prompt, cfg.runtime.seed),
                           cfg.export.up_axis, cfg.export.size_m)
     if cfg.export.preview:
@@ -46,9 +45,12 @@ def write_formats(
 
 
 def write_preview(mesh: trimesh.Trimesh, path: Path, frames: int, resolution: int) -> Path:
+    from magic3d.storage import atomic_path
     from renderers.turntable import render_turntable, write_gif
 
-    write_gif(render_turntable(mesh, frames=frames, resolution=resolution), path)
+    frames_rgb = render_turntable(mesh, frames=frames, resolution=resolution)
+    with atomic_path(path) as tmp:
+        write_gif(frames_rgb, tmp)
     return path
 
 
@@ -65,31 +67,42 @@ def reexport(
 ) -> dict[str, Path]:
     """Write ``formats`` (comma-separated) for a finished run; defaults come from its run.json."""
     from exporters import load_asset
-    from magic3d.config import EXPORT_FORMATS
-    from magic3d.storage import read_record
+    from magic3d.config import EXPORT_FORMATS, shown
+    from magic3d.storage import check_run_folder, confined, read_record
 
     run_dir = Path(run_dir)
+    check_run_folder(run_dir)
     record = read_record(run_dir / "run.json")
     if record is None:
         raise InputError(f"{str(run_dir)!r} is not a magic3d run folder (no readable run.json).")
     baked = run_dir / BAKED_MESH
     if record.get("status") != "done" or not baked.is_file():
         raise InputError(f"The run in {str(run_dir)!r} has not finished; run `magic3d generate` on it again first.")
-    export_cfg = record.get("config", {}).get("export", {})
+    config = record.get("config")
+    export_cfg = config.get("export") if isinstance(config, dict) else None
+    if not isinstance(export_cfg, dict):
+        raise InputError(f"{str(run_dir / 'run.json')!r} is damaged (no export settings); "
+                         "run `magic3d generate` with --restart to make the run again.")
     chosen = [f.strip() for f in (formats or ",".join(export_cfg.get("formats", ["usdc"]))).split(",") if f.strip()]
     unknown = [f for f in chosen if f not in EXPORT_FORMATS]
     if unknown or not chosen:
-        raise InputError(f"Unknown export format {unknown or formats!r}; choose from {', '.join(EXPORT_FORMATS)}.")
-    axis = (up_axis or export_cfg.get("up_axis", "Y")).upper()
+        raise InputError(f"Unknown export format {shown(unknown or formats)}; choose from {', '.join(EXPORT_FORMATS)}.")
+    axis = str(up_axis or export_cfg.get("up_axis", "Y")).upper()
     if axis not in ("Y", "Z"):
-        raise InputError(f"--up-axis must be Y or Z, not {up_axis!r}.")
-    size = float(size_m if size_m is not None else export_cfg.get("size_m", 1.0))
-    if not size > 0:
-        raise InputError(f"--size must be a positive number of metres, not {size_m!r}.")
+        raise InputError(f"--up-axis must be Y or Z, not {shown(up_axis)}.")
+    size = size_m if size_m is not None else export_cfg.get("size_m", 1.0)
+    if isinstance(size, bool) or not isinstance(size, int | float) or not math.isfinite(size) or not size > 0:
+        raise InputError(f"--size must be a positive, finite number of metres, not {shown(size)}.")
 
-    mesh = load_asset(baked)
-    info = asset_info(run_dir, record.get("prompt", ""), int(record.get("seed", 0)))
-    files = write_formats(mesh, run_dir, chosen, info, axis, size)
-    record.setdefault("files", {}).update({k: str(p.relative_to(run_dir)) for k, p in files.items()})
-    atomic_write_text(run_dir / "run.json", json.dumps(record, indent=2))
+    try:
+        mesh = load_asset(baked)
+    except Exception as exc:  # damaged on disk: the run must be baked again
+        raise InputError(f"{str(baked)!r} is damaged ({type(exc).__name__}); "
+                         "run `magic3d generate` on this run again with --restart to remake it.") from None
+    info = asset_info(run_dir, str(record.get("prompt", "")), int(record.get("seed", 0) or 0))
+    with confined(run_dir):
+        files = write_formats(mesh, run_dir, chosen, info, axis, float(size))
+        files_record = record.get("files") if isinstance(record.get("files"), dict) else {}
+        record["files"] = {**files_record, **{k: str(p.relative_to(run_dir)) for k, p in files.items()}}
+        atomic_write_text(run_dir / "run.json", json.dumps(record, indent=2))
     return files

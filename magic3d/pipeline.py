@@ -22,7 +22,7 @@ from magic3d.config import Config, load_config, to_dict
 from magic3d.errors import ConfigError, InputError, RunError
 from magic3d.naming import clean_prompt, slugify
 from magic3d.progress import ProgressFn, silent
-from magic3d.storage import atomic_write_text, ensure_writable_dir, read_record
+from magic3d.storage import atomic_write_text, check_run_folder, confined, ensure_writable_dir, read_record
 
 
 @dataclass
@@ -43,9 +43,28 @@ def plan_run(
     name: str | None = None,
 ) -> tuple[str, Config, Path]:
     """Check everything cheap to check and return (prompt, config, run folder). Writes nothing."""
-    from magic3d.guidance import check_prior_available, validate_prompt_for_prior
+    from magic3d.guidance import validate_prompt_for_prior
 
     text = clean_prompt(prompt)
+    cfg = plan_config(preset, prior, tuple(overrides), seed, device)
+    for model in dict.fromkeys((cfg.prior.id, cfg.prior.fine_id or cfg.prior.id)):
+        validate_prompt_for_prior(text, model)
+    run_dir = Path(out) / (name or slugify(text))
+    check_run_folder(run_dir)
+    return text, cfg, run_dir
+
+
+def plan_config(
+    preset: str | None = None,
+    prior: str | None = None,
+    overrides: tuple[str, ...] = (),
+    seed: int | None = None,
+    device: str | None = None,
+) -> Config:
+    """The checked config of a run (priors found, device present): the prompt-independent half of
+    ``plan_run``, which a batch of many lines with the same settings needs only once."""
+    from magic3d.guidance import check_prior_available
+
     extra = list(overrides)
     if prior is not None:
         extra = [f"prior.id={json.dumps(prior)}", *extra]
@@ -58,10 +77,8 @@ def plan_run(
     cfg = load_config(preset, extra)
     for model in dict.fromkeys((cfg.prior.id, cfg.prior.fine_id or cfg.prior.id)):
         check_prior_available(model, cfg.prior)
-        validate_prompt_for_prior(text, model)
     resolve_device(cfg.runtime.device)
-    run_dir = Path(out) / (name or slugify(text))
-    return text, cfg, run_dir
+    return cfg
 
 
 def generate(
@@ -85,9 +102,16 @@ def generate(
 def run_planned(
     text: str, cfg: Config, run_dir: Path, restart: bool = False, progress: ProgressFn = silent
 ) -> RunResult:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    from exporters.common import sweep_temp_files
+    """Run (or resume, or only re-list) the planned run; nothing it writes leaves ``run_dir``'s parent."""
+    check_run_folder(run_dir)
+    with confined(run_dir.parent):
+        return run_confined(text, cfg, run_dir, restart, progress)
 
+
+def run_confined(text: str, cfg: Config, run_dir: Path, restart: bool, progress: ProgressFn) -> RunResult:
+    from exporters.common import make_dirs, sweep_temp_files
+
+    make_dirs(run_dir)
     sweep_temp_files(run_dir)  # half-written files of a killed earlier run of this folder
     record_path = run_dir / "run.json"
     previous = read_record(record_path)

@@ -109,7 +109,6 @@ def encode_cached(prior: Prior, texts: list[str], negative: str, cache_dir: Path
         if path is not None:
             from magic3d.storage import atomic_path
 
-            path.parent.mkdir(parents=True, exist_ok=True)
             with atomic_path(path) as tmp:
                 save_file({"cond": row.cond.detach().cpu().contiguous(), "uncond": row.uncond.detach().cpu().contiguous()},
                           str(tmp))

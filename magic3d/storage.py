@@ -1,10 +1,12 @@
-"""Files the user sees appear complete or not at all; output folders are checked up front."""
+"""Files the user sees appear complete or not at all; output folders are checked up front, and
+no write follows a link out of them."""
 
 from __future__ import annotations
 
 import contextlib
 import errno
 import json
+import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -65,3 +67,34 @@ def read_record(path: Path) -> dict | None:
     except (OSError, ValueError):
         return None
     return record if isinstance(record, dict) else None
+
+
+@contextlib.contextmanager
+def confined(root: Path) -> Iterator[None]:
+    """Every write in the block stays under ``root``: a folder on the way that is a link (planted
+    after ``check_run_folder`` looked) stops the write with one line instead of being followed."""
+    from exporters.common import OutsideOutput, writes_confined_to
+
+    try:
+        with writes_confined_to(root):
+            yield
+    except OutsideOutput as exc:
+        raise InputError(f"{exc}; remove the link or choose another --out.") from None
+
+
+def check_run_folder(run_dir: Path) -> None:
+    """Refuse a run folder that is, or holds, a link: through one, run.json, checkpoints, textures
+    or the cache would be read from or written to somewhere outside --out."""
+    run_dir = Path(run_dir)
+    found = run_dir if run_dir.is_symlink() else None
+    if found is None and run_dir.is_dir():
+        for folder, dirs, files in os.walk(run_dir):  # does not descend into linked folders
+            links = sorted(n for n in (*dirs, *files) if os.path.islink(os.path.join(folder, n)))
+            if links:
+                found = Path(folder) / links[0]
+                break
+    if found is not None:
+        raise InputError(
+            f"{str(found)!r} is a link; magic3d never reads or writes through links in a run folder: "
+            "remove it or choose another --out."
+        )

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -74,25 +73,14 @@ def render_turntable(
 
 
 def write_gif(frames: Sequence[np.ndarray], path: str | os.PathLike[str], fps: float = 12.0) -> Path:
-    """Write an endlessly looping GIF; it appears at ``path`` complete or not at all."""
+    """Write an endlessly looping GIF to ``path`` (callers that need it to appear whole write to a
+    temporary and rename, as magic3d's exporter does)."""
     if len(frames) == 0:
         raise ValueError("no frames to write")
     path = Path(path)
     images = [Image.fromarray(np.asarray(f, dtype=np.uint8)).convert("RGB") for f in frames]
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)  # mkstemp's 0600 would hide previews from other users
-        with os.fdopen(fd, "wb") as handle:
-            images[0].save(handle, format="GIF", save_all=True, append_images=images[1:],
-                           duration=max(1, round(1000.0 / fps)), loop=0, optimize=False)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    images[0].save(path, format="GIF", save_all=True, append_images=images[1:],
+                   duration=max(1, round(1000.0 / fps)), loop=0, optimize=False)
     return path
 
 

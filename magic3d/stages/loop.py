@@ -223,6 +223,5 @@ def write_preview(path: Path, image: np.ndarray) -> None:
 
     from magic3d.storage import atomic_path
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
+    with atomic_path(path) as tmp:  # makes the folder, never through a link
         Image.fromarray(image).save(tmp, format="PNG")
