@@ -10,11 +10,14 @@ import glob
 import json
 import os
 import re
+import sys
+import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Literal
 
 from magic3d.errors import PriorError
+from magic3d.guidance.weights import check_pipeline_files, missing_part, refuse_pickle_only_listing
 
 Family = Literal["sd", "if"]
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -71,19 +74,73 @@ def hub_cache_dir() -> Path:
     return Path(home) / "hub"
 
 
+def cache_variable() -> str | None:
+    """The environment variable that chose the cache folder; None for the default."""
+    return next((v for v in ("HF_HUB_CACHE", "HF_HOME") if os.environ.get(v)), None)
+
+
 def offline(cfg_local_only: bool) -> bool:
     return cfg_local_only or os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def metadata_timeout() -> float:
+    """Seconds to wait for the hub's answer to one metadata request: ``HF_HUB_ETAG_TIMEOUT``
+    (huggingface_hub's own setting, read at call time), 10 by default."""
+    try:
+        value = float(os.environ.get("HF_HUB_ETAG_TIMEOUT") or 10)
+    except ValueError:
+        return 10.0
+    return value if 0 < value < 3600 else 10.0
+
+
+def ensure_writable_cache(cache: Path, repo_id: str) -> None:
+    """PriorError naming the folder and its variable unless a file can be created in ``cache``
+    (made, with its parents, when missing): checked before any download, which would otherwise
+    fail only after the hub was asked (and, for some errors, after minutes of retries)."""
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".magic3d-write-check-", dir=cache)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        var = cache_variable()
+        if cache.exists() and not cache.is_dir():
+            why = "it is a file"
+        elif isinstance(exc, (NotADirectoryError, FileExistsError)):
+            why = "a part of its path is a file"
+        else:
+            why = (exc.strerror or type(exc).__name__).lower()
+        source = f"from {var}" if var else "the default"
+        raise PriorError(
+            f"The Hugging Face cache folder {str(cache)!r} ({source}) cannot be written ({why}), so {repo_id!r} "
+            f"cannot be downloaded; set {var or 'HF_HOME'} to a writable folder, or give --prior a local "
+            "diffusers folder or builtin."
+        ) from None
+
+
+def hub_files(repo_id: str) -> list[str]:
+    """The repository's file names, in one metadata request with a timeout and no retries (the
+    hub client retries a failing request for about 25 s otherwise)."""
+    from huggingface_hub import HfApi
+
+    api = HfApi()
+    siblings = api.model_info(repo_id, timeout=metadata_timeout()).siblings
+    if siblings is None:
+        return list(api.list_repo_files(repo_id))
+    return [s.rfilename for s in siblings]
 
 
 def resolve_pipeline(
     id_or_path: str, cfg: object, check_only: bool = False, variant: str | None = None
 ) -> tuple[Path, Family]:
-    """(folder holding model_index.json, model family) or PriorError naming what is missing.
+    """(folder holding model_index.json, model family) or PriorError naming what is wrong.
 
-    ``check_only`` never downloads weights: a hub id must be cached, or (hub allowed) its
-    model_index.json fetchable; the returned folder then may hold only that file. ``variant``
-    ("fp16" for fp16 runs) downloads those weight files instead of the fp32 ones where a
-    component has them (see ``select_files``).
+    A local folder must be a whole pipeline whose files pass ``check_pipeline_files`` (no
+    pickle-only weights, no damaged safetensors or JSON). ``check_only`` never downloads
+    weights: a hub id must be cached, or (hub allowed) its model_index.json fetchable, its
+    listing free of pickle-only components and the cache folder writable; the returned folder
+    then may hold only that file. ``variant`` ("fp16" for fp16 runs) downloads those weight
+    files instead of the fp32 ones where a component has them (see ``select_files``).
     """
     local_only = bool(getattr(cfg, "local_files_only", False))
     looks_like_path = id_or_path.startswith(("/", ".", "~")) or (os.sep in id_or_path and not HUB_ID.match(id_or_path))
@@ -91,62 +148,115 @@ def resolve_pipeline(
     if path.is_dir() or looks_like_path:
         if not path.is_dir():
             raise PriorError(f"The prior folder {id_or_path!r} does not exist; give a diffusers folder, a hub id, or --prior builtin.")
-        return path, family_of(path, id_or_path)
+        family = family_of(path, id_or_path)
+        check_pipeline_files(path, family, id_or_path, complete=True)
+        return path, family
     if not HUB_ID.match(id_or_path):
         raise PriorError(f"{id_or_path!r} is neither a local folder nor a hub id like org/model; or use --prior builtin.")
-    folder = check_available(id_or_path, local_only) if check_only else download(id_or_path, local_only, variant)
-    return folder, family_of(folder, id_or_path)
+    return check_available(id_or_path, local_only) if check_only else download(id_or_path, local_only, variant)
 
 
-def download(repo_id: str, local_only: bool, variant: str | None = None) -> Path:
+def ask_hub(repo_id: str, cache: Path) -> list[str]:
+    """Before fetching anything: the cache takes files, the hub answers (quickly) and the
+    repository's weights are not pickle-only."""
+    ensure_writable_cache(cache, repo_id)
+    try:
+        files = hub_files(repo_id)
+    except Exception as exc:  # connection errors, timeouts, unknown or private repos
+        raise missing_model(repo_id, cache, False, exc) from None
+    refuse_pickle_only_listing(files, repo_id)
+    return files
+
+
+def download(repo_id: str, local_only: bool, variant: str | None = None) -> tuple[Path, Family]:
     """The snapshot folder of ``repo_id``: from the cache, or (hub allowed) with the files
-    ``select_files`` picks for ``variant`` downloaded into it."""
-    from huggingface_hub import HfApi, snapshot_download
+    ``select_files`` picks for ``variant`` downloaded into it; checked whole."""
+    from huggingface_hub import snapshot_download
 
     cache = hub_cache_dir()
     no_hub = offline(local_only)
     try:
         if no_hub:
-            return Path(snapshot_download(repo_id, cache_dir=cache, local_files_only=True))
-        # Which weights to fetch depends on which variants each component has, so list the
-        # repository first; exact names (escaped: the hub matches them as fnmatch patterns).
-        files = select_files(HfApi().list_repo_files(repo_id), variant)
-        return Path(snapshot_download(repo_id, cache_dir=cache, allow_patterns=[glob.escape(f) for f in files]))
+            folder = Path(snapshot_download(repo_id, cache_dir=cache, local_files_only=True))
+        else:
+            # Which weights to fetch depends on which variants each component has, so list the
+            # repository first; exact names (escaped: the hub matches them as fnmatch patterns).
+            files = select_files(ask_hub(repo_id, cache), variant)
+            folder = Path(snapshot_download(repo_id, cache_dir=cache, etag_timeout=metadata_timeout(),
+                                            allow_patterns=[glob.escape(f) for f in files]))
+    except PriorError:
+        raise
     except Exception as exc:  # LocalEntryNotFound, connection errors, gated repos: all mean "not here"
         raise missing_model(repo_id, cache, no_hub, exc) from None
+    family = family_of(folder, repo_id)
+    check_pipeline_files(folder, family, repo_id, complete=False)
+    gone = missing_part(folder, family)
+    if gone is not None:
+        raise missing_model(repo_id, cache, no_hub, None, gone)
+    return folder, family
 
 
-def check_available(repo_id: str, local_only: bool) -> Path:
-    """Cheap availability check: the cached snapshot's model_index.json, else (hub allowed)
-    that one small file fetched, which proves the hub is reachable and the repo is readable."""
+def check_available(repo_id: str, local_only: bool) -> tuple[Path, Family]:
+    """Cheap availability check: the cached snapshot (its files checked), else (hub allowed)
+    its model_index.json fetched, which proves the hub is reachable and the repo is readable."""
     from huggingface_hub import hf_hub_download, snapshot_download
 
     cache = hub_cache_dir()
+    no_hub = offline(local_only)
+    folder: Path | None = None
     try:
         folder = Path(snapshot_download(repo_id, cache_dir=cache, local_files_only=True, allow_patterns=ALLOW))
-        if (folder / "model_index.json").is_file():
-            return folder
     except Exception:
         pass
-    no_hub = offline(local_only)
+    if folder is not None and (folder / "model_index.json").is_file():
+        family = family_of(folder, repo_id)
+        check_pipeline_files(folder, family, repo_id, complete=False)
+        gone = missing_part(folder, family)
+        if gone is None:
+            return folder, family
+        if no_hub:
+            raise missing_model(repo_id, cache, True, None, gone)
+        ask_hub(repo_id, cache)  # the load downloads the rest
+        return folder, family
     if no_hub:
         raise missing_model(repo_id, cache, True, None)
+    ask_hub(repo_id, cache)
     try:
-        return Path(hf_hub_download(repo_id, "model_index.json", cache_dir=cache)).parent
+        folder = Path(hf_hub_download(repo_id, "model_index.json", cache_dir=cache, etag_timeout=metadata_timeout()))
     except Exception as exc:
         raise missing_model(repo_id, cache, False, exc) from None
+    return folder.parent, family_of(folder.parent, repo_id)
 
 
-def missing_model(repo_id: str, cache: Path, no_hub: bool, exc: Exception | None) -> PriorError:
+def missing_model(repo_id: str, cache: Path, no_hub: bool, exc: Exception | None, gone: str | None = None) -> PriorError:
     """The one sentence a user sees when a hub model can't be had."""
-    how = ("it is not in the local cache and the hub is offline (HF_HUB_OFFLINE or prior.local_files_only)" if no_hub
-           else f"it could not be fetched from the hub ({type(exc).__name__})")
+    if gone is not None:
+        how = (f"only part of it is in the local cache ({gone} is missing) and the hub is "
+               + ("offline (HF_HUB_OFFLINE or prior.local_files_only)" if no_hub else "not giving the rest"))
+    elif no_hub:
+        how = "it is not in the local cache and the hub is offline (HF_HUB_OFFLINE or prior.local_files_only)"
+    elif unreachable(exc):
+        how = f"the hub could not be reached ({type(exc).__name__})"
+    else:
+        how = f"it could not be fetched from the hub ({type(exc).__name__})"
     return PriorError(
         f"Model {repo_id!r} is not available because {how}; the cache folder is {str(cache)!r} "
         f"(set HF_HOME to use another), so download it on a connected machine with "
         f"`hf download {repo_id}` and copy that cache here, pass a local diffusers folder to --prior, "
         "or use --prior builtin."
     )
+
+
+def unreachable(exc: Exception | None) -> bool:
+    """Whether ``exc`` says the hub could not be talked to at all (no network, DNS, timeout)."""
+    network: list[type] = [ConnectionError, TimeoutError]
+    # huggingface_hub 2.x talks through httpx2, older versions through httpx or requests; a
+    # client that isn't imported can't have raised.
+    for client, name in (("httpx2", "TransportError"), ("httpx", "TransportError"), ("requests", "ConnectionError")):
+        kind = getattr(sys.modules.get(client), name, None)
+        if isinstance(kind, type):
+            network.append(kind)
+    return isinstance(exc, tuple(network))
 
 
 def family_of(folder: Path, name: str) -> Family:

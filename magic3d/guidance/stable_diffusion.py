@@ -65,11 +65,18 @@ def resize(images: Float[Tensor, "B 3 H W"], size: int) -> Float[Tensor, "B 3 S 
 def load_component(cls: Any, folder: Path, model_id: str, **kwargs: Any) -> Any:
     """``cls.from_pretrained(folder)`` from local files only (never remote code), or PriorError.
 
-    Loading in fp16 (``torch_dtype=torch.float16``) reads the folder's fp16 variant files
-    (``*.fp16.safetensors``) when it has them: half the bytes, and no fp32 copy to cast.
+    Networks load from safetensors only (``use_safetensors=True``); a folder with pickle weights
+    alone is refused before anything is unpickled. Loading in fp16 (``torch_dtype=torch.float16``)
+    reads the folder's fp16 variant files (``*.fp16.safetensors``) when it has them: half the
+    bytes, and no fp32 copy to cast. Whatever diffusers, transformers or safetensors raise on a
+    damaged file becomes one PriorError sentence naming the component.
     """
     from magic3d.guidance.hub import component_variant
+    from magic3d.guidance.weights import refuse_pickle_only
 
+    if isinstance(cls, type) and issubclass(cls, torch.nn.Module):
+        refuse_pickle_only(folder, folder.name, model_id)
+        kwargs.setdefault("use_safetensors", True)
     if kwargs.get("torch_dtype", kwargs.get("dtype")) == torch.float16 and folder.is_dir():
         variant = component_variant((f.name for f in folder.iterdir()), "fp16")
         if variant is not None:
@@ -79,7 +86,8 @@ def load_component(cls: Any, folder: Path, model_id: str, **kwargs: Any) -> Any:
     except PriorError:
         raise  # already the sentence for people (ours: a T5 tokenizer naming a missing package)
     except ImportError as exc:
-        raise PriorError(f"Loading {model_id!r} needs a missing package ({exc}); install it and run again.") from None
+        what = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+        raise PriorError(f"Loading {model_id!r} needs a missing package ({what}); install it and run again.") from None
     except Exception as exc:
         raise PriorError(
             f"The {folder.name} of prior {model_id!r} could not be loaded from {str(folder)!r} "

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -178,15 +179,16 @@ def fake_hub(tmp_path, monkeypatch):
         fetched.append(sorted(filter_repo_objects(IF_FILES, allow_patterns=allow_patterns)))
         return str(snapshot)
 
-    monkeypatch.setattr(huggingface_hub.HfApi, "list_repo_files", lambda self, repo_id, **kw: list(IF_FILES))
+    listing = SimpleNamespace(siblings=[SimpleNamespace(rfilename=f) for f in IF_FILES])
+    monkeypatch.setattr(huggingface_hub.HfApi, "model_info", lambda self, repo_id, **kw: listing)
     monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
     return fetched
 
 
 def test_download_fetches_the_selection_for_the_run_precision(fake_hub):
-    folder, family = resolve_pipeline("DeepFloyd/IF-I-XL-v1.0", PriorConfig(), variant="fp16")
-    assert family == "if" and (folder / "model_index.json").is_file()
-    resolve_pipeline("DeepFloyd/IF-I-XL-v1.0", PriorConfig())
+    for variant in ("fp16", None):  # the fake snapshot holds only model_index.json: found incomplete
+        with pytest.raises(PriorError, match="only part of it is in the local cache"):
+            resolve_pipeline("DeepFloyd/IF-I-XL-v1.0", PriorConfig(), variant=variant)
     assert fake_hub == [sorted(select_files(IF_FILES, "fp16")), sorted(select_files(IF_FILES, None))]
 
 

@@ -151,7 +151,9 @@ def test_local_folder_checks(tmp_path, tiny_sd_dir, tiny_if_dir):
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "model_index.json").write_text('{"_class_name": "StableDiffusionPipeline", "unet": [], "vae": []}')
-    with pytest.raises(PriorError, match="could not be loaded"):
+    with pytest.raises(PriorError, match=r"incomplete \(its tokenizer folder is missing\)"):
+        check_prior_available(str(broken), PriorConfig())  # the cheap check, before any work
+    with pytest.raises(PriorError, match=r"incomplete \(its tokenizer folder is missing\)"):
         load_prior(str(broken), PriorConfig(), torch.device("cpu"))
 
 
