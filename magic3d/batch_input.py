@@ -3,6 +3,10 @@
 Two formats: plain text (one prompt a line) and JSONL (``{"prompt", "seed", "preset", "name"}``
 per line). Blank lines and lines starting with ``#`` are skipped in both. Nothing runs until the
 whole file is clean, unless the caller asks to skip the bad lines.
+
+The file is read bounded (a regular file of at most ``MAX_FILE_BYTES`` and ``MAX_LINES`` lines,
+UTF-8 without NUL bytes), and the expensive, prompt-independent half of the pipeline's checks
+(``plan_config``: config, priors, device) runs once per distinct setting, not once per line.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import importlib
 import json
 import os
 import re
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,8 +26,27 @@ from magic3d.naming import MAX_SLUG_CHARS, clean_prompt, slugify
 
 JSONL_KEYS = {"prompt", "seed", "preset", "name"}
 _NAME = re.compile(r"^[a-z0-9](?:[a-z0-9-]*[a-z0-9])?$")
-# Hook for tests and custom runners: "module:function" with plan_run's signature.
+# Hook for tests and custom runners: "module:function" with plan_run's signature, called per line.
 PLAN_ENV = "MAGIC3D_BATCH_PLAN"
+# A prompt file is read whole before anything runs: these keep /dev/zero or a stray log from
+# exhausting memory. A bigger batch is several files (each with its own --out, or distinct names).
+MAX_FILE_BYTES = 64 * 2**20
+MAX_LINES = 100_000
+# The error for a file with bad lines names this many distinct reasons, each cut to this length.
+MAX_LISTED = 10
+MAX_REASON_CHARS = 240
+# config.BOUNDS["seed"], which plan_config applies to runtime.seed (magic3d.config imports torch:
+# too slow for this module, which every job process imports; a test keeps the two equal).
+SEED_MIN, SEED_MAX = 0, 2**63 - 1
+
+
+def shown(value: Any, limit: int = 100) -> str:
+    """A value as an error echoes it, cut to ``limit`` characters."""
+    try:
+        text = repr(value) if isinstance(value, str) else str(value)
+    except ValueError:  # an int past Python's digit limit for str()
+        text = "a number too large to print"
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 @dataclass(frozen=True)
@@ -78,8 +102,9 @@ def _parse_json_line(text: str) -> dict[str, Any]:
     if not isinstance(row["prompt"], str):
         raise InputError('"prompt" must be a string')
     seed = row.get("seed")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63):
-        raise InputError('"seed" must be a non-negative integer')
+    # The same bound plan_config applies to runtime.seed, so a line's seed needs no config of its own.
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not SEED_MIN <= seed <= SEED_MAX):
+        raise InputError(f'"seed" must be an integer from {SEED_MIN} to {SEED_MAX}, not {shown(seed, 40)}')
     for key in ("preset", "name"):
         if row.get(key) is not None and (not isinstance(row[key], str) or not row[key].strip()):
             raise InputError(f'"{key}" must be a non-empty string')
@@ -109,16 +134,63 @@ def parse_lines(lines: list[str], fmt: str) -> tuple[list[tuple[int, dict[str, A
     return rows, problems
 
 
+LineCheck = Callable[[BatchItem], None]
+
+
 def default_plan() -> Callable[..., Any] | None:
-    """The pipeline's cheap validation (``plan_run``), or a hook named in $MAGIC3D_BATCH_PLAN."""
+    """A per-line hook named in $MAGIC3D_BATCH_PLAN (``plan_run``'s signature), or None."""
     hook = os.environ.get(PLAN_ENV)
-    if hook:
-        return load_callable(hook)
+    return load_callable(hook) if hook else None
+
+
+def hook_check(plan: Callable[..., Any], defaults: RunDefaults) -> LineCheck:
+    """Each line through ``plan`` (``plan_run``'s signature): hooks and callers that bring their own."""
+
+    def check(item: BatchItem) -> None:
+        plan(
+            item.prompt, out=defaults.out, preset=item.preset or defaults.preset, prior=defaults.prior,
+            overrides=list(defaults.overrides), seed=item.seed if item.seed is not None else defaults.seed,
+            device=defaults.device, name=item.slug,
+        )
+
+    return check
+
+
+def pipeline_check(defaults: RunDefaults) -> LineCheck | None:
+    """``plan_run``'s checks per line, with its expensive half (``plan_config``: YAML, priors,
+    device) done once per distinct setting; None when the pipeline cannot be imported here.
+
+    Lines differ only in prompt, preset and seed. The config is planned with the batch's own
+    seed: a line's seed changes nothing but ``runtime.seed``, whose one rule (its bound) the
+    JSONL parser applies. A config error is the same for every line sharing the setting.
+    """
     try:
-        from magic3d.pipeline import plan_run
-    except ImportError:  # pipeline not importable here: prompts are still cleaned and named
-        return None
-    return plan_run
+        from magic3d.guidance import validate_prompt_for_prior
+        from magic3d.pipeline import plan_config
+    except ImportError:  # a pipeline without the split: plan_run per line, or only clean and name
+        try:
+            from magic3d.pipeline import plan_run
+        except ImportError:
+            return None
+        return hook_check(plan_run, defaults)
+    planned: dict[tuple[Any, ...], Any] = {}
+
+    def check(item: BatchItem) -> None:
+        key = (item.preset or defaults.preset, defaults.prior, tuple(defaults.overrides), defaults.seed,
+               defaults.device)
+        if key not in planned:
+            try:
+                planned[key] = plan_config(*key)
+            except Magic3DError as exc:
+                planned[key] = str(exc)
+        cfg = planned[key]
+        if isinstance(cfg, str):
+            raise Magic3DError(cfg)
+        # What plan_run checks per prompt: every prior the run will use accepts it.
+        for model in dict.fromkeys((cfg.prior.id, cfg.prior.fine_id or cfg.prior.id)):
+            validate_prompt_for_prior(item.prompt, model)
+
+    return check
 
 
 def _fresh_slug(prompt: str, used: set[str]) -> str:
@@ -143,26 +215,94 @@ def load_callable(spec: str) -> Callable[..., Any]:
         raise InputError(f"cannot load {spec!r} ({exc}); check the module path.") from None
 
 
+def _kind(mode: int) -> str | None:
+    """What a path is when it is not a regular file, in words; None for a regular file."""
+    if stat.S_ISREG(mode):
+        return None
+    for test, words in ((stat.S_ISDIR, "a directory"), (stat.S_ISCHR, "a character device"),
+                        (stat.S_ISBLK, "a block device"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+                        (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return words
+    return "not a regular file"
+
+
+def read_prompt_lines(path: str | Path) -> list[str]:
+    """The lines of a prompt file, read bounded; one ``InputError`` for anything that is not one.
+
+    Only a regular file is read (a FIFO, device or directory is named as such, never waited on
+    or read from), at most ``MAX_FILE_BYTES`` of it, and it must be UTF-8 text without NUL bytes
+    and with at most ``MAX_LINES`` lines.
+    """
+    path = Path(path)
+    name = shown(str(path), 120)
+    advice = "give a text or JSONL file of prompts"
+    try:
+        # O_NONBLOCK: opening a FIFO must not wait for a writer; it changes nothing for a file.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        if path.is_symlink():
+            raise InputError(f"The prompt file {name} is a link to a missing file; {advice}.") from None
+        raise InputError(f"The prompt file {name} does not exist; check the path.") from None
+    except OSError as exc:
+        try:
+            kind = _kind(os.stat(path).st_mode)
+        except OSError:
+            kind = None
+        if kind:
+            raise InputError(f"{name} is {kind}, not a prompt file; {advice}.") from None
+        raise InputError(f"Cannot read the prompt file {name} ({exc.strerror}).") from None
+    info = os.fstat(fd)
+    kind = _kind(info.st_mode)
+    if kind:  # judged on what was opened, so a path swapped after a check cannot slip through
+        os.close(fd)
+        raise InputError(f"{name} is {kind}, not a prompt file; {advice}.")
+    with os.fdopen(fd, "rb") as fh:
+        too_big = (f"The prompt file {name} is larger than {MAX_FILE_BYTES // 2**20} MiB, the most a batch "
+                   f"reads; split it into several batches.")
+        if info.st_size > MAX_FILE_BYTES:
+            raise InputError(too_big)
+        try:
+            data = fh.read(MAX_FILE_BYTES + 1)  # the file may grow after the size check
+        except OSError as exc:
+            raise InputError(f"Cannot read the prompt file {name} ({exc.strerror}).") from None
+    if len(data) > MAX_FILE_BYTES:
+        raise InputError(too_big)
+    nul = data.find(b"\0")
+    if nul >= 0:
+        raise InputError(f"The prompt file {name} holds a NUL byte (byte {nul}), so it is not text "
+                         "(a binary file, or UTF-16); save it as UTF-8 text.")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"The prompt file {name} is not UTF-8 text (byte {exc.start}); save it as UTF-8.") from None
+    lines = text.splitlines()
+    if len(lines) > MAX_LINES:
+        raise InputError(f"The prompt file {name} has {len(lines):,} lines, more than the {MAX_LINES:,} a batch "
+                         "takes; split it into several batches.")
+    return lines
+
+
 def read_batch_file(
     path: str | Path,
     defaults: RunDefaults,
     plan: Callable[..., Any] | None = None,
     use_default_plan: bool = True,
 ) -> ParsedFile:
-    """Every valid line as a ``BatchItem`` and every bad one as ``(line, reason)``; raises for a bad file."""
+    """Every valid line as a ``BatchItem`` and every bad one as ``(line, reason)``; raises for a bad file.
+
+    ``plan`` (``plan_run``'s signature) checks each line; without one, $MAGIC3D_BATCH_PLAN's hook
+    or else the pipeline's own checks do (``use_default_plan=False``: only parse and name).
+    """
     path = Path(path)
-    try:
-        data = path.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise InputError(f"The prompt file {str(path)!r} does not exist; check the path.") from None
-    except UnicodeDecodeError:
-        raise InputError(f"The prompt file {str(path)!r} is not UTF-8 text; save it as UTF-8.") from None
-    except OSError as exc:
-        raise InputError(f"Cannot read the prompt file {str(path)!r} ({exc.strerror}).") from None
-    lines = data.splitlines()
+    lines = read_prompt_lines(path)
     rows, problems = parse_lines(lines, detect_format(path, lines))
+    check: LineCheck | None = None
     if plan is None and use_default_plan:
         plan = default_plan()
+        check = None if plan else pipeline_check(defaults)
+    if plan is not None:
+        check = hook_check(plan, defaults)
 
     # Names: explicit ones are kept; the rest come from prompts, made distinct after the explicit ones.
     explicit: dict[str, int] = {}
@@ -180,35 +320,52 @@ def read_batch_file(
         if number in bad:
             continue
         item = BatchItem(number, row["prompt"], slug, row.get("seed"), row.get("preset"))
-        if plan is not None:
+        if check is not None:
             try:
-                plan(
-                    item.prompt, out=defaults.out, preset=item.preset or defaults.preset, prior=defaults.prior,
-                    overrides=list(defaults.overrides), seed=item.seed if item.seed is not None else defaults.seed,
-                    device=defaults.device, name=item.slug,
-                )
+                check(item)
             except Magic3DError as exc:
                 problems.append((number, str(exc).rstrip(".")))
                 continue
             except ImportError:  # a pipeline still being assembled: fall back to cleaning and naming
-                plan = None
+                check = None
         items.append(item)
     problems.sort()
     return ParsedFile(items, problems)
 
 
+def describe_problems(problems: list[tuple[int, str]]) -> str:
+    """Bad lines in a bounded sentence: lines sharing a reason are named together, at most
+    ``MAX_LISTED`` reasons are shown, each cut to ``MAX_REASON_CHARS``."""
+    by_reason: dict[str, list[int]] = {}
+    for number, reason in problems:
+        by_reason.setdefault(" ".join(reason.split()), []).append(number)
+    parts = []
+    for reason, numbers in list(by_reason.items())[:MAX_LISTED]:
+        if len(numbers) == 1:
+            where = f"line {numbers[0]}"
+        else:
+            where = "lines " + ", ".join(map(str, numbers[:3])) + (f" and {len(numbers) - 3} more" if len(numbers) > 3 else "")
+        if len(reason) > MAX_REASON_CHARS:
+            reason = reason[: MAX_REASON_CHARS - 1] + "…"
+        parts.append(f"{where}: {reason}")
+    rest = sum(len(n) for n in list(by_reason.values())[MAX_LISTED:])
+    if rest:
+        parts.append(f"and {rest} more line{'s' if rest > 1 else ''} with other problems")
+    return "; ".join(parts)
+
+
 def load_batch(
     path: str | Path, defaults: RunDefaults, skip_invalid: bool = False, plan: Callable[..., Any] | None = None
 ) -> ParsedFile:
-    """``read_batch_file`` that raises one ``InputError`` naming every bad line unless skipping them."""
+    """``read_batch_file`` that raises one ``InputError`` naming the bad lines unless skipping them."""
     parsed = read_batch_file(path, defaults, plan)
+    name = shown(str(path), 120)
     if parsed.problems and not skip_invalid:
-        listed = "; ".join(f"line {n}: {msg}" for n, msg in parsed.problems)
         count = len(parsed.problems)
         raise InputError(
-            f"{path} has {count} invalid line{'s' if count > 1 else ''} ({listed}); "
+            f"{name} has {count} invalid line{'s' if count > 1 else ''} ({describe_problems(parsed.problems)}); "
             "fix them or pass --skip-invalid to run the rest."
         )
     if not parsed.items:
-        raise InputError(f"{path} holds no prompts to run; write one prompt a line (or JSONL).")
+        raise InputError(f"{name} holds no prompts to run; write one prompt a line (or JSONL).")
     return parsed
