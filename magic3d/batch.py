@@ -4,7 +4,8 @@ Each job runs in its own process (a child here, a Ray worker there), so a prompt
 produces NaNs, crashes its process or runs past ``--timeout`` is marked failed with its reason
 while the others finish. Re-running the same command skips done jobs, retries failed ones and
 resumes interrupted ones from their checkpoints; leases in the manifest keep two batch processes
-on one folder from running the same job twice.
+on one folder from running the same job twice. ``--restart`` (every job) and ``--restart-job NAME``
+(one run folder) start jobs over, ignoring their checkpoints, as ``generate --restart`` does.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import signal
 import time
 from collections.abc import Iterator
@@ -20,7 +22,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from magic3d.batch_input import RunDefaults, load_batch, load_callable
+from magic3d.batch_input import (
+    SEED_MAX,
+    SEED_MIN,
+    ParsedFile,
+    RunDefaults,
+    load_batch,
+    load_callable,
+    shown,
+)
 from magic3d.batch_report import Reporter
 from magic3d.errors import InputError, Magic3DError, RunError
 from magic3d.manifest import Job, Manifest, new_owner
@@ -50,6 +60,8 @@ class BatchOptions:
     retries: int = 1
     timeout: float | None = None  # seconds per job attempt
     skip_invalid: bool = False
+    restart: bool = False  # start every job over, ignoring its checkpoints (done jobs too)
+    restart_jobs: tuple[str, ...] = ()  # the run-folder names of the jobs to start over
     lease_s: float = 60.0
     job_fn: str | None = None  # None: $MAGIC3D_BATCH_JOB or the pipeline
 
@@ -58,6 +70,71 @@ class BatchOptions:
 
     def job_spec(self) -> str:
         return self.job_fn or os.environ.get(JOB_ENV) or DEFAULT_JOB
+
+
+@dataclass(frozen=True)
+class Limit:
+    """The range a numeric option must lie in; ``above`` makes ``lo`` itself refused (positive)."""
+
+    flag: str
+    lo: int
+    hi: int
+    above: bool = False
+    integer: bool = False
+    unit: str = ""
+
+
+# Every number ``magic3d batch`` takes, checked by ``check_options`` before anything is read or
+# written. The upper bounds catch typos (a 10**9 --workers, a --retries that never ends).
+LIMITS: dict[str, Limit] = {
+    "workers": Limit("--workers", 1, 1024, integer=True),
+    "retries": Limit("--retries", 0, 100, integer=True),
+    "timeout": Limit("--timeout", 0, 30 * 24 * 3600, above=True, unit=" of seconds"),
+    "num_cpus": Limit("--num-cpus", 0, 4096, above=True),
+    "num_gpus": Limit("--num-gpus", 0, 1024),
+    "seed": Limit("--seed", SEED_MIN, SEED_MAX, integer=True),
+    "lease_s": Limit("lease_s", 1, 24 * 3600),
+}
+
+
+def check_options(options: BatchOptions) -> None:
+    """One ``InputError`` for the first numeric option that is not a finite number in its range."""
+    for attr, limit in LIMITS.items():
+        value = getattr(options, attr)
+        if value is None:
+            continue
+        kind = "a whole number" if limit.integer else "a finite number"
+        span = f"more than {limit.lo} and at most {limit.hi}" if limit.above else f"from {limit.lo} to {limit.hi}"
+        number = isinstance(value, int) or (isinstance(value, float) and not limit.integer and math.isfinite(value))
+        # An int is compared as an int: a huge one must not overflow a float conversion.
+        if isinstance(value, bool) or not number or not (
+            (limit.lo < value if limit.above else limit.lo <= value) and value <= limit.hi
+        ):
+            raise InputError(f"{limit.flag} must be {kind}{limit.unit} {span}, not {shown(value, 40)}.")
+
+
+def restart_ids(options: BatchOptions, parsed: ParsedFile) -> set[str]:
+    """The jobs to start over: all with ``--restart``, else those named by ``--restart-job``."""
+    ids = [item.slug for item in parsed.items]
+    if options.restart:
+        return set(ids)
+    unknown = [name for name in options.restart_jobs if name not in set(ids)]
+    if unknown:
+        example = f", e.g. {ids[0]!r}" if ids else ""
+        raise InputError(
+            f"--restart-job {shown(unknown[0], 70)} names no job of this batch; give the name of a job's "
+            f"run folder under --out{example}."
+        )
+    return set(options.restart_jobs)
+
+
+# Advice from the pipeline names generate's --restart; in a batch the way out is per job.
+_RESTART = re.compile(r"--restart\b(?!-)")
+
+
+def batch_advice(error: str, job_id: str) -> str:
+    """A job's error with its advice in batch terms: ``--restart`` becomes ``--restart-job NAME``."""
+    return _RESTART.sub(f"--restart-job {job_id}", error)
 
 
 @dataclass
@@ -81,12 +158,15 @@ class Outcome:
     error: str = ""
 
 
-def job_payload(job: Job, options: BatchOptions) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Plain, picklable descriptions of a job and of the shared options, for another process."""
+def job_payload(job: Job, options: BatchOptions, restart: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Plain, picklable descriptions of a job and of the shared options, for another process.
+
+    ``restart``: the job function starts the run over, ignoring its checkpoints and run.json.
+    """
     d = asdict(options.defaults())
     d["out"] = str(d["out"])
     d["overrides"] = list(d["overrides"])
-    return {"id": job.id, "prompt": job.prompt, "seed": job.seed, "preset": job.preset}, d
+    return {"id": job.id, "prompt": job.prompt, "seed": job.seed, "preset": job.preset, "restart": restart}, d
 
 
 def run_job(job: dict[str, Any], options: dict[str, Any], progress: ProgressFn = silent) -> dict[str, Any]:
@@ -97,7 +177,7 @@ def run_job(job: dict[str, Any], options: dict[str, Any], progress: ProgressFn =
         job["prompt"], out=options["out"], preset=job.get("preset") or options.get("preset"),
         prior=options.get("prior"), overrides=list(options.get("overrides") or []),
         seed=job["seed"] if job.get("seed") is not None else options.get("seed"),
-        device=options.get("device"), name=job["id"], progress=progress,
+        device=options.get("device"), restart=bool(job.get("restart")), name=job["id"], progress=progress,
     )
     return {
         "run_dir": str(result.run_dir),
@@ -115,11 +195,14 @@ def execute(spec: str, job: dict[str, Any], options: dict[str, Any], progress: P
     return result
 
 
+MAX_ERROR_CHARS = 1000  # a job's error as the manifest, the gallery and the summary keep it
+
+
 def describe(exc: BaseException) -> str:
-    if isinstance(exc, Magic3DError):
-        return " ".join(str(exc).split())
     text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    if not isinstance(exc, Magic3DError):
+        text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 1] + "…"
 
 
 def nan_paths(value: Any, prefix: str = "") -> list[str]:
@@ -202,14 +285,10 @@ def run_batch(path: str | Path, options: BatchOptions, reporter: Reporter | None
     from magic3d.gallery import publish
 
     reporter = reporter or Reporter(quiet=True)
-    if options.workers is not None and options.workers < 1:
-        raise InputError("--workers must be at least 1.")
-    if options.retries < 0:
-        raise InputError("--retries must be 0 or more.")
-    if options.timeout is not None and options.timeout <= 0:
-        raise InputError("--timeout must be a positive number of seconds.")
+    check_options(options)  # every check before anything is written: no folder, no batch.sqlite
     out = Path(options.out)
     parsed = load_batch(path, options.defaults(), options.skip_invalid)
+    restart = restart_ids(options, parsed)
     ensure_writable_dir(out)
     for line, reason in parsed.problems:
         reporter.emit("invalid_line", line=line, error=reason)
@@ -218,7 +297,8 @@ def run_batch(path: str | Path, options: BatchOptions, reporter: Reporter | None
     owner = new_owner()
     ran: list[str] = []
     with Manifest(out) as manifest, _sigterm_as_interrupt():
-        manifest.sync(parsed.items)
+        manifest.sync(parsed.items, replace=restart)
+        manifest.restart(restart, owner)
         manifest.reset_failed(ids)
         counts = manifest.counts(ids)
         backend = make_backend(options)
@@ -235,7 +315,9 @@ def run_batch(path: str | Path, options: BatchOptions, reporter: Reporter | None
                     if job is None:
                         break
                     running[job.id] = job
-                    slot = backend.start(job, *job_payload(job, options))
+                    # A restarted job starts over on every attempt of this run: a retry after a lost
+                    # worker must not meet the old run folder it was asked to replace.
+                    slot = backend.start(job, *job_payload(job, options, restart=job.id in restart))
                     reporter.emit("job_start", job=job.id, prompt=job.prompt, attempt=job.attempts, worker=slot)
                 if not running:
                     if manifest.held_elsewhere(ids, owner) == 0:
@@ -265,8 +347,9 @@ def run_batch(path: str | Path, options: BatchOptions, reporter: Reporter | None
                                           files=outputs)
                         publish(out, manifest, reporter)
                     else:
-                        state = manifest.mark_failed(job.id, owner, o.error, options.retries, lost=o.kind == "lost")
-                        reporter.emit("job_failed", job=job.id, error=o.error, retry=state == "pending",
+                        error = batch_advice(o.error, job.id)
+                        state = manifest.mark_failed(job.id, owner, error, options.retries, lost=o.kind == "lost")
+                        reporter.emit("job_failed", job=job.id, error=error, retry=state == "pending",
                                       lost=o.kind == "lost")
                 if time.monotonic() - beat > options.lease_s / 4:
                     manifest.heartbeat(owner, options.lease_s)

@@ -40,6 +40,12 @@ def batch(
     retries: Annotated[int, typer.Option("--retries", help="Extra attempts for a failing job in this run.")] = 1,
     timeout: Annotated[float | None, typer.Option("--timeout", help="Seconds one job attempt may take.")] = None,
     skip_invalid: Annotated[bool, typer.Option("--skip-invalid", help="Run the valid lines even if some are not.")] = False,
+    restart: Annotated[bool, typer.Option("--restart", help="Start every job over (done ones too), ignoring its "
+                                          "checkpoints and run folder, as generate --restart does.")] = False,
+    restart_jobs: Annotated[list[str] | None, typer.Option(
+        "--restart-job", metavar="NAME", help="Start one job over, NAME being its run folder's name under --out "
+        "(e.g. a-red-cube); the way out for a run folder that holds another prompt or config. Repeatable.",
+    )] = None,
     json_events: Annotated[bool, typer.Option("--json", help="One JSON event per line on stdout, no bars.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress; print only result paths.")] = False,
 ) -> None:
@@ -53,7 +59,8 @@ def batch(
     options = BatchOptions(
         out=out, preset=preset, prior=prior, overrides=tuple(overrides or ()), seed=seed, device=device,
         workers=workers, backend=backend, address=address, num_cpus=num_cpus, num_gpus=num_gpus,  # type: ignore[arg-type]
-        retries=retries, timeout=timeout, skip_invalid=skip_invalid,
+        retries=retries, timeout=timeout, skip_invalid=skip_invalid, restart=restart,
+        restart_jobs=tuple(restart_jobs or ()),
     )
     reporter = Reporter(json_mode=json_events, quiet=quiet)
     try:
@@ -65,6 +72,7 @@ def batch(
         typer.echo(f"gallery: {summary.gallery}")
     if summary.failed:
         first, reason = next(iter(summary.failed.items()))
+        reason = reason if len(reason) <= 200 else reason[:199] + "…"
         total = len(summary.done) + len(summary.failed)
         typer.echo(
             f"error: {len(summary.failed)} of {total} jobs failed ({first}: {reason}); "

@@ -69,8 +69,6 @@ class RayBackend:
         if num_gpus is None:
             wants_gpu = (options.device or "auto").startswith("cuda") or options.device in (None, "auto")
             num_gpus = 1.0 if wants_gpu and resources.get("GPU", 0) >= 1 else 0.0
-        if options.num_cpus <= 0 or num_gpus < 0:
-            raise InputError("--num-cpus must be positive and --num-gpus not negative.")
         if num_gpus > resources.get("GPU", 0) or options.num_cpus > resources.get("CPU", 0):
             raise InputError(
                 f"Each job asks for {options.num_cpus:g} CPUs and {num_gpus:g} GPUs but the Ray cluster has "

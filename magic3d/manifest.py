@@ -157,9 +157,11 @@ class Manifest:
         self.db.execute("BEGIN IMMEDIATE")
         return self.db
 
-    def sync(self, items: Sequence[Any]) -> None:
-        """Add new jobs (objects with slug, line, prompt, seed, preset); refuse ones that changed."""
+    def sync(self, items: Sequence[Any], replace: Iterable[str] = ()) -> None:
+        """Add new jobs (objects with slug, line, prompt, seed, preset); refuse ones that changed,
+        unless their id is in ``replace`` (jobs being restarted): those take the new line."""
         now = time.time()
+        replace = set(replace)
         db = self._tx()
         try:
             known = {r["id"]: r for r in db.execute("SELECT id, prompt, seed, preset FROM jobs")}
@@ -173,19 +175,53 @@ class Manifest:
                         (item.slug, next_pos, item.line, item.prompt, item.seed, item.preset, now),
                     )
                     next_pos += 1
-                elif (row["prompt"], row["seed"], row["preset"]) != (item.prompt, item.seed, item.preset):
-                    changed.append(f"line {item.line} ({item.slug})")
-                else:
+                elif (row["prompt"], row["seed"], row["preset"]) == (item.prompt, item.seed, item.preset):
                     db.execute("UPDATE jobs SET line = ? WHERE id = ?", (item.line, item.slug))
+                elif item.slug in replace:
+                    db.execute("UPDATE jobs SET line = ?, prompt = ?, seed = ?, preset = ? WHERE id = ?",
+                               (item.line, item.prompt, item.seed, item.preset, item.slug))
+                else:
+                    changed.append(item)
             if changed:
+                listed = ", ".join(f"line {i.line} ({i.slug})" for i in changed[:3])
+                more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
                 raise InputError(
-                    f"{', '.join(changed)} changed prompt, seed or preset since the batch in "
-                    f"{str(self.path.parent)!r} was started; give those lines a new \"name\" or use another --out."
+                    f"{listed}{more} changed prompt, seed or preset since the batch in {str(self.path.parent)!r} "
+                    f"was started; give those lines a new \"name\", start them over with --restart-job NAME "
+                    f"(e.g. --restart-job {changed[0].slug}), or use another --out."
                 )
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
+
+    def restart(self, ids: Iterable[str], owner: str) -> int:
+        """Forget the results of jobs being started over: pending again, with no completion, output
+        or error of their earlier run, so a restarted job that finishes counts once. A job that a
+        live batch process elsewhere is running is left to it."""
+        db = self._tx()
+        n = 0
+        try:
+            for job_id in ids:
+                row = db.execute("SELECT state, lease_owner, lease_expires FROM jobs WHERE id = ?",
+                                 (job_id,)).fetchone()
+                if row is None:
+                    continue
+                held = (row["state"] == "running" and row["lease_owner"] != owner
+                        and (row["lease_expires"] or 0) >= time.time() and not owner_is_dead(row["lease_owner"], owner))
+                if held:
+                    continue
+                n += db.execute(
+                    "UPDATE jobs SET state = 'pending', run_attempts = 0, lost = 0, completions = 0, error = NULL, "
+                    "finished = NULL, duration = NULL, outputs = NULL, metrics = NULL, bounds = NULL, "
+                    "lease_owner = NULL, lease_expires = NULL WHERE id = ?",
+                    (job_id,),
+                ).rowcount
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return n
 
     def reset_failed(self, ids: Iterable[str]) -> int:
         """Give failed jobs a fresh attempt budget for this invocation."""

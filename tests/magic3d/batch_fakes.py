@@ -5,6 +5,8 @@ FAKE_STEP_S seconds, keeps a checkpoint so an interrupted run resumes, and write
 asset, a preview PNG, a GLB and run.json, every file through a temporary name. Words in the
 prompt make it misbehave: "fail" raises, "nan" reports a NaN loss, "hang" never ends, "die"
 kills its own process the first time. Every completion appends a line to <out>/fake-log.txt.
+Like the pipeline, it refuses a run folder whose run.json holds another prompt, seed or set of
+overrides unless the job asks to restart, and then starts over from step 0.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from magic3d.errors import InputError
+from magic3d.errors import ConfigError, InputError
 
 
 def _atomic(path: Path, data: bytes) -> None:
@@ -78,6 +80,17 @@ def fake_job(job: dict[str, Any], options: dict[str, Any], progress: Any) -> dic
     ckpt = run_dir / "checkpoints"
     ckpt.mkdir(parents=True, exist_ok=True)
     prompt = job["prompt"]
+    seed = job["seed"] if job.get("seed") is not None else (options.get("seed") or 0)
+    made_by = {"prompt": prompt, "seed": seed, "overrides": list(options.get("overrides") or [])}
+    record_path = run_dir / "run.json"
+    if job.get("restart"):
+        for p in (ckpt / "step.txt", record_path):
+            p.unlink(missing_ok=True)
+    elif record_path.exists():
+        previous = json.loads(record_path.read_text())
+        if {k: previous.get(k) for k in made_by} != made_by:  # the pipeline's words (run_planned)
+            raise ConfigError(f"{str(run_dir)!r} holds a run with another prompt or config; "
+                              "pass --restart to replace it or choose another --out.")
     steps = int(os.environ.get("FAKE_STEPS", "3"))
     step_s = float(os.environ.get("FAKE_STEP_S", "0.05"))
     if "die" in prompt and not (run_dir / "died-once").exists():
@@ -99,9 +112,8 @@ def fake_job(job: dict[str, Any], options: dict[str, Any], progress: Any) -> dic
     _cube_usdc(run_dir / "asset.usdc", size)
     _png(run_dir / "preview.png", (digest[1], digest[2], digest[3]))
     _atomic(run_dir / "asset.glb", _glb())
-    seed = job["seed"] if job.get("seed") is not None else (options.get("seed") or 0)
-    record = {"prompt": prompt, "seed": seed, "status": "done", "timings": {"coarse": steps * step_s}}
-    _atomic(run_dir / "run.json", json.dumps(record).encode())
+    record = {**made_by, "status": "done", "timings": {"coarse": steps * step_s}}
+    _atomic(record_path, json.dumps(record).encode())
     with open(out / "fake-log.txt", "a") as fh:
         fh.write(f"{job['id']} {os.getpid()} {start}\n")
     loss = float("nan") if "nan" in prompt else 0.1
