@@ -12,6 +12,7 @@ import json
 import logging
 import random
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,20 +70,47 @@ def list_checkpoints(ckpt_dir: Path, stage: str) -> list[Path]:
     return sorted(ckpt_dir.glob(f"{stage}-[0-9]*.safetensors")) if ckpt_dir.is_dir() else []
 
 
-def load_latest_checkpoint(ckpt_dir: Path, stage: str, device: torch.device | str = "cpu") -> Checkpoint | None:
+def usable_checkpoints(
+    ckpt_dir: Path, stage: str, device: torch.device | str = "cpu",
+    fits: dict[str, Tensor] | None = None, max_step: int | None = None,
+) -> Iterator[Checkpoint]:
+    """The stage's checkpoints that can be trusted, newest first. One counts when both files are
+    whole, the checksum matches, its step is the one in its name and within ``max_step``, and its
+    tensors have the names and shapes of ``fits`` (the model's own); others are skipped with a
+    warning, so a damaged or tampered newest one falls back to the one before."""
     for path in reversed(list_checkpoints(ckpt_dir, stage)):
         try:
             sidecar = json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))
             if sidecar.get("sha256") != sha256(path):
                 raise ValueError("checksum mismatch")
+            step = sidecar.get("step")
+            if isinstance(step, bool) or not isinstance(step, int) or f"{stage}-{step:06d}" != path.stem:
+                raise ValueError(f"its record says step {step!r}, its name another")
+            if max_step is not None and not 0 < step <= max_step:
+                raise ValueError(f"step {step} is past the stage's {max_step} steps")
+            if not isinstance(sidecar.get("state", {}), dict):
+                raise ValueError("its state is not a mapping")
             tensors = load_file(str(path), device=str(device))
-        except Exception as exc:  # truncated, missing sidecar, bad JSON: fall back to an older one
-            message = f"skipping damaged checkpoint {path.name} ({type(exc).__name__}: {exc}); trying the previous one"
-            log.warning(message)
-            warnings.warn(message, stacklevel=2)
+            mismatch = next((k for k, v in (fits or {}).items() if k not in tensors or tensors[k].shape != v.shape), None)
+            if mismatch is not None:
+                raise ValueError(f"{mismatch!r} is missing or has another shape than the model's")
+        except Exception as exc:  # truncated, missing sidecar, bad JSON, tampered: fall back to an older one
+            warn_skipped(path, exc)
             continue
-        return Checkpoint(stage, int(sidecar["step"]), tensors, sidecar.get("state", {}), path)
-    return None
+        yield Checkpoint(stage, step, tensors, sidecar.get("state", {}), path)
+
+
+def warn_skipped(path: Path, exc: BaseException) -> None:
+    message = f"skipping damaged checkpoint {path.name} ({type(exc).__name__}: {exc}); trying the previous one"
+    log.warning(message)
+    warnings.warn(message, stacklevel=3)
+
+
+def load_latest_checkpoint(
+    ckpt_dir: Path, stage: str, device: torch.device | str = "cpu",
+    fits: dict[str, Tensor] | None = None, max_step: int | None = None,
+) -> Checkpoint | None:
+    return next(usable_checkpoints(ckpt_dir, stage, device, fits, max_step), None)
 
 
 def run_identity(prompt: str, config: dict) -> str:

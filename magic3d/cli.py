@@ -44,7 +44,8 @@ QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars;
 @app.command()
 def generate(
     prompt: Annotated[str, typer.Argument(help="What to make, e.g. \"a blue torus\".")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder; the run goes in OUT/<slug>/.")] = Path("outputs"),
+    # A string, not a Path: Path("") is ".", and an empty --out must be refused, not mean here.
+    out: Annotated[str, typer.Option("--out", "-o", help="Output folder; the run goes in OUT/<slug>/.")] = "outputs",
     preset: PresetOpt = None,
     prior: PriorOpt = None,
     overrides: SetOpt = None,

@@ -20,10 +20,11 @@ from typing import Any, Literal
 import yaml
 
 from magic3d.bake import BakeConfig
-from magic3d.errors import ConfigError
+from magic3d.errors import ConfigError, InputError
 from magic3d.guidance import PriorConfig
 from magic3d.stages.coarse import CoarseConfig
 from magic3d.stages.fine import FineConfig
+from magic3d.storage import read_input_text
 
 PRESET_DIR = Path(__file__).parent / "presets"
 EXPORT_FORMATS = ("usdc", "usda", "usdz", "glb", "obj")
@@ -94,11 +95,13 @@ def read_preset(preset: str) -> dict:
                 f"Unknown preset {preset!r}; choose one of {', '.join(available_presets())} "
                 "or give a path to a YAML file."
             )
-    elif not path.is_file():
-        raise ConfigError(f"Preset file {str(path)!r} does not exist.")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        text = read_input_text(path, "preset file")
+    except InputError as exc:
+        raise ConfigError(str(exc)) from None
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
         raise ConfigError(f"Preset {str(path)!r} is not valid YAML: {exc}".splitlines()[0]) from None
     if not isinstance(data, dict):
         raise ConfigError(f"Preset {str(path)!r} must hold a mapping of config sections.")

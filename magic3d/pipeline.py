@@ -22,7 +22,13 @@ from magic3d.config import Config, load_config, to_dict
 from magic3d.errors import ConfigError, InputError, RunError
 from magic3d.naming import clean_prompt, slugify
 from magic3d.progress import ProgressFn, silent
-from magic3d.storage import atomic_write_text, check_run_folder, confined, ensure_writable_dir, read_record
+from magic3d.storage import (
+    atomic_write_text,
+    check_run_folder,
+    confined,
+    ensure_writable_dir,
+    read_record,
+)
 
 
 @dataclass
@@ -45,6 +51,8 @@ def plan_run(
     """Check everything cheap to check and return (prompt, config, run folder). Writes nothing."""
     from magic3d.guidance import validate_prompt_for_prior
 
+    if not str(out).strip():
+        raise InputError("--out is empty; give the folder to write into, e.g. --out outputs.")
     text = clean_prompt(prompt)
     cfg = plan_config(preset, prior, tuple(overrides), seed, device)
     for model in dict.fromkeys((cfg.prior.id, cfg.prior.fine_id or cfg.prior.id)):
@@ -111,8 +119,6 @@ def run_planned(
 def run_confined(text: str, cfg: Config, run_dir: Path, restart: bool, progress: ProgressFn) -> RunResult:
     from exporters.common import make_dirs, sweep_temp_files
 
-    make_dirs(run_dir)
-    sweep_temp_files(run_dir)  # half-written files of a killed earlier run of this folder
     record_path = run_dir / "run.json"
     previous = read_record(record_path)
     config_dict = to_dict(cfg)
@@ -122,20 +128,27 @@ def run_confined(text: str, cfg: Config, run_dir: Path, restart: bool, progress:
                 f"{str(run_dir)!r} holds a run with another prompt or config; "
                 "pass --restart to replace it or choose another --out."
             )
-        if previous.get("status") == "done":
-            files = {k: run_dir / v for k, v in previous.get("files", {}).items()}
+        listed = previous.get("files")
+        if previous.get("status") == "done" and isinstance(listed, dict) and all(isinstance(v, str) for v in listed.values()):
+            files = {k: run_dir / v for k, v in listed.items()}
             if all(p.is_file() for p in files.values()):
                 return RunResult(run_dir, files, previous.get("metrics", {}))
     made_by = run_identity(text, config_dict)
-    if restart:
-        clear_checkpoints(run_dir)
-    elif foreign_checkpoints(run_dir / "checkpoints", made_by):
+    if not restart and foreign_checkpoints(run_dir / "checkpoints", made_by):
         # run.json may be gone or damaged: the checkpoints themselves say what made them.
         raise ConfigError(made_by_message(run_dir / "checkpoints"))
 
     device = resolve_device(cfg.runtime.device)
     if cfg.runtime.threads:
         torch.set_num_threads(cfg.runtime.threads)
+    # The prior loads before anything is written: one that cannot load leaves no run folder behind.
+    clock = time.perf_counter()
+    prior = load_first_prior(cfg, device)
+    load_seconds = time.perf_counter() - clock
+    make_dirs(run_dir)
+    sweep_temp_files(run_dir)  # half-written files of a killed earlier run of this folder
+    if restart:
+        clear_checkpoints(run_dir)
     record: dict[str, Any] = {
         "prompt": text,
         "seed": cfg.runtime.seed,
@@ -148,8 +161,9 @@ def run_confined(text: str, cfg: Config, run_dir: Path, restart: bool, progress:
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     atomic_write_text(record_path, json.dumps(record, indent=2))
-    files, metrics, timings = run_stages(text, cfg, run_dir, device, resume=not restart, progress=progress,
+    files, metrics, timings = run_stages(text, cfg, run_dir, device, prior, resume=not restart, progress=progress,
                                          made_by=made_by)
+    timings["load_prior"] += load_seconds
     record.update(
         status="done",
         files={k: str(p.relative_to(run_dir)) for k, p in files.items()},
@@ -159,6 +173,13 @@ def run_confined(text: str, cfg: Config, run_dir: Path, restart: bool, progress:
     )
     atomic_write_text(record_path, json.dumps(record, indent=2))
     return RunResult(run_dir, files, metrics)
+
+
+def load_first_prior(cfg: Config, device: torch.device) -> Any:
+    from magic3d.guidance import load_prior
+
+    with out_of_memory_advice("load_prior", cfg):
+        return load_prior(cfg.prior.id, cfg.prior, device, offload=cfg.runtime.offload)
 
 
 def clear_checkpoints(run_dir: Path) -> None:
@@ -184,10 +205,11 @@ def versions() -> dict[str, str | None]:
 
 
 def run_stages(
-    text: str, cfg: Config, run_dir: Path, device: torch.device, resume: bool, progress: ProgressFn,
+    text: str, cfg: Config, run_dir: Path, device: torch.device, prior: Any, resume: bool, progress: ProgressFn,
     made_by: str = "",
 ) -> tuple[dict[str, Path], dict[str, Any], dict[str, float]]:
-    """Coarse NeRF -> fine mesh -> baked texture -> files; each stage resumes from its checkpoints."""
+    """Coarse NeRF -> fine mesh -> baked texture -> files, from the coarse ``prior`` already loaded;
+    each stage resumes from its checkpoints."""
     from magic3d.bake import bake
     from magic3d.export import write_outputs
     from magic3d.guidance import load_prior
@@ -204,7 +226,6 @@ def run_stages(
     offload = cfg.runtime.offload
     clock = time.perf_counter()
     with out_of_memory_advice("load_prior", cfg):
-        prior = load_prior(cfg.prior.id, cfg.prior, device, offload=offload)
         prompts = ViewPrompts.build(text, prior, cfg.prior, cache_dir)
     timings["load_prior"] = time.perf_counter() - clock
 

@@ -13,13 +13,12 @@ def preview_file(asset: Path, out: Path | None = None, frames: int = 24, resolut
     """Render ``frames`` views around ``asset`` into a GIF (default: ``<asset stem>.gif`` beside it)."""
     from exporters import load_asset
     from magic3d.export import write_preview
-    from magic3d.storage import ensure_writable_dir
+    from magic3d.storage import ensure_writable_dir, path_kind, require_file
 
     asset = Path(asset)
     if asset.suffix.lower() not in READABLE:
         raise InputError(f"Cannot preview {asset.name!r}: expected one of {', '.join(READABLE)}.")
-    if not asset.is_file():
-        raise InputError(f"Asset {str(asset)!r} does not exist.")
+    require_file(asset, "asset")
     if not 1 <= frames <= 360:
         raise InputError(f"--frames must be between 1 and 360, not {frames}.")
     if not 16 <= resolution <= 2048:
@@ -27,6 +26,8 @@ def preview_file(asset: Path, out: Path | None = None, frames: int = 24, resolut
     out = Path(out) if out is not None else asset.with_suffix(".gif")
     if out.suffix.lower() != ".gif":
         raise InputError(f"The preview is a GIF; give --out a .gif path, not {out.name!r}.")
+    if path_kind(out) not in ("nothing", "a file"):
+        raise InputError(f"--out {str(out)!r} is {path_kind(out)}, not a GIF file; choose another path.")
     try:
         mesh = load_asset(asset)
     except Exception as exc:  # a damaged file from anywhere: say so in one line

@@ -7,6 +7,7 @@ import contextlib
 import errno
 import json
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -40,15 +41,69 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+_KINDS = {stat.S_IFREG: "a file", stat.S_IFDIR: "a folder", stat.S_IFIFO: "a FIFO (named pipe)",
+          stat.S_IFSOCK: "a socket", stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device"}
+TEXT_LIMIT = 16 << 20  # bytes: a preset, a run record; prompt lists have their own cap
+
+
+def path_kind(path: Path) -> str:
+    """What is at ``path``, in words for a message: "a file", "a folder", "a FIFO (named pipe)",
+    "a dangling link", "nothing", ... (links are followed, as opening the path would)."""
+    try:
+        mode = os.stat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return "a dangling link" if os.path.islink(path) else "nothing"
+    except OSError as exc:
+        return f"unreachable ({exc.strerror})"
+    return _KINDS.get(stat.S_IFMT(mode), "not a regular file")
+
+
+def require_file(path: Path, what: str) -> Path:
+    """``path`` when it is a regular file, else one line saying what it is instead."""
+    path = Path(path)
+    kind = path_kind(path)
+    if kind == "nothing":
+        raise InputError(f"The {what} {str(path)!r} does not exist; check the path.")
+    if kind != "a file":
+        raise InputError(f"The {what} {str(path)!r} is {kind}, not a file; give a regular file.")
+    return path
+
+
+def read_input_text(path: Path, what: str, limit: int = TEXT_LIMIT) -> str:
+    """A user's text file, read bounded: one line for something that is not a regular file, is
+    larger than ``limit`` bytes, or is not UTF-8 text."""
+    path = require_file(path, what)
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(limit + 1)
+    except OSError as exc:
+        raise InputError(f"Cannot read the {what} {str(path)!r} ({exc.strerror}).") from None
+    if len(data) > limit:
+        raise InputError(f"The {what} {str(path)!r} is larger than {limit >> 20} MiB; this cannot be it.")
+    if b"\0" in data:
+        raise InputError(f"The {what} {str(path)!r} is not text (it holds NUL bytes).")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise InputError(f"The {what} {str(path)!r} is not UTF-8 text; save it as UTF-8.") from None
+
+
 def ensure_writable_dir(path: Path) -> None:
     """Create ``path`` if needed and check that files can be made in it."""
+    if not str(path).strip():
+        raise InputError("--out is empty; give the folder to write into, e.g. --out outputs.")
     path = Path(path)
+    kind = path_kind(path)
+    if kind not in ("nothing", "a folder"):
+        raise InputError(f"The output path {str(path)!r} is {kind}, not a folder; choose another --out.")
+    blocker = next((p for p in path.parents if path_kind(p) not in ("nothing", "a folder")), None)
+    if blocker is not None:
+        raise InputError(f"{str(blocker)!r} is {path_kind(blocker)}, so no output folder can be made under it; "
+                         "choose another --out.")
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise InputError(f"Cannot create the output folder {str(path)!r} ({exc.strerror}); choose another --out.") from None
-    if not path.is_dir():
-        raise InputError(f"The output path {str(path)!r} is a file, not a folder; choose another --out.")
     try:  # os.access says yes to root even on read-only mounts: try for real
         with tempfile.TemporaryFile(dir=path):
             pass
@@ -59,12 +114,14 @@ def ensure_writable_dir(path: Path) -> None:
 def read_record(path: Path) -> dict | None:
     """The run's record, or None when there is none or it is damaged (the checkpoints then
     decide, see foreign_checkpoints); a run.json that is not a file is refused."""
-    if path.is_symlink() or (path.exists() and not path.is_file()):
-        kind = "a link" if path.is_symlink() else "a folder" if path.is_dir() else "not a regular file"
+    kind = "a link" if path.is_symlink() else path_kind(path)
+    if kind == "nothing":
+        return None
+    if kind != "a file":
         raise InputError(f"{str(path)!r} is {kind}, not the run's record; remove it or choose another --out.")
     try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        record = json.loads(read_input_text(path, "run record"))
+    except (InputError, ValueError):  # too large, not text, not JSON: damaged
         return None
     return record if isinstance(record, dict) else None
 

@@ -214,7 +214,10 @@ def run_fine(
     generator = torch.Generator().manual_seed(seed)
     metrics: dict[str, float] = {}
     # A valid checkpoint replaces everything initialise() would compute: skip the texture regression.
-    if not (resume and load_latest_checkpoint(run_dir / "checkpoints", "fine") is not None):
+    # The loop's own test of a checkpoint (run_loop), so a rejected one never skips initialise().
+    usable = resume and load_latest_checkpoint(run_dir / "checkpoints", "fine", "cpu", model.state_tensors(),
+                                               cfg.steps) is not None
+    if not usable:
         metrics = model.initialise(coarse_field, generator)
     if cfg.steps <= 0:
         return model.result(metrics)

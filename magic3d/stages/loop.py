@@ -22,12 +22,13 @@ from torch import Tensor
 
 from magic3d.checkpoint import (
     check_made_by,
-    load_latest_checkpoint,
     load_optimizer,
     optimizer_tensors,
     restore_rng_state,
     rng_state,
     save_checkpoint,
+    usable_checkpoints,
+    warn_skipped,
 )
 from magic3d.errors import RunError
 from magic3d.progress import ProgressFn, silent
@@ -105,16 +106,25 @@ def run_loop(
     start, metrics, lr_scale, nan_events = 0, {}, 1.0, 0
     # Loaded on the CPU: the optimizer moves moments to the parameters' device itself and wants
     # Adam's step counters left on the CPU.
-    if resume and (ck := load_latest_checkpoint(ckpt_dir, spec.stage, "cpu")) is not None:
+    # The last state known to be finite, in memory: for rollback before the first checkpoint, and
+    # to undo a checkpoint that fails half-way through being restored.
+    good = snapshot(model, opt, generator, 0, 1.0)
+    for ck in usable_checkpoints(ckpt_dir, spec.stage, "cpu", model.state_tensors(), spec.steps) if resume else ():
         check_made_by(ck, spec.made_by)
-        model.load_state_tensors(ck.tensors)
-        load_optimizer(opt, ck.tensors, ck.state)
-        restore_rng_state(ck.tensors, ck.state.get("rng", {}), generator)
-        start, metrics = ck.step, ck.state.get("metrics", {})
-        lr_scale, nan_events = ck.state.get("lr_scale", 1.0), ck.state.get("nan_events", 0)
+        try:
+            model.load_state_tensors(ck.tensors)
+            load_optimizer(opt, ck.tensors, ck.state)
+            restore_rng_state(ck.tensors, ck.state.get("rng", {}), generator)
+            start, metrics = ck.step, dict(ck.state.get("metrics", {}))
+            lr_scale, nan_events = float(ck.state.get("lr_scale", 1.0)), int(ck.state.get("nan_events", 0))
+        except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as exc:  # a tampered sidecar
+            warn_skipped(ck.path, exc)
+            restore(model, opt, generator, good)
+            start, metrics, lr_scale, nan_events = 0, {}, 1.0, 0
+            continue
+        good = snapshot(model, opt, generator, start, lr_scale)
+        break
     resumed_from = start
-    # The last state known to be finite, in memory, for rollback before the first checkpoint.
-    good = snapshot(model, opt, generator, start, lr_scale)
 
     scaler = grad_scaler(spec)
     step = start

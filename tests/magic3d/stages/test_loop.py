@@ -125,3 +125,56 @@ def test_a_resume_writes_the_final_preview_a_kill_lost(tmp_path):
     model, result = run(tmp_path, 9)
     assert model.calls == [] and result.resumed_from == 9  # no step reruns...
     assert final.is_file()  # ...but the stage's promised output is back
+
+
+def tamper(sidecar_path, **changes):
+    import json
+
+    sidecar = json.loads(sidecar_path.read_text())
+    for key, value in changes.items():
+        if key == "param_groups":
+            sidecar["state"]["param_groups"] = value
+        else:
+            sidecar[key] = value
+    sidecar_path.write_text(json.dumps(sidecar))
+
+
+@pytest.mark.parametrize("damage", ["step past the stage", "step unlike its name", "optimizer groups",
+                                    "tensor shape"])
+def test_a_tampered_newest_checkpoint_falls_back_to_the_previous_one_with_a_warning(damage, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from magic3d.checkpoint import sha256
+
+    straight, _ = run(tmp_path / "a", 10)
+    run(tmp_path / "b", 6)  # checkpoints at steps 3 and 6
+    newest = tmp_path / "b" / "checkpoints" / "coarse-000006.safetensors"
+    sidecar = newest.with_suffix(".json")
+    if damage == "step past the stage":
+        tamper(sidecar, step=99)
+        newest.rename(newest.with_name("coarse-000099.safetensors"))
+        sidecar.rename(sidecar.with_name("coarse-000099.json"))
+    elif damage == "step unlike its name":
+        tamper(sidecar, step=9)
+    elif damage == "optimizer groups":
+        tamper(sidecar, param_groups=[{"lr": 1.0, "params": [0, 1, 2]}])
+    else:
+        tensors = load_file(str(newest))
+        tensors["w"] = torch.zeros(3)
+        save_file(tensors, str(newest))
+        tamper(sidecar, sha256=sha256(newest))
+    with pytest.warns(UserWarning, match="skipping damaged checkpoint"):
+        resumed, result = run(tmp_path / "b", 10)
+    assert result.resumed_from == 3 and resumed.calls == [3, 4, 5, 6, 7, 8, 9]
+    assert torch.equal(straight.w, resumed.w)  # the older checkpoint resumes exactly
+
+
+def test_when_every_checkpoint_is_unusable_the_stage_starts_over_from_its_own_start(tmp_path):
+    straight, _ = run(tmp_path / "a", 6)
+    run(tmp_path / "b", 6)
+    for sidecar in (tmp_path / "b" / "checkpoints").glob("*.json"):
+        tamper(sidecar, param_groups=[])
+    with pytest.warns(UserWarning):
+        again, result = run(tmp_path / "b", 6)
+    assert result.resumed_from == 0 and again.calls == list(range(6))
+    assert torch.equal(straight.w, again.w)
