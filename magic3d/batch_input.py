@@ -15,7 +15,6 @@ import importlib
 import json
 import os
 import re
-import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Any
 
 from magic3d.errors import InputError, Magic3DError
 from magic3d.naming import MAX_SLUG_CHARS, clean_prompt, slugify
+from magic3d.storage import read_input_text
 
 JSONL_KEYS = {"prompt", "seed", "preset", "name"}
 _NAME = re.compile(r"^[a-z0-9](?:[a-z0-9-]*[a-z0-9])?$")
@@ -215,71 +215,17 @@ def load_callable(spec: str) -> Callable[..., Any]:
         raise InputError(f"cannot load {spec!r} ({exc}); check the module path.") from None
 
 
-def _kind(mode: int) -> str | None:
-    """What a path is when it is not a regular file, in words; None for a regular file."""
-    if stat.S_ISREG(mode):
-        return None
-    for test, words in ((stat.S_ISDIR, "a directory"), (stat.S_ISCHR, "a character device"),
-                        (stat.S_ISBLK, "a block device"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
-                        (stat.S_ISSOCK, "a socket")):
-        if test(mode):
-            return words
-    return "not a regular file"
-
-
 def read_prompt_lines(path: str | Path) -> list[str]:
     """The lines of a prompt file, read bounded; one ``InputError`` for anything that is not one.
 
-    Only a regular file is read (a FIFO, device or directory is named as such, never waited on
-    or read from), at most ``MAX_FILE_BYTES`` of it, and it must be UTF-8 text without NUL bytes
-    and with at most ``MAX_LINES`` lines.
+    ``storage.read_input_text`` reads only a regular file (a FIFO, device, folder or dangling
+    link is named as such, never waited on or read from), at most ``MAX_FILE_BYTES`` of it, and
+    only UTF-8 text without NUL bytes; a file of more than ``MAX_LINES`` lines is refused here.
     """
-    path = Path(path)
-    name = shown(str(path), 120)
-    advice = "give a text or JSONL file of prompts"
-    try:
-        # O_NONBLOCK: opening a FIFO must not wait for a writer; it changes nothing for a file.
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-    except FileNotFoundError:
-        if path.is_symlink():
-            raise InputError(f"The prompt file {name} is a link to a missing file; {advice}.") from None
-        raise InputError(f"The prompt file {name} does not exist; check the path.") from None
-    except OSError as exc:
-        try:
-            kind = _kind(os.stat(path).st_mode)
-        except OSError:
-            kind = None
-        if kind:
-            raise InputError(f"{name} is {kind}, not a prompt file; {advice}.") from None
-        raise InputError(f"Cannot read the prompt file {name} ({exc.strerror}).") from None
-    info = os.fstat(fd)
-    kind = _kind(info.st_mode)
-    if kind:  # judged on what was opened, so a path swapped after a check cannot slip through
-        os.close(fd)
-        raise InputError(f"{name} is {kind}, not a prompt file; {advice}.")
-    with os.fdopen(fd, "rb") as fh:
-        too_big = (f"The prompt file {name} is larger than {MAX_FILE_BYTES // 2**20} MiB, the most a batch "
-                   f"reads; split it into several batches.")
-        if info.st_size > MAX_FILE_BYTES:
-            raise InputError(too_big)
-        try:
-            data = fh.read(MAX_FILE_BYTES + 1)  # the file may grow after the size check
-        except OSError as exc:
-            raise InputError(f"Cannot read the prompt file {name} ({exc.strerror}).") from None
-    if len(data) > MAX_FILE_BYTES:
-        raise InputError(too_big)
-    nul = data.find(b"\0")
-    if nul >= 0:
-        raise InputError(f"The prompt file {name} holds a NUL byte (byte {nul}), so it is not text "
-                         "(a binary file, or UTF-16); save it as UTF-8 text.")
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise InputError(f"The prompt file {name} is not UTF-8 text (byte {exc.start}); save it as UTF-8.") from None
-    lines = text.splitlines()
+    lines = read_input_text(Path(path), "prompt file", MAX_FILE_BYTES).splitlines()
     if len(lines) > MAX_LINES:
-        raise InputError(f"The prompt file {name} has {len(lines):,} lines, more than the {MAX_LINES:,} a batch "
-                         "takes; split it into several batches.")
+        raise InputError(f"The prompt file {shown(str(path), 120)} has {len(lines):,} lines, more than the "
+                         f"{MAX_LINES:,} a batch takes; split it into several batches.")
     return lines
 
 

@@ -135,7 +135,7 @@ def old_way(path: Path, out: Path, sample: int, total: int) -> dict:
 
 def git_commit() -> dict:
     def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.rstrip()
 
     changed = git("status", "--porcelain", "--untracked-files=no", "--", "magic3d", "scripts/bench_validate.py")
     return {"commit": git("rev-parse", "HEAD"), "uncommitted_changes": [ln[3:] for ln in changed.splitlines()]}

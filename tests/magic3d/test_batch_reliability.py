@@ -103,15 +103,15 @@ def _dangling_link(tmp_path: Path) -> str:
 
 
 BAD_FILES = {
-    "dev-zero": (_dev_zero, "is a character device, not a prompt file"),
-    "fifo": (_fifo, "is a FIFO (named pipe), not a prompt file"),
-    "directory": (_directory, "is a directory, not a prompt file"),
-    "over-byte-cap": (_too_many_bytes, "larger than 64 MiB"),
-    "over-line-cap": (_too_many_lines, f"more than the {MAX_LINES:,}"),
-    "nul-byte": (_nul_byte, "holds a NUL byte (byte 17)"),
-    "utf-16": (_utf16, "holds a NUL byte"),
-    "latin-1": (_latin1, "is not UTF-8 text (byte 9)"),
-    "dangling-link": (_dangling_link, "is a link to a missing file"),
+    "dev-zero": (_dev_zero, "The prompt file '/dev/zero' is a character device, not a file"),
+    "fifo": (_fifo, "is a FIFO (named pipe), not a file"),
+    "directory": (_directory, "is a folder, not a file"),
+    "over-byte-cap": (_too_many_bytes, "is larger than 64 MiB"),
+    "over-line-cap": (_too_many_lines, f"has {MAX_LINES + 1:,} lines, more than the {MAX_LINES:,} a batch takes"),
+    "nul-byte": (_nul_byte, "is not text (it holds NUL bytes)"),
+    "utf-16": (_utf16, "is not text (it holds NUL bytes)"),
+    "latin-1": (_latin1, "is not UTF-8 text"),
+    "dangling-link": (_dangling_link, "is a dangling link, not a file"),
 }
 
 BAD_OPTIONS = {
