@@ -371,3 +371,32 @@ def test_every_option_a_message_advises_exists_in_batch() -> None:
             rel = path.relative_to(ROOT).as_posix()
             wrong += [f"{rel}:{func} {flag}" for func, flag in advised_flags(path, rel) if flag not in flags]
     assert wrong == []
+
+
+# --- the real pipeline: its own mismatch error, and the way out ------------------------------------
+
+@pytest.mark.slow
+def test_the_pipeline_s_mismatch_recovers_with_restart_job(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from test_batch_e2e import TINY, pipeline_missing
+
+    reason = pipeline_missing()
+    if reason:
+        pytest.skip(reason)
+    monkeypatch.delenv("MAGIC3D_BATCH_PLAN")
+    monkeypatch.delenv("MAGIC3D_BATCH_JOB")
+    out = tmp_path / "out"
+    stale = out / "a-red-cube"
+    stale.mkdir(parents=True)  # what `magic3d generate "a blue cube" --out out --name a-red-cube` might leave
+    (stale / "run.json").write_text(json.dumps({"prompt": "a blue cube", "config": {}, "status": "running"}))
+    f = tmp_path / "p.txt"
+    f.write_text("a red cube\n")
+    options = dict(out=out, prior="builtin", overrides=TINY, device="cpu", seed=3, retries=0)
+    first = run_batch(f, BatchOptions(**options))
+    assert list(first.failed) == ["a-red-cube"]
+    assert "holds a run with another prompt or config; pass --restart-job a-red-cube to replace it" in (
+        first.failed["a-red-cube"])
+    second = run_batch(f, BatchOptions(**options, restart_jobs=("a-red-cube",)))
+    assert second.done == ["a-red-cube"] and second.ran == ["a-red-cube"]
+    record = json.loads((stale / "run.json").read_text())
+    assert record["prompt"] == "a red cube" and record["status"] == "done" and record["seed"] == 3
+    assert manifest_rows(out) == {"a-red-cube": ("done", 1)}
