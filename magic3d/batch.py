@@ -33,9 +33,9 @@ from magic3d.batch_input import (
 )
 from magic3d.batch_report import Reporter
 from magic3d.errors import InputError, Magic3DError, RunError
-from magic3d.manifest import Job, Manifest, new_owner
+from magic3d.manifest import Job, Manifest, new_owner, refuse_link
 from magic3d.progress import ProgressFn, silent
-from magic3d.storage import ensure_writable_dir
+from magic3d.storage import check_run_folder, ensure_writable_dir
 
 # "module:function" run for each job instead of the real pipeline (tests, custom runners).
 JOB_ENV = "MAGIC3D_BATCH_JOB"
@@ -282,14 +282,17 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 
 def run_batch(path: str | Path, options: BatchOptions, reporter: Reporter | None = None) -> BatchSummary:
     """Run every prompt of ``path`` into ``options.out``; returns what is done and what failed."""
-    from magic3d.gallery import publish
+    from magic3d.gallery import LOCK_NAME, publish
 
     reporter = reporter or Reporter(quiet=True)
     check_options(options)  # every check before anything is written: no folder, no batch.sqlite
     out = Path(options.out)
     parsed = load_batch(path, options.defaults(), options.skip_invalid)
     restart = restart_ids(options, parsed)
+    for item in parsed.items:  # a run folder that is or holds a link: refused before any work
+        check_run_folder(out / item.slug)
     ensure_writable_dir(out)
+    refuse_link(out / LOCK_NAME)  # the manifest checks its own files; index.html and world.usda are renamed over
     for line, reason in parsed.problems:
         reporter.emit("invalid_line", line=line, error=reason)
     ids = [item.slug for item in parsed.items]

@@ -82,9 +82,17 @@ def log_path(out: str | Path, job_id: str) -> Path:
 
 
 def _log_to_file(path: Path, job: dict) -> None:
-    """Send this process's stdout/stderr to the job's log: bars and --json output stay clean."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    """Send this process's stdout/stderr to the job's log: bars and --json output stay clean.
+
+    Never through a link (a run folder or log planted as one after the batch checked): the log
+    then goes nowhere, and the job's own check of its run folder reports the link."""
+    try:
+        if path.parent.is_symlink():
+            raise OSError("a link")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    except OSError:
+        fd = os.open(os.devnull, os.O_WRONLY)
     sys.stdout.flush()
     sys.stderr.flush()
     os.dup2(fd, 1)

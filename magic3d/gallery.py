@@ -20,6 +20,7 @@ from magic3d.storage import atomic_write_text
 
 GALLERY_NAME = "index.html"
 WORLD_NAME = "world.usda"
+LOCK_NAME = ".batch-publish.lock"
 _LINKS = (("usdz", "USDZ"), ("usdc", "USD"), ("usda", "USDA"), ("usd", "USD"), ("glb", "GLB"), ("obj", "OBJ"))
 _PREVIEW_KEYS = ("preview", "preview_gif", "preview_png", "gif", "png")
 
@@ -143,16 +144,14 @@ def _world_data(job: Job) -> dict[str, str | int | float]:
 @contextlib.contextmanager
 def _folder_lock(out: Path) -> Iterator[None]:
     try:
-        import fcntl
+        import fcntl  # noqa: F401
     except ImportError:  # no flock (Windows): renames are still atomic, only the order may race
         yield
         return
-    with open(Path(out) / ".batch-publish.lock", "a+") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    from magic3d.manifest import exclusive_lock
+
+    with exclusive_lock(Path(out) / LOCK_NAME):
+        yield
 
 
 def publish(out: Path, manifest: Any, reporter: Any = None) -> tuple[Path, Path]:

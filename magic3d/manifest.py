@@ -113,14 +113,34 @@ def _is_zombie(pid: int) -> bool:
     return stat.rsplit(")", 1)[-1].split()[0] == "Z"
 
 
+def refuse_link(path: Path) -> None:
+    """One line for a link where the batch writes one of its own files: through it, the file
+    would land outside --out."""
+    if path.is_symlink():
+        raise InputError(f"{str(path)!r} is a link; magic3d batch never writes through links in --out: "
+                         "remove it or choose another --out.")
+
+
 @contextlib.contextmanager
-def _init_lock(path: Path) -> Iterator[None]:
-    with open(path.with_name(path.name + ".lock"), "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+def exclusive_lock(path: Path) -> Iterator[None]:
+    """Hold an flock on ``path`` (created if needed, never through a link)."""
+    refuse_link(path)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    except OSError as exc:
+        raise InputError(f"Cannot open the lock file {str(path)!r} ({exc.strerror}); choose another --out.") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
         try:
             yield
         finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def _init_lock(path: Path) -> contextlib.AbstractContextManager[None]:
+    return exclusive_lock(path.with_name(path.name + ".lock"))
 
 
 class Manifest:
@@ -128,6 +148,8 @@ class Manifest:
 
     def __init__(self, out_dir: str | Path):
         self.path = Path(out_dir) / MANIFEST_NAME
+        for suffix in ("", "-wal", "-shm", "-journal"):  # SQLite's own files beside it, too
+            refuse_link(self.path.with_name(self.path.name + suffix))
         try:
             # Switching a new file to WAL and creating the schema take locks that SQLite's busy
             # handler does not wait for; two batches starting together serialise here instead.

@@ -181,6 +181,30 @@ def test_many_bad_lines_make_one_bounded_message(tmp_path: Path) -> None:
     assert len(msg) < 600 and "\n" not in msg
 
 
+# Where a link planted in --out would send the batch's writes elsewhere.
+LINKS = {"run-folder": "a-red-cube", "checkpoints": "a-red-cube/checkpoints", "manifest": "batch.sqlite",
+         "manifest-wal": "batch.sqlite-wal", "publish-lock": ".batch-publish.lock"}
+
+
+@pytest.mark.parametrize("case", sorted(LINKS))
+def test_a_link_in_out_is_refused_and_never_written_through(tmp_path: Path, case: str) -> None:
+    out, elsewhere = tmp_path / "out", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    link = out / LINKS[case]
+    link.parent.mkdir(parents=True)
+    folder = case in ("run-folder", "checkpoints")
+    target = elsewhere / "target"
+    if folder:
+        target.mkdir()
+    link.symlink_to(target, target_is_directory=folder)  # a file link dangles: following it would create it
+    r = run_cli(str(good_file(tmp_path)), "--out", str(out))
+    assert r.returncode == 2 and r.stderr.startswith("error: ") and r.stderr.count("\n") == 1, r.stderr
+    assert "is a link" in r.stderr and len(r.stderr) <= 300 and "Traceback" not in r.stderr
+    assert sorted(elsewhere.rglob("*")) == ([target] if folder else [])  # nothing written through it
+    assert not (out / "batch.sqlite").is_file() or (out / "batch.sqlite").is_symlink()
+    assert not (out / "a-blue-ball").exists()  # no job ran
+
+
 # --- validation plans each distinct config once ----------------------------------------------------
 
 def test_ten_thousand_lines_plan_the_config_once_per_setting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
