@@ -46,7 +46,7 @@ def export_asset(
         else:
             if y_up is None:
                 y_up = placed(mesh, placement(mesh.vertices, "Y", size_m))
-            files[fmt] = write_glb(y_up, target) if fmt == "glb" else write_obj(y_up, target)
+            files[fmt] = write_glb(y_up, target, info) if fmt == "glb" else write_obj(y_up, target, info)
     return files
 
 

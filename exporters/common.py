@@ -28,6 +28,19 @@ class AssetInfo:
     seed: int = 0
     generator: str = "magic3d"
     version: str = "0"
+    prior: str = ""
+
+    def provenance(self) -> dict[str, str | int]:
+        """What every format records of where the asset came from (USD customData, glTF extras, OBJ header)."""
+        made = {"prompt": self.prompt, "seed": int(self.seed), "generator": f"{self.generator} {self.version}"}
+        return {**made, "prior": self.prior} if self.prior else made
+
+
+def weld(vertices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(unique positions "P 3", index "V" of each vertex's position): the copies a UV atlas makes
+    along its seams become one shared point again."""
+    points, inverse = np.unique(np.asarray(vertices, dtype=np.float64), axis=0, return_inverse=True)
+    return points, inverse.reshape(-1)
 
 
 @dataclass(frozen=True)

@@ -10,11 +10,12 @@ from pathlib import Path
 
 import trimesh
 
-from exporters.common import Surface, atomic_output, pbr_material, surface, write_png
+from exporters.common import AssetInfo, Surface, atomic_output, pbr_material, surface, write_png
 
 
-def write_obj(mesh: trimesh.Trimesh, path: str | Path) -> Path:
-    """Write ``path`` (.obj) plus ``<stem>.mtl`` and ``<stem>_albedo.png`` beside it; returns ``path``."""
+def write_obj(mesh: trimesh.Trimesh, path: str | Path, info: AssetInfo | None = None) -> Path:
+    """Write ``path`` (.obj) plus ``<stem>.mtl`` and ``<stem>_albedo.png`` beside it; returns ``path``.
+    The OBJ's header comments record ``info`` (generator, prompt, seed, prior)."""
     path = Path(path)
     if path.suffix != ".obj":
         raise ValueError(f"write_obj writes .obj, not {path.name!r}")
@@ -30,6 +31,10 @@ def write_obj(mesh: trimesh.Trimesh, path: str | Path) -> Path:
         write_texture=False,
     )
     del assets  # trimesh's MTL gives every material a shiny 0.4 specular; ours is written below
+    info = info or AssetInfo(name=stem)
+    body = [line for line in text.splitlines() if not line.startswith("# https://github.com/mikedh/trimesh")]
+    first = next((i for i, line in enumerate(body) if line.startswith("v ")), 0)
+    text = header(info) + "\n".join([*body[:first], f"o {info.name}", *body[first:]]) + "\n"
     texture_name = f"{stem}_albedo.png"
     mtl_text = _mtl(stem, surf, texture_name if surf.image is not None else None)
     if surf.image is not None:
@@ -39,6 +44,13 @@ def write_obj(mesh: trimesh.Trimesh, path: str | Path) -> Path:
     with atomic_output(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
     return path
+
+
+def header(info: AssetInfo) -> str:
+    """Comment lines naming the asset and what made it; one line each, whatever the prompt holds."""
+    lines = [f"# {info.generator} {info.version} asset {info.name!r}"]
+    lines += [f"# {key}: {' '.join(str(value).split())}" for key, value in info.provenance().items() if key != "generator"]
+    return "\n".join(lines) + "\n"
 
 
 def _mtl(name: str, surf: Surface, texture: str | None) -> str:

@@ -114,6 +114,26 @@ def _material(prim) -> Surface:
     return Surface(uv=None, image=image, base_color=base, roughness=roughness, metallic=metallic)  # type: ignore[arg-type]
 
 
+def _split_seams(st, points, normals, faces, corners):
+    """One vertex per distinct (point, UV) pair of a face-varying ``st``: split along UV seams only,
+    as glTF and trimesh need. With indexed UVs the pairs keep the order of the UV indices, so a
+    file we wrote reads back with the vertices, in the order, it was written from."""
+    if st.IsIndexed():
+        by_corner = np.asarray(st.GetIndices(), dtype=np.int64)[corners.reshape(-1)]
+        table = np.asarray(st.Get(), dtype=np.float64)
+    else:
+        by_corner = corners.reshape(-1)
+        table = np.asarray(st.ComputeFlattened(), dtype=np.float64)
+    # Pairs of (UV row, point): equal UV values under different rows would split needlessly, so
+    # rows are first merged by value.
+    _, uv_first, uv_row = np.unique(table, axis=0, return_index=True, return_inverse=True)
+    uv_key = uv_first[uv_row.reshape(-1)][by_corner]
+    pairs, of_corner = np.unique(np.column_stack([uv_key, faces.reshape(-1)]), axis=0, return_inverse=True)
+    source = pairs[:, 1]
+    normals = normals[source] if normals is not None else None
+    return points[source], normals, of_corner.reshape(-1, 3), table[pairs[:, 0]]
+
+
 def _load_usd(path: Path, frame: Frame) -> trimesh.Trimesh:
     from pxr import Usd, UsdGeom
 
@@ -152,10 +172,7 @@ def _load_usd(path: Path, frame: Frame) -> trimesh.Trimesh:
             if interp in (UsdGeom.Tokens.vertex, UsdGeom.Tokens.varying) and len(values) == len(points):
                 uv = values
             elif interp == UsdGeom.Tokens.faceVarying and len(values) == len(indices):
-                # Give every corner its own vertex so each can carry its own UV.
-                points, uv = points[faces.reshape(-1)], values[corners.reshape(-1)]
-                normals = normals[faces.reshape(-1)] if normals is not None else None
-                faces = np.arange(len(points)).reshape(-1, 3)
+                points, normals, faces, uv = _split_seams(st, points, normals, faces, corners)
         parts.append((points, faces, uv))
         normal_parts.append(normals)
         if surf is None:

@@ -31,6 +31,7 @@ from exporters.common import (
     make_dirs,
     placement,
     surface,
+    weld,
     write_png,
 )
 
@@ -88,28 +89,35 @@ def build_stage(
     model.SetAssetVersion(str(info.version))
     model.SetAssetIdentifier(Sdf.AssetPath(Path(layer_path).name))
     root.SetDocumentation(_documentation(info))
-    root.SetCustomDataByKey("magic3d:prompt", info.prompt)
-    root.SetCustomDataByKey("magic3d:seed", int(info.seed))
-    root.SetCustomDataByKey("magic3d:generator", f"{info.generator} {info.version}")
+    for key, value in info.provenance().items():
+        root.SetCustomDataByKey(f"magic3d:{key}", value)
     root.SetCustomDataByKey(SOURCE_TRANSFORM_KEY, Gf.Matrix4d(transform.T.tolist()))
 
     UsdGeom.Scope.Define(stage, root_path.AppendChild("Geometry"))
     usd_mesh = UsdGeom.Mesh.Define(stage, root_path.AppendPath("Geometry/mesh"))
     usd_mesh.CreateSubdivisionSchemeAttr(UsdGeom.Tokens.none)
     usd_mesh.CreateOrientationAttr(UsdGeom.Tokens.rightHanded)
+    # Points are shared (USD's own model of a closed surface: one piece, not one per UV island);
+    # UVs are a face-varying primvar indexed by each corner's original vertex, so seams stay sharp
+    # in the texture only.
+    shared, of_vertex = weld(vertices)
+    first = np.full(len(shared), -1, dtype=np.int64)
+    first[of_vertex[::-1]] = np.arange(len(vertices))[::-1]  # one representative vertex per point
+    points = shared @ transform[:3, :3].T + transform[:3, 3]
     usd_mesh.CreatePointsAttr(Vt.Vec3fArray.FromNumpy(points.astype(np.float32)))
     usd_mesh.CreateFaceVertexCountsAttr(Vt.IntArray.FromNumpy(np.full(len(faces), 3, dtype=np.int32)))
-    usd_mesh.CreateFaceVertexIndicesAttr(Vt.IntArray.FromNumpy(faces.reshape(-1).astype(np.int32)))
-    normals = _vertex_normals(mesh, transform[:3, :3])
+    usd_mesh.CreateFaceVertexIndicesAttr(Vt.IntArray.FromNumpy(of_vertex[faces].reshape(-1).astype(np.int32)))
+    normals = _vertex_normals(mesh, transform[:3, :3])[first]  # the baker's normals agree across seams
     usd_mesh.CreateNormalsAttr(Vt.Vec3fArray.FromNumpy(normals.astype(np.float32)))
     usd_mesh.SetNormalsInterpolation(UsdGeom.Tokens.vertex)
     lo, hi = points.astype(np.float32).min(0), points.astype(np.float32).max(0)
     usd_mesh.CreateExtentAttr(Vt.Vec3fArray([Gf.Vec3f(*lo.tolist()), Gf.Vec3f(*hi.tolist())]))
     if surf.uv is not None:
         st = UsdGeom.PrimvarsAPI(usd_mesh).CreatePrimvar(
-            "st", Sdf.ValueTypeNames.TexCoord2fArray, UsdGeom.Tokens.vertex
+            "st", Sdf.ValueTypeNames.TexCoord2fArray, UsdGeom.Tokens.faceVarying
         )
         st.Set(Vt.Vec2fArray.FromNumpy(surf.uv.astype(np.float32)))
+        st.SetIndices(Vt.IntArray.FromNumpy(faces.reshape(-1).astype(np.int32)))
 
     UsdGeom.Scope.Define(stage, root_path.AppendChild("Materials"))
     material = _define_material(stage, root_path.AppendPath("Materials/material"), surf, texture_path)

@@ -28,7 +28,8 @@ def write_outputs(mesh: trimesh.Trimesh, run_dir: Path, prompt: str, cfg: Config
     from exporters import write_glb
 
     write_glb(mesh, run_dir / BAKED_MESH)
-    files = write_formats(mesh, run_dir, cfg.export.formats, asset_info(run_dir, prompt, cfg.runtime.seed),
+    prior = ", ".join(dict.fromkeys((cfg.prior.id, cfg.prior.fine_id or cfg.prior.id)))
+    files = write_formats(mesh, run_dir, cfg.export.formats, asset_info(run_dir, prompt, cfg.runtime.seed, prior),
                           cfg.export.up_axis, cfg.export.size_m)
     if cfg.export.preview:
         files["preview"] = write_preview(mesh, run_dir / "preview.gif", cfg.export.preview_frames,
@@ -54,12 +55,12 @@ def write_preview(mesh: trimesh.Trimesh, path: Path, frames: int, resolution: in
     return path
 
 
-def asset_info(run_dir: Path, prompt: str, seed: int) -> Any:
+def asset_info(run_dir: Path, prompt: str, seed: int, prior: str = "") -> Any:
     from exporters import AssetInfo
     from magic3d.info import package_versions
 
     version = package_versions(("magic3d",))["magic3d"] or "0"
-    return AssetInfo(name=run_dir.name, prompt=prompt, seed=seed, generator="magic3d", version=version)
+    return AssetInfo(name=run_dir.name, prompt=prompt, seed=seed, generator="magic3d", version=version, prior=prior)
 
 
 def reexport(
@@ -99,7 +100,9 @@ def reexport(
     except Exception as exc:  # damaged on disk: the run must be baked again
         raise InputError(f"{str(baked)!r} is damaged ({type(exc).__name__}); "
                          "run `magic3d generate` on this run again with --restart to remake it.") from None
-    info = asset_info(run_dir, str(record.get("prompt", "")), int(record.get("seed", 0) or 0))
+    priors = [str(p) for p in (record.get("prior"), record.get("fine_prior")) if p]
+    info = asset_info(run_dir, str(record.get("prompt", "")), int(record.get("seed", 0) or 0),
+                      ", ".join(dict.fromkeys(priors)))
     with confined(run_dir):
         files = write_formats(mesh, run_dir, chosen, info, axis, float(size))
         files_record = record.get("files") if isinstance(record.get("files"), dict) else {}

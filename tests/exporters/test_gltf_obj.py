@@ -94,3 +94,25 @@ def test_load_asset_refuses_other_files(tmp_path: Path) -> None:
         load_asset(tmp_path / "a.fbx")
     with pytest.raises(FileNotFoundError):
         load_asset(tmp_path / "missing.glb")
+
+
+def test_glb_and_obj_record_where_the_asset_came_from(tmp_path: Path, textured_mesh) -> None:
+    import json
+    import struct
+
+    info = AssetInfo(name="red-ball", prompt="a red ball,\nshiny", seed=11, generator="magic3d", version="0.4",
+                     prior="builtin")
+    files = export_asset(textured_mesh(), tmp_path, ["glb", "obj"], info)
+    data = files["glb"].read_bytes()
+    length, kind = struct.unpack("<I4s", data[12:20])
+    assert kind == b"JSON"
+    tree = json.loads(data[20 : 20 + length])
+    assert tree["asset"]["generator"] == "magic3d 0.4"
+    assert tree["asset"]["extras"] == {"prompt": "a red ball,\nshiny", "seed": 11, "generator": "magic3d 0.4",
+                                       "prior": "builtin"}
+    assert [n["name"] for n in tree["nodes"]] == ["red-ball"] and tree["meshes"][0]["name"] == "red-ball"
+    assert "trimesh" not in json.dumps(tree)
+    head = files["obj"].read_text().splitlines()[:5]
+    assert head[:4] == ["# magic3d 0.4 asset 'red-ball'", "# prompt: a red ball, shiny", "# seed: 11", "# prior: builtin"]
+    assert "o red-ball" in files["obj"].read_text().splitlines()
+    assert len(load_asset(files["obj"]).faces) == len(textured_mesh().faces)  # still reads as before

@@ -68,7 +68,11 @@ def test_usd_conventions(tmp_path: Path, textured_mesh) -> None:
     assert normals.shape == points.shape and mesh.GetNormalsInterpolation() == UsdGeom.Tokens.vertex
     np.testing.assert_allclose(np.linalg.norm(normals, axis=1), 1.0, atol=1e-5)
     st = UsdGeom.PrimvarsAPI(mesh).GetPrimvar("st")
-    assert st.GetTypeName() == Sdf.ValueTypeNames.TexCoord2fArray and st.GetInterpolation() == "vertex"
+    assert st.GetTypeName() == Sdf.ValueTypeNames.TexCoord2fArray and st.GetInterpolation() == "faceVarying"
+    assert st.IsIndexed() and len(st.GetIndices()) == len(mesh.GetFaceVertexIndicesAttr().Get())
+    assert root.GetCustomDataByKey("magic3d:prompt") == "a red ball, shiny"
+    assert root.GetCustomDataByKey("magic3d:seed") == 7
+
     assert "MaterialBindingAPI" in mesh.GetPrim().GetAppliedSchemas()
 
     material, _ = UsdShade.MaterialBindingAPI(mesh.GetPrim()).ComputeBoundMaterial()
@@ -167,3 +171,26 @@ def test_load_asset_reads_foreign_usd_quads_face_varying_uvs_and_z_up(tmp_path: 
     np.testing.assert_allclose(read.visual.uv[read.faces[2]], [[0.5, 0.5]] * 3, atol=1e-7)
     stage_frame = load_asset(path, frame="stage")
     np.testing.assert_allclose(stage_frame.vertices[stage_frame.faces[0]], [[0, 0, 2], [1, 0, 2], [1, 1, 2]])
+
+
+def test_usd_points_are_shared_across_uv_seams_and_the_surface_is_one_closed_piece(tmp_path: Path, textured_mesh) -> None:
+    whole = textured_mesh()
+    # Every triangle its own UV island, as an atlas cut to the extreme: 320 pieces as given.
+    corners = whole.faces.reshape(-1)
+    uv = np.random.default_rng(1).random((len(corners), 2))
+    split = trimesh.Trimesh(whole.vertices[corners], np.arange(len(corners)).reshape(-1, 3), process=False,
+                            vertex_normals=whole.vertex_normals[corners])
+    split.visual = trimesh.visual.TextureVisuals(uv=uv, material=whole.visual.material)
+    assert split.body_count == len(split.faces)
+    path = write_usd(split, tmp_path / "asset.usdc", INFO)
+    stage = Usd.Stage.Open(str(path))
+    usd_mesh = UsdGeom.Mesh(stage.GetPrimAtPath("/a_red_ball/Geometry/mesh"))
+    points = np.asarray(usd_mesh.GetPointsAttr().Get(), dtype=np.float64)
+    faces = np.asarray(usd_mesh.GetFaceVertexIndicesAttr().Get()).reshape(-1, 3)
+    stored = trimesh.Trimesh(points, faces, process=False)
+    assert len(points) == len(np.unique(np.round(split.vertices, 9), axis=0)) < len(split.vertices)
+    assert stored.is_watertight and stored.body_count == 1
+    # Reading it back splits the seams again, into the very vertices it was written from.
+    back = load_asset(path)
+    assert len(back.vertices) == len(split.vertices)
+    np.testing.assert_allclose(back.visual.uv, split.visual.uv, atol=1e-6)
