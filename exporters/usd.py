@@ -59,6 +59,16 @@ def _vertex_normals(mesh: trimesh.Trimesh, linear: np.ndarray) -> np.ndarray:
     return normals / np.where(length > 0, length, 1.0)
 
 
+def unique_rows(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(distinct rows in order of first appearance, index of each input row into them): each UV
+    stored once, and a file with distinct UVs per vertex keeps their order (see read._split_seams)."""
+    table, first, inverse = np.unique(values, axis=0, return_index=True, return_inverse=True)
+    order = np.argsort(first, kind="stable")
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    return table[order], rank[inverse.reshape(-1)]
+
+
 def build_stage(
     mesh: trimesh.Trimesh, layer_path: str, info: AssetInfo, up_axis: str, size_m: float | None,
     texture_path: str | None,
@@ -116,8 +126,9 @@ def build_stage(
         st = UsdGeom.PrimvarsAPI(usd_mesh).CreatePrimvar(
             "st", Sdf.ValueTypeNames.TexCoord2fArray, UsdGeom.Tokens.faceVarying
         )
-        st.Set(Vt.Vec2fArray.FromNumpy(surf.uv.astype(np.float32)))
-        st.SetIndices(Vt.IntArray.FromNumpy(faces.reshape(-1).astype(np.int32)))
+        table, of_vertex_uv = unique_rows(surf.uv.astype(np.float32))
+        st.Set(Vt.Vec2fArray.FromNumpy(table))
+        st.SetIndices(Vt.IntArray.FromNumpy(of_vertex_uv[faces].reshape(-1).astype(np.int32)))
 
     UsdGeom.Scope.Define(stage, root_path.AppendChild("Materials"))
     material = _define_material(stage, root_path.AppendPath("Materials/material"), surf, texture_path)
