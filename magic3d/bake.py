@@ -21,6 +21,7 @@ from PIL import Image
 from torch import Tensor
 
 from magic3d.errors import RunError
+from magic3d.surface import close_holes, surface_report
 
 ColorFn = Callable[[Float[Tensor, "N 3"]], Float[Tensor, "N 3"]]
 
@@ -291,6 +292,8 @@ def bake(
                        "try more steps or a lower fine.density_threshold.")
     lap("clean")
     v, f = decimate(v, f, cfg.face_budget)
+    v, f = close_holes(v, f)  # merging and decimation can leave small holes: the asset is closed
+    report = surface_report(v, f)
     lap("decimate")
     # Normals of the unsplit mesh, so shading stays smooth across UV seams.
     normals = np.asarray(trimesh.Trimesh(v, f, process=False).vertex_normals)
@@ -308,4 +311,5 @@ def bake(
     )
     mesh = trimesh.Trimesh(positions, uv_faces, vertex_normals=normals[vmap], process=False)
     mesh.visual = trimesh.visual.TextureVisuals(uv=uv, material=material)
+    mesh.metadata["surface"] = report.as_dict()  # of the welded surface, before UV seams split it
     return mesh

@@ -260,6 +260,7 @@ def run_stages(
     clock = time.perf_counter()
     with out_of_memory_advice("bake", cfg):
         mesh = bake(fine.vertices, fine.faces, fine.color_fn, cfg.bake)
+    metrics["surface"] = mesh.metadata.get("surface", {})
     timings["bake"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
