@@ -136,7 +136,7 @@ def missing_part(folder: Path, family: str) -> str | None:
             if "config.json" not in names:
                 return f"{component}/config.json"
             if not any(n.endswith(".safetensors") or is_pickle(n) for n in names):
-                return f"the {component} weights"
+                return f"the {component} weight file"
             for index in sorted(n for n in names if ".safetensors.index" in n and n.endswith(".json")):
                 shards = shard_names(part / index)
                 gone = sorted(s for s in shards if s not in names)
