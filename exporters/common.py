@@ -29,6 +29,7 @@ class AssetInfo:
     generator: str = "magic3d"
     version: str = "0"
     prior: str = ""
+    label: str = ""  # what the object is, one word ("mushroom"): USD's semantic class label
 
     def provenance(self) -> dict[str, str | int]:
         """What every format records of where the asset came from (USD customData, glTF extras, OBJ header)."""
