@@ -65,3 +65,23 @@ def inside(root: Path, name: str) -> Path:
     if path != root and root not in path.parents:
         raise InputError(f"The name {name!r} would write outside the output folder {str(root)!r}.")
     return path
+
+
+# Words that introduce what follows the object ("a squirrel wearing a hat", "a cat on a mat").
+_AFTER_OBJECT = {"with", "wearing", "on", "in", "holding", "made", "that", "which", "riding", "sitting",
+                 "standing", "next", "under", "over", "near", "and", "by", "at", "from", "of"}
+_BEFORE_OBJECT = re.compile(r"^.*?\b(?:photo|picture|image|render|rendering|model|view)\s+of\s+", re.I)
+
+
+def object_word(prompt: str) -> str:
+    """The object a prompt names, as one lowercase word, for semantic labels: "a red mushroom" ->
+    "mushroom", "a DSLR photo of an astronaut riding a horse" -> "astronaut"; "" when none."""
+    text = _BEFORE_OBJECT.sub("", " ".join(prompt.split()), count=1).split(",")[0]
+    words = re.findall(r"[A-Za-z][A-Za-z-]*", text)
+    head: list[str] = []
+    for word in words:
+        if word.lower() in _AFTER_OBJECT and head:
+            break
+        head.append(word)
+    nouns = [w for w in head if w.lower() not in ("a", "an", "the")]
+    return nouns[-1].lower() if nouns else ""

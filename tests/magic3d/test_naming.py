@@ -59,3 +59,18 @@ def test_inside_rejects_escape(tmp_path: Path) -> None:
     assert inside(tmp_path, "a-b") == (tmp_path / "a-b").resolve()
     with pytest.raises(InputError, match="outside"):
         inside(tmp_path, "../x")
+
+
+@pytest.mark.parametrize("prompt, word", [
+    ("a red mushroom", "mushroom"),
+    ("a DSLR photo of an astronaut riding a horse", "astronaut"),
+    ("a zoomed out DSLR photo of a baby bunny sitting on top of a stack of pancakes", "bunny"),
+    ("a squirrel wearing a hat", "squirrel"),
+    ("small red cube, front view", "cube"),
+    ("a cup of coffee", "cup"),
+    ("   ", ""),
+])
+def test_object_word_is_the_head_noun_a_semantic_label_needs(prompt, word):
+    from magic3d.naming import object_word
+
+    assert object_word(prompt) == word
