@@ -112,9 +112,8 @@ def ensure_writable_cache(cache: Path, repo_id: str) -> None:
             why = (exc.strerror or type(exc).__name__).lower()
         source = f"from {var}" if var else "the default"
         raise PriorError(
-            f"The Hugging Face cache folder {str(cache)!r} ({source}) cannot be written ({why}), so {repo_id!r} "
-            f"cannot be downloaded; set {var or 'HF_HOME'} to a writable folder, or give --prior a local "
-            "diffusers folder or builtin."
+            f"The hub cache folder {str(cache)!r} ({source}) cannot be written ({why}), so {repo_id} cannot be "
+            f"downloaded; set {var or 'HF_HOME'} to a writable folder, or use --prior builtin."
         ) from None
 
 
@@ -229,22 +228,19 @@ def check_available(repo_id: str, local_only: bool) -> tuple[Path, Family]:
 
 
 def missing_model(repo_id: str, cache: Path, no_hub: bool, exc: Exception | None, gone: str | None = None) -> PriorError:
-    """The one sentence a user sees when a hub model can't be had."""
-    if gone is not None:
-        how = (f"only part of it is in the local cache ({gone} is missing) and the hub is "
-               + ("offline (HF_HUB_OFFLINE or prior.local_files_only)" if no_hub else "not giving the rest"))
-    elif no_hub:
-        how = "it is not in the local cache and the hub is offline (HF_HUB_OFFLINE or prior.local_files_only)"
+    """The one sentence a user sees when a hub model can't be had (short: the cache path is long)."""
+    where = f"not in the hub cache {str(cache)!r}" if gone is None else (
+        f"only partly in the hub cache {str(cache)!r} ({gone} is missing)")
+    if no_hub:
+        why = "the hub is offline"
+    elif exc is None:
+        why = "the hub did not give the rest"
     elif unreachable(exc):
-        how = f"the hub could not be reached ({type(exc).__name__})"
+        why = f"the hub could not be reached ({type(exc).__name__})"
     else:
-        how = f"it could not be fetched from the hub ({type(exc).__name__})"
-    return PriorError(
-        f"Model {repo_id!r} is not available because {how}; the cache folder is {str(cache)!r} "
-        f"(set HF_HOME to use another), so download it on a connected machine with "
-        f"`hf download {repo_id}` and copy that cache here, pass a local diffusers folder to --prior, "
-        "or use --prior builtin."
-    )
+        why = f"it could not be fetched ({type(exc).__name__})"
+    return PriorError(f"{repo_id!r} is {where} and {why}; download it elsewhere with `hf download` and copy "
+                      "the cache here, or use --prior builtin.")
 
 
 def unreachable(exc: Exception | None) -> bool:

@@ -108,7 +108,7 @@ def safetensors_problem(path: Path) -> str | None:
             return f"its header entry for {key[:60]!r} has offsets that do not fit its shape"
         end = max(end, stop)
     if 8 + n + end > size:
-        return f"its tensors need {8 + n + end} bytes but the file has only {size}: it is truncated"
+        return f"truncated: its tensors need {8 + n + end} bytes, the file has {size}"
     if 8 + n + end < size:
         return f"it has {size - 8 - n - end} bytes after its last tensor"
     return None

@@ -87,7 +87,7 @@ def test_half_downloaded_cache_is_not_available(empty_offline_cache, tmp_path):
     (partial / "unet").mkdir(parents=True)
     (partial / "unet" / "config.json").write_text("{}")
     fake_cached_repo(empty_offline_cache, "someone/partial", partial)
-    with pytest.raises(PriorError, match="not in the local cache"):
+    with pytest.raises(PriorError, match="not in the hub cache"):
         check_prior_available("someone/partial", PriorConfig())
 
 
@@ -187,7 +187,7 @@ def fake_hub(tmp_path, monkeypatch):
 
 def test_download_fetches_the_selection_for_the_run_precision(fake_hub):
     for variant in ("fp16", None):  # the fake snapshot holds only model_index.json: found incomplete
-        with pytest.raises(PriorError, match="only part of it is in the local cache"):
+        with pytest.raises(PriorError, match="only partly in the hub cache"):
             resolve_pipeline("DeepFloyd/IF-I-XL-v1.0", PriorConfig(), variant=variant)
     assert fake_hub == [sorted(select_files(IF_FILES, "fp16")), sorted(select_files(IF_FILES, None))]
 

@@ -339,6 +339,7 @@ def test_generate_with_a_broken_prior_exits_2_with_one_line_and_writes_nothing(
     code, err = run_cli(["generate", "a red cube", "--prior", str(copy_sd), "--out", str(out)], capfd, monkeypatch)
     lines = [line for line in err.splitlines() if line.strip()]
     assert code == 2 and len(lines) == 1, err
+    assert len(lines[0]) <= 300, lines[0]
     assert lines[0].startswith("error: ") and mention in lines[0]
     assert not out.exists()
 
@@ -353,6 +354,7 @@ def test_generate_with_an_unwritable_hf_home_exits_2_in_one_line(online, tmp_pat
     assert time.perf_counter() - clock < 5.0
     lines = [line for line in err.splitlines() if line.strip()]
     assert code == 2 and len(lines) == 1, err
+    assert len(lines[0]) <= 300, lines[0]
     assert "HF_HOME" in lines[0] and str(blocker / "hf" / "hub") in lines[0]
     assert not out.exists()
 
@@ -366,5 +368,6 @@ def test_generate_with_an_unreachable_hub_exits_2_in_one_line(online, tmp_path, 
     code, err = run_cli(["generate", "a red cube", "--prior", SD21, "--out", str(out)], capfd, online)
     lines = [line for line in err.splitlines() if line.strip()]
     assert code == 2 and len(lines) == 1, err  # no "Retrying in 1s" lines from the hub client
+    assert len(lines[0]) <= 300, lines[0]
     assert "could not be reached" in lines[0]
     assert not out.exists()
