@@ -49,9 +49,12 @@ def validate_prompt(prompt: str) -> None:
     known, unknown = tokenize(prompt)
     hint = "for open-vocabulary prompts use a real prior, e.g. --prior stabilityai/stable-diffusion-2-1-base"
     if unknown:
-        shown = ", ".join(sorted(set(unknown))[:8]) + (" …" if len(set(unknown)) > 8 else "")
+        # One short line whatever the prompt (CLI errors fit 300 characters): at most two unknown
+        # words of at most 12 characters each, and the vocabulary space-separated.
+        words = sorted(set(unknown))
+        shown = ", ".join(w if len(w) <= 12 else w[:12] + "…" for w in words[:2]) + (", …" if len(words) > 2 else "")
         raise InputError(
-            f"The built-in prior does not know the word(s) {shown}; it knows {', '.join(VOCABULARY)}; {hint}."
+            f"The built-in prior does not know {shown}; it knows {' '.join(VOCABULARY)}; or use --prior with a hub model."
         )
     if not any(w in KINDS for w in known):
         raise InputError(f"The built-in prior needs an object kind in the prompt ({', '.join(KINDS)}); {hint}.")

@@ -58,6 +58,16 @@ def test_unknown_words_are_named_with_the_vocabulary_and_a_pointer_to_real_prior
     assert "--prior" in msg
 
 
+@pytest.mark.parametrize("prompt", ["x" * 10_000, "a majestic red dragon breathing fire over wonderful castles",
+                                    "../../../etc/passwd", "a cube " + " ".join(f"w{i}" * 9 for i in range(99))])
+def test_refusals_fit_one_short_line_whatever_the_prompt(prompt):
+    with pytest.raises(InputError) as err:
+        validate_prompt(prompt)
+    msg = str(err.value)
+    assert len("error: " + msg) <= 300 and "\n" not in msg, msg
+    assert "it knows sphere cube" in msg and msg.endswith("--prior with a hub model.")
+
+
 def test_prompt_without_a_kind_is_refused():
     with pytest.raises(InputError, match="object kind"):
         validate_prompt("a red one")
