@@ -12,6 +12,7 @@ from typing import Literal
 
 import torch
 
+from magic3d.errors import PriorError
 from magic3d.guidance.base import Prior, SDSConfig, SDSOutput, TextEmbeddings
 
 BUILTIN = "builtin"
@@ -51,18 +52,23 @@ def load_prior(id_or_path: str, cfg: PriorConfig, device: torch.device, offload:
     variant = "fp16" if network_dtype(cfg, device) == torch.float16 else None
     folder, family = resolve_pipeline(id_or_path, cfg, variant=variant)
     if family == "if":
-        from magic3d.guidance.deepfloyd import DeepFloydPrior
-
-        return DeepFloydPrior(folder, id_or_path, cfg, device, offload=offload)
-    from magic3d.guidance.stable_diffusion import StableDiffusionPrior
-
-    return StableDiffusionPrior(folder, id_or_path, cfg, device, offload=offload)
+        from magic3d.guidance.deepfloyd import DeepFloydPrior as PriorClass
+    else:
+        from magic3d.guidance.stable_diffusion import StableDiffusionPrior as PriorClass
+    try:
+        return PriorClass(folder, id_or_path, cfg, device, offload=offload)
+    except (ValueError, TypeError, KeyError, AttributeError, IndexError) as exc:
+        # Networks that load but whose config holds values of the wrong kind (a sample_size of
+        # "big"); damaged files are refused earlier, one PriorError per component.
+        raise PriorError(
+            f"The prior {id_or_path!r} has a config value magic3d cannot use ({type(exc).__name__}); "
+            "download or save the model again, or use --prior builtin."
+        ) from None
 
 
 def check_prior_available(id_or_path: str, cfg: PriorConfig) -> None:
     """Cheap check (no model load) that ``id_or_path`` can be loaded here; raises PriorError."""
     if id_or_path == BUILTIN:
-        from magic3d.errors import PriorError
         from magic3d.guidance.builtin import WEIGHTS_DIR, weights_available
 
         if not weights_available():

@@ -71,7 +71,7 @@ class BuiltinPrior:
             raise PriorError(f"The built-in prior's weights are missing from {str(folder)!r}; reinstall magic3d.")
         self.device = torch.device(device)
         self.folder = folder
-        self.unet = UNet2DModel.from_pretrained(folder / "unet").to(self.device).eval().requires_grad_(False)
+        self.unet = UNet2DModel.from_pretrained(folder / "unet", use_safetensors=True).to(self.device).eval().requires_grad_(False)
         self.text_encoder = load_text_encoder(folder / "text_encoder").to(self.device).requires_grad_(False)
         camera = load_camera_encoder(folder / "camera_encoder")
         self.camera_encoder = camera.to(self.device).requires_grad_(False) if camera is not None else None

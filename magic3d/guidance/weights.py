@@ -171,7 +171,11 @@ def check_pipeline_files(folder: Path, family: str, name: str, complete: bool) -
         part = folder / component
         if not part.is_dir():
             continue
-        files = sorted(p for p in part.iterdir() if p.is_file())
+        entries = sorted(part.iterdir())
+        for path in entries:
+            if path.is_symlink() and not path.exists():  # a hub snapshot whose blob was deleted
+                raise damaged(path, "it is a link to a file that is gone")
+        files = [p for p in entries if p.is_file()]
         for path in files:
             if path.suffix == ".json":
                 data = check_json(path)

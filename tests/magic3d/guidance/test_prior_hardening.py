@@ -1,6 +1,6 @@
-"""Priors that must be refused before any work: pickle-only weights, damaged safetensors or JSON,
-an unwritable hub cache, an unreachable hub. Each is one PriorError sentence from the cheap
-check (``check_prior_available``), and one ``error:`` line with exit code 2 from the CLI."""
+"""Priors whose files must be refused before any work: pickle-only weights, damaged safetensors
+or JSON, missing parts. Each is one PriorError sentence from the cheap check
+(``check_prior_available``) naming the file, and one ``error:`` line with exit code 2 from the CLI."""
 
 from __future__ import annotations
 
@@ -8,37 +8,19 @@ import json
 import os
 import pickle
 import shutil
-import socket
 import struct
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
+from prior_checks import UNET_WEIGHTS, make_broken, one_sentence, refusal, run_cli
 from safetensors.torch import load_file
 
-from magic3d import cli
 from magic3d.errors import PriorError
 from magic3d.guidance import PriorConfig, check_prior_available, load_prior
 from magic3d.guidance.stable_diffusion import load_component
 from magic3d.guidance.weights import safetensors_problem
-
-SD21 = "stabilityai/stable-diffusion-2-1-base"
-UNET_WEIGHTS = "unet/diffusion_pytorch_model.safetensors"
-
-
-def one_sentence(message: str) -> str:
-    assert "\n" not in message and "Traceback" not in message
-    assert message.endswith(".") and ". " not in message, message
-    return message
-
-
-def refusal(id_or_path: str) -> str:
-    """The cheap check's message for a prior it must refuse."""
-    with pytest.raises(PriorError) as err:
-        check_prior_available(id_or_path, PriorConfig())
-    return one_sentence(str(err.value))
 
 
 @pytest.fixture
@@ -121,28 +103,6 @@ def test_a_malicious_pickle_is_never_opened(copy_sd, tmp_path, monkeypatch):
 # --- damaged weight files, read by their header only ---------------------------------------------
 
 
-def make_broken(path: Path, kind: str) -> None:
-    """Damage the safetensors file at ``path`` in the way ``kind`` names."""
-    data = path.read_bytes()
-    if kind == "truncated":
-        path.write_bytes(data[: len(data) // 2])
-    elif kind == "git-lfs pointer":  # what a clone without git-lfs leaves
-        path.write_text("version https://git-lfs.github.com/spec/v1\noid sha256:" + "0" * 64 + "\nsize 3463726498\n")
-    elif kind == "header not JSON":
-        path.write_bytes(struct.pack("<Q", 32) + b"{this is not json at all........" + b"\0" * 64)
-    elif kind == "header length too big":
-        path.write_bytes(struct.pack("<Q", 2 * len(data)) + data[8:])
-    elif kind == "offsets past the end":
-        header = json.dumps({"w": {"dtype": "F32", "shape": [1000], "data_offsets": [0, 4000]}}).encode()
-        path.write_bytes(struct.pack("<Q", len(header)) + header + b"\0" * 400)
-    elif kind == "bytes after the last tensor":
-        path.write_bytes(data + b"\0" * 16)
-    elif kind == "empty":
-        path.write_bytes(b"")
-    else:
-        raise ValueError(kind)
-
-
 BROKEN = ["truncated", "git-lfs pointer", "header not JSON", "header length too big", "offsets past the end",
           "bytes after the last tensor", "empty"]
 WHY = {"truncated": "truncated", "git-lfs pointer": "header length says", "header not JSON": "header is not JSON",
@@ -202,6 +162,42 @@ def test_a_missing_network_is_named(copy_sd):
     assert "incomplete (the unet weight file is missing)" in refusal(str(copy_sd))
 
 
+def sharded_text_encoder(folder: Path) -> Path:
+    """The text encoder's weights as one shard of two, with the index naming both."""
+    part = folder / "text_encoder"
+    (part / "model.safetensors").rename(part / "model-00001-of-00002.safetensors")
+    index = {"metadata": {}, "weight_map": {"a": "model-00001-of-00002.safetensors",
+                                            "b": "model-00002-of-00002.safetensors"}}
+    (part / "model.safetensors.index.json").write_text(json.dumps(index))
+    return part / "model.safetensors.index.json"
+
+
+def test_a_shard_missing_from_an_index_is_named(copy_sd):
+    sharded_text_encoder(copy_sd)
+    assert "incomplete (text_encoder/model-00002-of-00002.safetensors is missing)" in refusal(str(copy_sd))
+
+
+def test_an_index_without_a_weight_map_is_refused(copy_sd):
+    index = sharded_text_encoder(copy_sd)
+    index.write_text('{"metadata": {}}')
+    message = refusal(str(copy_sd))
+    assert str(index) in message and "it has no weight_map" in message
+
+
+def test_a_dangling_weight_link_is_refused(copy_sd, tmp_path):
+    (copy_sd / UNET_WEIGHTS).unlink()
+    (copy_sd / UNET_WEIGHTS).symlink_to(tmp_path / "gone.safetensors")
+    assert "a link to a file that is gone" in refusal(str(copy_sd))
+
+
+def test_a_config_value_of_the_wrong_kind_is_one_prior_error(copy_sd):
+    config = json.loads((copy_sd / "unet" / "config.json").read_text())
+    (copy_sd / "unet" / "config.json").write_text(json.dumps({**config, "sample_size": "big"}))
+    with pytest.raises(PriorError) as err:
+        load_prior(str(copy_sd), PriorConfig(), torch.device("cpu"))
+    assert "has a config value magic3d cannot use (ValueError)" in one_sentence(str(err.value))
+
+
 @pytest.mark.parametrize("kind", ["truncated", "header not JSON", "bytes after the last tensor"])
 def test_loading_past_the_check_still_fails_as_one_prior_error(copy_sd, kind, monkeypatch):
     """Should a damaged file get past the cheap check (it changed in between), the load says so in
@@ -218,100 +214,7 @@ def test_loading_past_the_check_still_fails_as_one_prior_error(copy_sd, kind, mo
         load_component(CLIPTextModel, copy_sd / "text_encoder", "m")
 
 
-# --- hub ids: the cache must take files, the hub must answer quickly --------------------------------
-
-
-@pytest.fixture
-def online(tmp_path, monkeypatch):
-    """A connected machine as far as magic3d can tell; the hub is whatever ``hub.answer`` says."""
-    from huggingface_hub import constants
-
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # read at import by huggingface_hub
-    return monkeypatch
-
-
-def timed_refusal(id_or_path: str, limit: float = 5.0) -> str:
-    clock = time.perf_counter()
-    message = refusal(id_or_path)
-    assert time.perf_counter() - clock < limit
-    return message
-
-
-def test_unwritable_hf_home_is_refused_before_the_hub_is_asked(online, tmp_path):
-    import huggingface_hub
-
-    blocker = tmp_path / "a-file"
-    blocker.write_text("")
-    online.setenv("HF_HOME", str(blocker / "hf"))
-    online.setattr(huggingface_hub.HfApi, "model_info", lambda *a, **k: pytest.fail("the hub was asked"))
-    message = timed_refusal(SD21)
-    assert str(blocker / "hf" / "hub") in message and "from HF_HOME" in message
-    assert "a part of its path is a file" in message and "set HF_HOME to a writable folder" in message
-    with pytest.raises(PriorError, match="cannot be written"):
-        load_prior(SD21, PriorConfig(), torch.device("cpu"))
-
-
-def test_unwritable_hf_hub_cache_names_hf_hub_cache(online, tmp_path):
-    cache = tmp_path / "cache-is-a-file"
-    cache.write_text("")
-    online.setenv("HF_HUB_CACHE", str(cache))
-    message = timed_refusal(SD21)
-    assert f"{str(cache)!r} (from HF_HUB_CACHE)" in message and "it is a file" in message
-
-
-@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root writes into read-only folders")
-def test_read_only_hf_home_is_refused(online, tmp_path):
-    home = tmp_path / "ro"
-    (home / "hub").mkdir(parents=True)
-    (home / "hub").chmod(0o555)
-    online.setenv("HF_HOME", str(home))
-    try:
-        assert "permission denied" in timed_refusal(SD21)
-    finally:
-        (home / "hub").chmod(0o755)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_a_hub_that_refuses_connections_is_one_line_at_once(online, tmp_path):
-    from huggingface_hub import constants
-
-    online.setenv("HF_HOME", str(tmp_path / "hf"))
-    online.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{free_port()}")
-    message = timed_refusal(SD21, limit=3.0)
-    assert "the hub could not be reached (ConnectError)" in message
-
-
-def test_a_hub_that_never_answers_times_out_without_retries(online, tmp_path):
-    """A black-holed connection: the metadata request waits HF_HUB_ETAG_TIMEOUT once, not 60 s five times."""
-    from huggingface_hub import constants
-
-    with socket.socket() as silent:
-        silent.bind(("127.0.0.1", 0))
-        silent.listen(8)  # connections complete, nothing ever answers
-        online.setenv("HF_HOME", str(tmp_path / "hf"))
-        online.setenv("HF_HUB_ETAG_TIMEOUT", "1")
-        online.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{silent.getsockname()[1]}")
-        message = timed_refusal(SD21, limit=4.0)
-    assert "the hub could not be reached (ReadTimeout)" in message
-
-
 # --- the CLI: one line, exit 2, nothing written ---------------------------------------------------
-
-
-def run_cli(argv: list[str], capfd: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> tuple[int, str]:
-    """Exit code and stderr of ``magic3d ARGV``; stderr at the file-descriptor level, so log lines
-    from huggingface_hub (its own handler) would show too."""
-    monkeypatch.setattr(sys, "argv", ["magic3d", *argv])
-    with pytest.raises(SystemExit) as exit_info:
-        cli.main()
-    return exit_info.value.code, capfd.readouterr().err
 
 
 def break_pickle_only(folder: Path) -> str:
@@ -341,33 +244,4 @@ def test_generate_with_a_broken_prior_exits_2_with_one_line_and_writes_nothing(
     assert code == 2 and len(lines) == 1, err
     assert len(lines[0]) <= 300, lines[0]
     assert lines[0].startswith("error: ") and mention in lines[0]
-    assert not out.exists()
-
-
-def test_generate_with_an_unwritable_hf_home_exits_2_in_one_line(online, tmp_path, capfd):
-    blocker = tmp_path / "a-file"
-    blocker.write_text("")
-    online.setenv("HF_HOME", str(blocker / "hf"))
-    out = tmp_path / "out"
-    clock = time.perf_counter()
-    code, err = run_cli(["generate", "a red cube", "--prior", SD21, "--out", str(out)], capfd, online)
-    assert time.perf_counter() - clock < 5.0
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert code == 2 and len(lines) == 1, err
-    assert len(lines[0]) <= 300, lines[0]
-    assert "HF_HOME" in lines[0] and str(blocker / "hf" / "hub") in lines[0]
-    assert not out.exists()
-
-
-def test_generate_with_an_unreachable_hub_exits_2_in_one_line(online, tmp_path, capfd):
-    from huggingface_hub import constants
-
-    online.setenv("HF_HOME", str(tmp_path / "hf"))
-    online.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{free_port()}")
-    out = tmp_path / "out"
-    code, err = run_cli(["generate", "a red cube", "--prior", SD21, "--out", str(out)], capfd, online)
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert code == 2 and len(lines) == 1, err  # no "Retrying in 1s" lines from the hub client
-    assert len(lines[0]) <= 300, lines[0]
-    assert "could not be reached" in lines[0]
     assert not out.exists()
