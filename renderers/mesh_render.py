@@ -6,8 +6,9 @@ prior's training images (vertex colours), baking checks and previews (UV texture
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -17,6 +18,46 @@ from torch import Tensor
 from renderers.cameras import Cameras
 from renderers.raster import Rasterizer, get_rasterizer
 from renderers.shading import Light, ShadingMode, shade
+
+Wrap = Literal["repeat", "clamp", "mirror", "black"]
+WRAPS: tuple[Wrap, ...] = ("repeat", "clamp", "mirror", "black")
+
+
+@dataclass(frozen=True)
+class Texture:
+    """A base-colour image (row 0 at the top, uv v = 0 at the bottom) and how UVs past 0..1 read it,
+    along u (``wrap_s``) and v (``wrap_t``): as USD's UsdUVTexture and glTF samplers say."""
+
+    image: Float[Tensor, "Ht Wt 3"]
+    wrap_s: Wrap = "repeat"
+    wrap_t: Wrap = "repeat"
+
+
+def sample_texture(raster: Rasterizer, tex: Texture, uv: Float[Tensor, "N 2"], filter: str = "linear") -> Float[Tensor, "N 3"]:
+    """``tex`` at ``uv`` with its wrap modes. A repeating axis is padded with the texel from the
+    opposite edge, so bilinear filtering across the seam blends the two edges as a GPU sampler does."""
+    for wrap in (tex.wrap_s, tex.wrap_t):
+        if wrap not in WRAPS:
+            raise ValueError(f"unknown texture wrap {wrap!r}; use one of {', '.join(WRAPS)}")
+    image = tex.image
+    coords, outside = [], torch.zeros(uv.shape[0], dtype=torch.bool, device=uv.device)
+    for axis, wrap in ((0, tex.wrap_s), (1, tex.wrap_t)):
+        c = uv[:, axis]
+        size = image.shape[1 - axis]
+        if wrap == "repeat":
+            c = c - torch.floor(c)
+            image = torch.cat([image.narrow(1 - axis, size - 1, 1), image, image.narrow(1 - axis, 0, 1)], dim=1 - axis)
+            c = (c * size + 1.0) / (size + 2.0)
+        elif wrap == "mirror":
+            c = 1.0 - (torch.remainder(c, 2.0) - 1.0).abs()
+        else:
+            if wrap == "black":
+                outside |= (c < 0.0) | (c > 1.0)
+            c = c.clamp(0.0, 1.0)
+        coords.append(c)
+    grid = torch.stack(coords, dim=-1).view(1, -1, 1, 2)
+    out = raster.texture(image.unsqueeze(0), grid, filter).view(-1, image.shape[-1])
+    return torch.where(outside.unsqueeze(-1), torch.zeros_like(out), out)
 
 
 @dataclass
@@ -54,6 +95,8 @@ def render_mesh(
     uv: Float[Tensor, "T 2"] | None = None,
     uv_faces: Int[Tensor, "F 3"] | None = None,
     texture: Float[Tensor, "Ht Wt 3"] | None = None,
+    textures: Sequence[Texture] | None = None,
+    face_texture: Int[Tensor, " F"] | None = None,
     mode: ShadingMode = "albedo",
     light: Light | None = None,
     background: Tensor | float = 1.0,
@@ -61,8 +104,16 @@ def render_mesh(
     antialias: bool = True,
     smooth_normals: bool = False,
 ) -> MeshRender:
-    """Colour comes from exactly one of ``albedo_fn(points "N 3")``, ``vertex_colors`` or ``uv``+``texture``."""
-    if sum(x is not None for x in (albedo_fn, vertex_colors, texture)) != 1:
+    """Colour comes from exactly one of ``albedo_fn(points "N 3")``, ``vertex_colors``, ``uv``+``texture``
+    (sampled clamped), or ``uv``+``textures``+``face_texture``: many materials in one draw, each face
+    reading ``textures[face_texture[f]]`` with its wrap modes (-1: none) times ``vertex_colors``
+    (white when not given)."""
+    if textures is not None:
+        if uv is None or face_texture is None:
+            raise ValueError("textures need uv coordinates and face_texture")
+        if albedo_fn is not None or texture is not None:
+            raise ValueError("give textures with vertex_colors only, not with albedo_fn or texture")
+    elif sum(x is not None for x in (albedo_fn, vertex_colors, texture)) != 1:
         raise ValueError("give exactly one of albedo_fn, vertex_colors or texture (with uv)")
     raster = rasterizer or get_rasterizer(vertices.device)
     batch, height, width = len(cameras), cameras.height, cameras.width
@@ -88,6 +139,17 @@ def render_mesh(
         albedo = torch.zeros(batch, height, width, 3, dtype=verts.dtype, device=verts.device)
         mask = hit[..., 0]
         albedo = albedo.index_put((mask,), albedo_fn(points[mask]).to(verts.dtype))
+    elif textures is not None:
+        albedo = (raster.interpolate(vertex_colors.to(verts.dtype), rast, faces) if vertex_colors is not None
+                  else torch.ones(batch, height, width, 3, dtype=verts.dtype, device=verts.device))
+        uv_rast = raster.interpolate(uv.to(verts.dtype), rast, uv_faces if uv_faces is not None else faces)
+        tri = rast[..., 3].round().long() - 1
+        which = torch.where(tri >= 0, face_texture.to(tri.device).long()[tri.clamp(min=0)], -1)
+        for k, tex in enumerate(textures):
+            mask = which == k
+            if bool(mask.any()):
+                sampled = sample_texture(raster, Texture(tex.image.to(verts), tex.wrap_s, tex.wrap_t), uv_rast[mask])
+                albedo = albedo.index_put((mask,), albedo[mask] * sampled)
     elif vertex_colors is not None:
         albedo = raster.interpolate(vertex_colors.to(verts.dtype), rast, faces)
     else:

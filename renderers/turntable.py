@@ -1,11 +1,15 @@
-"""Turntable previews of any ``trimesh.Trimesh``: frames around the object, and a GIF writer.
+"""Turntable previews of any ``trimesh.Trimesh``, or of a file's parts: frames around the object, and a GIF writer.
 
-Colour comes from the mesh itself: a UV texture (glTF ``PBRMaterial.baseColorTexture`` times
-``baseColorFactor``, or an OBJ ``SimpleMaterial`` image), else vertex or face colours, else a
-plain material colour, else light grey. Texture images keep row 0 at the top and uv v = 0 at the
-bottom row, which is trimesh's convention and the rasterizer's. The object is centred on its
-bounding box and scaled so its bounding sphere fills the view; it is lit by a light beside the
-camera so shape reads even on flat-coloured assets.
+A mesh's colour comes from itself: a UV texture (glTF ``PBRMaterial.baseColorTexture`` times
+``baseColorFactor``, or an OBJ ``SimpleMaterial`` image; it repeats past 0..1, as glTF's default
+sampler and our USD say), else vertex or face colours, else a plain material colour, else light
+grey. Parts (``exporters.read.Part`` or anything with the same fields: ``vertices``, ``faces``,
+``uv``, ``colors`` and a ``material`` with ``base_color``, ``image``, ``wrap_s``, ``wrap_t``) are
+drawn together, each with its own material: its image (wrapped as it says) times its base colour
+times its vertex colours; a part without a material is light grey. Texture images keep row 0 at the
+top and uv v = 0 at the bottom row, which is trimesh's convention and the rasterizer's. The object
+is centred on its bounding box and scaled so its bounding sphere fills the view; it is lit by a
+light beside the camera so shape reads even on flat-coloured assets.
 """
 
 from __future__ import annotations
@@ -13,7 +17,9 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,7 +27,7 @@ import trimesh
 from PIL import Image
 
 from renderers.cameras import fov_for_extent, orbit_cameras
-from renderers.mesh_render import render_mesh
+from renderers.mesh_render import Texture, render_mesh
 from renderers.raster import get_rasterizer
 from renderers.shading import Light
 
@@ -31,7 +37,7 @@ FRAMES_PER_BATCH = 6  # bounds memory at 512 px and large meshes
 
 
 def render_turntable(
-    mesh: trimesh.Trimesh,
+    mesh: trimesh.Trimesh | Sequence[Any],
     frames: int = 24,
     resolution: int = 256,
     elevation: float = 20.0,
@@ -40,17 +46,18 @@ def render_turntable(
     lit: bool = True,
     device: torch.device | str = "cpu",
 ) -> list[np.ndarray]:
-    """``frames`` views evenly spaced in azimuth from the front (+Z), as HxWx3 uint8 arrays."""
+    """``frames`` views evenly spaced in azimuth from the front (+Z), as HxWx3 uint8 arrays, of a
+    mesh or of a file's parts (see the module docstring)."""
     if frames < 1 or resolution < 1:
         raise ValueError(f"need at least one frame and one pixel, got frames={frames}, resolution={resolution}")
-    if len(mesh.faces) == 0:
+    drawn = _mesh_inputs(mesh) if isinstance(mesh, trimesh.Trimesh) else [_part_inputs(p) for p in mesh]
+    if sum(len(d.faces) for d in drawn) == 0:
         raise ValueError("the mesh has no faces to render")
-    verts, faces, colour = _mesh_inputs(mesh)
+    verts, faces, colour = _combined(drawn, device)
     verts = _normalise(verts)
     raster = get_rasterizer(device)
     v = torch.as_tensor(verts, dtype=torch.float32, device=device)
     f = torch.as_tensor(faces, dtype=torch.int64, device=device)
-    colour = {k: torch.as_tensor(x, dtype=torch.float32, device=device) for k, x in colour.items()}
     fov = fov_for_extent(1.08, DISTANCE)  # a little margin round the unit bounding sphere
     bg = torch.tensor(background, dtype=torch.float32, device=device)
     out: list[np.ndarray] = []
@@ -91,25 +98,83 @@ def _normalise(verts: np.ndarray) -> np.ndarray:
     return centred / radius if radius > 0 and math.isfinite(radius) else centred
 
 
-def _mesh_inputs(mesh: trimesh.Trimesh) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
-    """Vertices, faces and the ``render_mesh`` colour arguments for this mesh's visual."""
+@dataclass
+class _Drawn:
+    """One part as the renderer takes it: colours per vertex, and an optional texture over them."""
+
+    vertices: np.ndarray  # "V 3"
+    faces: np.ndarray  # "F 3"
+    colors: np.ndarray  # "V 3" 0..1, multiplying the texture
+    uv: np.ndarray | None = None  # "V 2"
+    image: Image.Image | None = None
+    wrap: tuple[str, str] = ("repeat", "repeat")
+
+
+def _combined(drawn: list[_Drawn], device: torch.device | str) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """All parts in one vertex and face list, and the ``render_mesh`` colour arguments for them."""
+    offsets = np.cumsum([0] + [len(d.vertices) for d in drawn[:-1]])
+    verts = np.concatenate([d.vertices for d in drawn]).astype(np.float64)
+    faces = np.concatenate([d.faces + o for d, o in zip(drawn, offsets, strict=True)]).astype(np.int64)
+    colors = np.concatenate([d.colors for d in drawn])
+    as_tensor = lambda x: torch.as_tensor(x, dtype=torch.float32, device=device)  # noqa: E731
+    if all(d.image is None for d in drawn):
+        return verts, faces, {"vertex_colors": as_tensor(colors)}
+    uv = np.concatenate([d.uv if d.image is not None else np.zeros((len(d.vertices), 2)) for d in drawn])
+    textures: list[Texture] = []
+    seen: dict[tuple[int, tuple[str, str]], int] = {}
+    face_texture = []
+    for d in drawn:
+        index = -1
+        if d.image is not None:
+            key = (id(d.image), d.wrap)
+            if key not in seen:
+                seen[key] = len(textures)
+                pixels = np.asarray(d.image.convert("RGB"), dtype=np.float32) / 255.0
+                textures.append(Texture(as_tensor(pixels), wrap_s=d.wrap[0], wrap_t=d.wrap[1]))  # type: ignore[arg-type]
+            index = seen[key]
+        face_texture.append(np.full(len(d.faces), index, dtype=np.int64))
+    return verts, faces, {
+        "vertex_colors": as_tensor(colors), "uv": as_tensor(uv), "textures": textures,
+        "face_texture": torch.as_tensor(np.concatenate(face_texture), device=device),
+    }
+
+
+def _part_inputs(part: Any) -> _Drawn:
+    """A file's part (``exporters.read.Part`` or alike) as the renderer takes it."""
+    verts = np.asarray(part.vertices, dtype=np.float64)
+    faces = np.asarray(part.faces, dtype=np.int64)
+    material = part.material
+    if material is None and part.colors is None:
+        return _Drawn(verts, faces, np.tile(np.array(GREY), (len(verts), 1)))
+    colors = np.ones((len(verts), 3)) if part.colors is None else np.asarray(part.colors, dtype=np.float64)[:, :3]
+    if material is None:
+        return _Drawn(verts, faces, colors)
+    colors = colors * np.asarray(material.base_color, dtype=np.float64)[:3]
+    if material.image is None or part.uv is None or len(part.uv) != len(verts):
+        return _Drawn(verts, faces, colors)
+    return _Drawn(verts, faces, colors, np.asarray(part.uv, dtype=np.float64), material.image,
+                  (str(material.wrap_s), str(material.wrap_t)))
+
+
+def _mesh_inputs(mesh: trimesh.Trimesh) -> list[_Drawn]:
+    """This mesh's visual as the renderer takes it."""
     verts = np.asarray(mesh.vertices, dtype=np.float64)
     faces = np.asarray(mesh.faces, dtype=np.int64)
     visual = mesh.visual
     if isinstance(visual, trimesh.visual.TextureVisuals):
         image, factor = _material_image(visual.material)
         uv = visual.uv
+        colors = np.tile(factor, (len(verts), 1))
         if image is not None and uv is not None and len(uv) == len(verts):
-            tex = np.asarray(image, dtype=np.float32)[..., :3] / 255.0 * factor
-            return verts, faces, {"uv": np.asarray(uv, dtype=np.float64), "texture": tex}
-        return verts, faces, {"vertex_colors": np.tile(factor, (len(verts), 1))}
+            return [_Drawn(verts, faces, colors, np.asarray(uv, dtype=np.float64), image)]
+        return [_Drawn(verts, faces, colors)]
     if isinstance(visual, trimesh.visual.ColorVisuals) and visual.defined:
         if visual.kind == "face":
             # Each face keeps its own flat colour: give every corner its own vertex.
             colours = np.repeat(np.asarray(visual.face_colors)[:, :3] / 255.0, 3, axis=0)
-            return verts[faces].reshape(-1, 3), np.arange(3 * len(faces)).reshape(-1, 3), {"vertex_colors": colours}
-        return verts, faces, {"vertex_colors": np.asarray(visual.vertex_colors)[:, :3] / 255.0}
-    return verts, faces, {"vertex_colors": np.tile(np.array(GREY), (len(verts), 1))}
+            return [_Drawn(verts[faces].reshape(-1, 3), np.arange(3 * len(faces)).reshape(-1, 3), colours)]
+        return [_Drawn(verts, faces, np.asarray(visual.vertex_colors)[:, :3] / 255.0)]
+    return [_Drawn(verts, faces, np.tile(np.array(GREY), (len(verts), 1)))]
 
 
 def _material_image(material: object) -> tuple[Image.Image | None, np.ndarray]:

@@ -1,123 +1,83 @@
-"""Read any exported asset back into a ``trimesh.Trimesh`` (UVs + PBR material): USD via pxr, GLB/OBJ via trimesh.
+"""USD stages (``.usd``, ``.usda``, ``.usdc``, ``.usdz``) as parts, one per mesh and bound material.
 
-``frame="source"`` (default) returns the generator's coordinates: the placement our USD writer baked
-into the points is undone with the transform it recorded (files from elsewhere are only turned Y-up). ``frame="stage"`` returns the points as
-the file stores them (after each mesh's own transforms).
+Every ``UsdGeom.Mesh`` the stage composes (references, payloads and instances included; invisible
+and guide prims left out, proxies only where there is nothing else) is placed by its world
+transform. Each mesh is one part drawn with its bound material, or several: one per ``GeomSubset``
+of the ``materialBind`` family, with the faces no subset claims on the mesh's own material. A mesh
+without a material shows its ``displayColor`` (constant, per face, per vertex or per corner).
 """
 
 from __future__ import annotations
 
-import io
-import zipfile
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
-import trimesh
-from PIL import Image
 
-from exporters.common import Surface, pbr_material, placed
+from exporters.read.parts import Material, Part
+from exporters.read.usd_material import TextureCache, read_material
 from exporters.usd import SOURCE_TRANSFORM_KEY
 
-Frame = Literal["source", "stage"]
-READABLE = (".usd", ".usda", ".usdc", ".usdz", ".glb", ".gltf", ".obj")
+Z_TO_Y = np.array([[1, 0, 0, 0], [0, 0, 1, 0], [0, -1, 0, 0], [0, 0, 0, 1]], dtype=np.float64)
 
 
-def load_asset(path: str | Path, frame: Frame = "source") -> trimesh.Trimesh:
-    """One mesh (all meshes of the file concatenated) with UVs and material where the file has them."""
-    path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix not in READABLE:
-        raise ValueError(f"cannot read {path.name!r}: expected one of {', '.join(READABLE)}")
-    if not path.is_file():
-        raise FileNotFoundError(f"no such asset: {str(path)!r}")
-    if suffix.startswith(".usd"):
-        return _load_usd(path, frame)
-    loaded = trimesh.load(str(path), process=False, maintain_order=True)
-    mesh = loaded
-    if isinstance(loaded, trimesh.Scene):
-        nodes = loaded.graph.nodes_geometry
-        if len(nodes) == 1:  # the usual case; force="mesh" would drop the file's normals
-            transform, name = loaded.graph[nodes[0]]
-            mesh = loaded.geometry[name]
-            if not np.allclose(transform, np.eye(4)):
-                mesh = placed(mesh, np.asarray(transform, dtype=np.float64))
-        else:
-            mesh = loaded.to_mesh()
-    if not isinstance(mesh, trimesh.Trimesh) or len(mesh.faces) == 0:
-        raise ValueError(f"{str(path)!r} holds no triangle mesh")
-    visual = mesh.visual
-    if isinstance(visual, trimesh.visual.texture.TextureVisuals) and isinstance(
-        visual.material, trimesh.visual.material.SimpleMaterial
-    ):
-        visual.material = visual.material.to_pbr()
-    return mesh
+def load_usd_parts(path: Path, frame: str) -> list[Part]:
+    from pxr import Usd, UsdGeom
+
+    stage = Usd.Stage.Open(str(path))
+    if stage is None:
+        raise ValueError(f"cannot open {str(path)!r} as a USD stage")
+    time = Usd.TimeCode.EarliestTime()
+    cache = UsdGeom.XformCache(time)
+    textures = TextureCache()
+    found: dict[str, list[Part]] = {"render": [], "proxy": []}
+    for prim in stage.Traverse(Usd.TraverseInstanceProxies(Usd.PrimDefaultPredicate)):
+        if not prim.IsA(UsdGeom.Mesh):
+            continue
+        imageable = UsdGeom.Imageable(prim)
+        if imageable.ComputeVisibility(time) == UsdGeom.Tokens.invisible:
+            continue
+        purpose = imageable.ComputePurpose()
+        if purpose == UsdGeom.Tokens.guide:
+            continue
+        world = np.asarray(cache.GetLocalToWorldTransform(prim), dtype=np.float64).T
+        parts = _mesh_parts(UsdGeom.Mesh(prim), time, textures)
+        found["proxy" if purpose == UsdGeom.Tokens.proxy else "render"] += [p.transformed(world) for p in parts]
+    parts = found["render"] or found["proxy"]
+    if not parts:
+        raise ValueError(f"{str(path)!r} holds no mesh")
+    back = np.eye(4)
+    if frame == "source":
+        root = stage.GetDefaultPrim()
+        recorded = root.GetCustomDataByKey(SOURCE_TRANSFORM_KEY) if root else None
+        if recorded is not None:
+            back = np.linalg.inv(np.asarray(recorded, dtype=np.float64).T)
+        elif UsdGeom.GetStageUpAxis(stage) == UsdGeom.Tokens.z:  # someone else's Z-up file: make it Y-up
+            back = Z_TO_Y
+    return [p.transformed(back) for p in parts] if not np.array_equal(back, np.eye(4)) else parts
 
 
-def _triangulate(counts: np.ndarray, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Fan-triangulate polygons; returns faces "F 3" into the point array and, per triangle corner,
-    the index into the face-vertex list (to fetch faceVarying primvars)."""
+def triangulate(counts: np.ndarray, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Fan-triangulate polygons: faces "F 3" into the points, each triangle corner's index into the
+    face-vertex list (to fetch faceVarying primvars), and each triangle's polygon (for subsets)."""
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    tris, corners = [], []
+    corners = []
     for k in range(3, int(counts.max(initial=3)) + 1):
         poly = starts[counts == k]
         for j in range(1, k - 1):
-            c = np.stack([poly, poly + j, poly + j + 1], axis=1)
-            corners.append(c)
+            corners.append(np.stack([poly, poly + j, poly + j + 1], axis=1))
     if not corners:
-        return np.zeros((0, 3), np.int64), np.zeros((0, 3), np.int64)
+        return np.zeros((0, 3), np.int64), np.zeros((0, 3), np.int64), np.zeros(0, np.int64)
     corner = np.concatenate(corners)
     corner = corner[np.argsort(corner[:, 0], kind="stable")]
-    tris = indices[corner]
-    return tris, corner
+    polygon = np.searchsorted(starts, corner[:, 0], side="right") - 1
+    return indices[corner], corner, polygon
 
 
-def _read_texture(shader_file) -> Image.Image | None:
-    resolved = str(shader_file.resolvedPath or "")
-    if not resolved:
-        return None
-    if "[" in resolved and resolved.endswith("]"):  # inside a usdz package: "pkg.usdz[inner/path]"
-        package, inner = resolved[:-1].split("[", 1)
-        with zipfile.ZipFile(package) as zf:
-            data = zf.read(inner)
-        return Image.open(io.BytesIO(data)).copy()
-    return Image.open(resolved).copy()
-
-
-def _material(prim) -> Surface:
-    from pxr import UsdShade
-
-    image, base, roughness, metallic = None, (1.0, 1.0, 1.0, 1.0), 1.0, 0.0
-    material, _ = UsdShade.MaterialBindingAPI(prim).ComputeBoundMaterial()
-    if material:
-        source = material.ComputeSurfaceSource()[0]
-        if source:
-            for name, default in (("roughness", 1.0), ("metallic", 0.0)):
-                value = source.GetInput(name).Get() if source.GetInput(name) else None
-                if name == "roughness":
-                    roughness = float(value) if value is not None else default
-                else:
-                    metallic = float(value) if value is not None else default
-            diffuse = source.GetInput("diffuseColor")
-            if diffuse:
-                connected = diffuse.GetConnectedSources()[0]
-                if connected:
-                    texture = UsdShade.Shader(connected[0].source.GetPrim())
-                    file_input = texture.GetInput("file")
-                    if file_input:
-                        image = _read_texture(file_input.Get())
-                    scale = texture.GetInput("scale")
-                    if scale and scale.Get() is not None:
-                        base = tuple(float(c) for c in scale.Get())
-                elif diffuse.Get() is not None:
-                    base = (*[float(c) for c in diffuse.Get()], 1.0)
-    return Surface(uv=None, image=image, base_color=base, roughness=roughness, metallic=metallic)  # type: ignore[arg-type]
-
-
-def _split_seams(st, points, normals, faces, corners):
+def split_seams(st, points, faces, corners):
     """One vertex per distinct (point, UV) pair of a face-varying ``st``: split along UV seams only,
     as glTF and trimesh need. With indexed UVs the pairs keep the order of the UV indices, so a
-    file we wrote reads back with the vertices, in the order, it was written from."""
+    file we wrote reads back with the vertices, in the order, it was written from.
+    Returns (the point each new vertex comes from, new faces, UVs)."""
     if st.IsIndexed():
         by_corner = np.asarray(st.GetIndices(), dtype=np.int64)[corners.reshape(-1)]
         table = np.asarray(st.Get(), dtype=np.float64)
@@ -129,84 +89,117 @@ def _split_seams(st, points, normals, faces, corners):
     _, uv_first, uv_row = np.unique(table, axis=0, return_index=True, return_inverse=True)
     uv_key = uv_first[uv_row.reshape(-1)][by_corner]
     pairs, of_corner = np.unique(np.column_stack([uv_key, faces.reshape(-1)]), axis=0, return_inverse=True)
-    source = pairs[:, 1]
-    normals = normals[source] if normals is not None else None
-    return points[source], normals, of_corner.reshape(-1, 3), table[pairs[:, 0]]
+    return pairs[:, 1], of_corner.reshape(-1, 3), table[pairs[:, 0]]
 
 
-def _load_usd(path: Path, frame: Frame) -> trimesh.Trimesh:
-    from pxr import Usd, UsdGeom
+def _uv_primvar(api, name: str | None):
+    from pxr import Sdf
 
-    stage = Usd.Stage.Open(str(path))
-    if stage is None:
-        raise ValueError(f"cannot open {str(path)!r} as a USD stage")
-    cache = UsdGeom.XformCache(Usd.TimeCode.Default())
+    for candidate in (name, "st", "UVMap", "uv"):
+        if candidate and api.HasPrimvar(candidate):
+            primvar = api.GetPrimvar(candidate)
+            if primvar.HasValue():
+                return primvar
+    for primvar in api.GetPrimvarsWithValues():  # any texture-coordinate primvar
+        if primvar.GetTypeName().role == Sdf.ValueTypeNames.TexCoord2f.role:
+            return primvar
+    return None
+
+
+def _mesh_parts(mesh, time, textures: TextureCache) -> list[Part]:
+    from pxr import UsdGeom, UsdShade
+
+    prim = mesh.GetPrim()
+    points = np.asarray(mesh.GetPointsAttr().Get(time) or [], dtype=np.float64).reshape(-1, 3)
+    counts = np.asarray(mesh.GetFaceVertexCountsAttr().Get(time) or [], dtype=np.int64)
+    indices = np.asarray(mesh.GetFaceVertexIndicesAttr().Get(time) or [], dtype=np.int64)
+    if len(points) == 0 or len(counts) == 0 or counts.sum() != len(indices):
+        return []
+    if len(indices) and (indices.min() < 0 or indices.max() >= len(points)):
+        raise ValueError(f"{prim.GetPath()} indexes points it does not have")
+    faces, corners, polygon = triangulate(counts, indices)
+    if mesh.GetOrientationAttr().Get() == UsdGeom.Tokens.leftHanded:
+        faces, corners = faces[:, ::-1], corners[:, ::-1]
+
+    # Material groups: the mesh's own binding, then each materialBind subset's faces.
+    binding = UsdShade.MaterialBindingAPI(prim)
+    group = np.zeros(len(counts), dtype=np.int64)
+    bound = [binding.ComputeBoundMaterial()[0]]
+    for subset in binding.GetMaterialBindSubsets():
+        members = np.asarray(subset.GetIndicesAttr().Get(time) or [], dtype=np.int64)
+        members = members[(members >= 0) & (members < len(counts))]
+        group[members] = len(bound)
+        bound.append(UsdShade.MaterialBindingAPI(subset.GetPrim()).ComputeBoundMaterial()[0])
+    materials, uv_names = [], []
+    for material in bound:
+        read = read_material(material, textures) if material else (None, None)
+        materials.append(read[0])
+        uv_names.append(read[1])
+
+    api = UsdGeom.PrimvarsAPI(prim)
+    source = np.arange(len(points))
+    uv = None
+    st = _uv_primvar(api, next((n for n in uv_names if n), None))
+    if st is not None:
+        values = np.asarray(st.ComputeFlattened(time), dtype=np.float64)
+        interp = st.GetInterpolation()
+        if interp in (UsdGeom.Tokens.vertex, UsdGeom.Tokens.varying) and len(values) == len(points):
+            uv = values
+        elif interp == UsdGeom.Tokens.faceVarying and len(values) == len(indices):
+            source, faces, uv = split_seams(st, points, faces, corners)
+    normals = mesh.GetNormalsAttr().Get(time)
+    normals = np.asarray(normals, dtype=np.float64) if normals is not None else None
+    if normals is None or len(normals) != len(points) or mesh.GetNormalsInterpolation() == UsdGeom.Tokens.faceVarying:
+        normals = None
+    else:
+        normals = normals[source]
+
     parts = []
-    normal_parts: list[np.ndarray | None] = []
-    surf: Surface | None = None
-    for prim in stage.Traverse():
-        if not prim.IsA(UsdGeom.Mesh):
+    for k, material in enumerate(materials):
+        tris = np.nonzero(group[polygon] == k)[0]
+        if len(tris) == 0:
             continue
-        mesh = UsdGeom.Mesh(prim)
-        points = np.asarray(mesh.GetPointsAttr().Get(), dtype=np.float64)
-        counts = np.asarray(mesh.GetFaceVertexCountsAttr().Get(), dtype=np.int64)
-        indices = np.asarray(mesh.GetFaceVertexIndicesAttr().Get(), dtype=np.int64)
-        if len(points) == 0 or len(counts) == 0:
-            continue
-        faces, corners = _triangulate(counts, indices)
-        if mesh.GetOrientationAttr().Get() == UsdGeom.Tokens.leftHanded:
-            faces, corners = faces[:, ::-1], corners[:, ::-1]
-        world = np.asarray(cache.GetLocalToWorldTransform(prim), dtype=np.float64).T
-        points = points @ world[:3, :3].T + world[:3, 3]
-        normals = mesh.GetNormalsAttr().Get()
-        normals = np.asarray(normals, dtype=np.float64) if normals is not None else None
-        if normals is not None and len(normals) == len(points):
-            normals = normals @ np.linalg.inv(world[:3, :3])
-        else:
-            normals = None
-        uv = None
-        st = UsdGeom.PrimvarsAPI(prim).GetPrimvar("st")
-        if st and st.HasValue():
-            values = np.asarray(st.ComputeFlattened(), dtype=np.float64)
-            interp = st.GetInterpolation()
-            if interp in (UsdGeom.Tokens.vertex, UsdGeom.Tokens.varying) and len(values) == len(points):
-                uv = values
-            elif interp == UsdGeom.Tokens.faceVarying and len(values) == len(indices):
-                points, normals, faces, uv = _split_seams(st, points, normals, faces, corners)
-        parts.append((points, faces, uv))
-        normal_parts.append(normals)
-        if surf is None:
-            surf = _material(prim)
-    if not parts:
-        raise ValueError(f"{str(path)!r} holds no mesh")
+        part = Part(name=str(prim.GetPath()), vertices=points[source], faces=faces, uv=uv, normals=normals,
+                    material=material)
+        if material is None:
+            part = _display_color(part, api, source, corners, polygon, time, len(points), len(indices), len(counts))
+        if len(tris) < len(faces):
+            part = _subset(part, tris, polygon)
+        parts.append(part)
+    return parts
 
-    offsets = np.cumsum([0] + [len(p) for p, _, _ in parts[:-1]])
-    vertices = np.concatenate([p for p, _, _ in parts])
-    faces = np.concatenate([f + o for (_, f, _), o in zip(parts, offsets, strict=True)])
-    uvs = [u for _, _, u in parts]
-    uv = np.concatenate(uvs) if all(u is not None for u in uvs) else None
 
-    normals = np.concatenate(normal_parts) if all(n is not None for n in normal_parts) else None
+def _subset(part: Part, tris: np.ndarray, polygon: np.ndarray) -> Part:
+    used, local = np.unique(part.faces[tris], return_inverse=True)
+    pick = (lambda a: a[used] if a is not None else None)  # noqa: E731
+    return Part(name=part.name, vertices=part.vertices[used], faces=local.reshape(-1, 3), uv=pick(part.uv),
+                normals=pick(part.normals), colors=pick(part.colors), material=part.material)
 
-    back = np.eye(4)
-    if frame == "source":
-        root = stage.GetDefaultPrim()
-        recorded = root.GetCustomDataByKey(SOURCE_TRANSFORM_KEY) if root else None
-        if recorded is not None:
-            back = np.linalg.inv(np.asarray(recorded, dtype=np.float64).T)
-        elif UsdGeom.GetStageUpAxis(stage) == UsdGeom.Tokens.z:  # someone else's Z-up file: make it Y-up
-            back[:3, :3] = [[1, 0, 0], [0, 0, 1], [0, -1, 0]]
-    elif frame != "stage":
-        raise ValueError(f"frame must be 'source' or 'stage', not {frame!r}")
-    vertices = vertices @ back[:3, :3].T + back[:3, 3]
-    if normals is not None:
-        normals = normals @ np.linalg.inv(back[:3, :3])
-        normals /= np.maximum(np.linalg.norm(normals, axis=1, keepdims=True), 1e-12)
 
-    out = trimesh.Trimesh(vertices=vertices, faces=faces, vertex_normals=normals, process=False)
-    surf = surf or Surface(uv=None, image=None, base_color=(1.0, 1.0, 1.0, 1.0), roughness=1.0, metallic=0.0)
-    if uv is not None:
-        full = Surface(uv=uv, image=surf.image, base_color=surf.base_color, roughness=surf.roughness,
-                       metallic=surf.metallic)
-        out.visual = trimesh.visual.TextureVisuals(uv=uv, material=pbr_material(full))
-    return out
+def _display_color(part: Part, api, source, corners, polygon, time, n_points: int, n_corners: int,
+                   n_polygons: int) -> Part:
+    """The part coloured by ``primvars:displayColor`` (and ``displayOpacity``) where it has one."""
+    from pxr import UsdGeom
+
+    primvar = api.GetPrimvar("displayColor")
+    if not primvar or not primvar.HasValue():
+        return part
+    rgb = np.asarray(primvar.ComputeFlattened(time), dtype=np.float64).reshape(-1, 3)
+    interp = primvar.GetInterpolation()
+    if interp == UsdGeom.Tokens.constant or len(rgb) == 1:
+        return Part(**{**part.__dict__, "material": Material(name="displayColor", base_color=(*rgb[0], 1.0))})
+    if interp in (UsdGeom.Tokens.vertex, UsdGeom.Tokens.varying) and len(rgb) == n_points:
+        colors = np.column_stack([rgb[source], np.ones(len(source))])
+        return Part(**{**part.__dict__, "colors": colors})
+    if interp == UsdGeom.Tokens.uniform and len(rgb) == n_polygons:
+        per_corner = np.repeat(rgb[polygon], 3, axis=0)
+    elif interp == UsdGeom.Tokens.faceVarying and len(rgb) == n_corners:
+        per_corner = rgb[corners.reshape(-1)]
+    else:
+        return part
+    # Colours per face or corner: every corner gets its own vertex.
+    flat = part.faces.reshape(-1)
+    return Part(name=part.name, vertices=part.vertices[flat], faces=np.arange(len(flat)).reshape(-1, 3),
+                uv=part.uv[flat] if part.uv is not None else None,
+                normals=part.normals[flat] if part.normals is not None else None,
+                colors=np.column_stack([per_corner, np.ones(len(flat))]))

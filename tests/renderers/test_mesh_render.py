@@ -30,7 +30,10 @@ def single_thread():
 def textured_quad() -> trimesh.Trimesh:
     verts = np.array([[-1, -1, 0], [1, -1, 0], [1, 1, 0], [-1, 1, 0]], dtype=np.float64)
     uv = np.array([[0, 0], [1, 0], [1, 1], [0, 1]], dtype=np.float64)
-    material = trimesh.visual.material.PBRMaterial(baseColorTexture=Image.fromarray(QUADRANTS))
+    # 8x8 texels in four blocks: bilinear filtering inside a block reads one colour, whether the
+    # edges repeat (glTF's default sampler, what the turntable does) or clamp.
+    image = Image.fromarray(QUADRANTS.repeat(4, axis=0).repeat(4, axis=1))
+    material = trimesh.visual.material.PBRMaterial(baseColorTexture=image)
     return trimesh.Trimesh(verts, [[0, 1, 2], [0, 2, 3]], visual=trimesh.visual.TextureVisuals(uv=uv, material=material),
                            process=False)
 
@@ -111,3 +114,21 @@ def test_lit_turntable_of_a_coloured_cube_and_its_gif(tmp_path):
         assert gif.n_frames == 4 and gif.size == (24, 24)
         first = np.asarray(gif.convert("RGB")).astype(int)
     assert np.abs(first - frames[0]).mean() < 8  # GIF palette quantisation only
+
+
+def test_texture_wrap_modes_read_uvs_past_the_edge_as_usd_and_gltf_say():
+    from renderers.mesh_render import Texture, sample_texture
+    from renderers.raster import get_rasterizer
+
+    ramp = torch.arange(4, dtype=torch.float32).view(1, 4, 1).expand(4, 4, 3) / 3.0  # columns 0, 1/3, 2/3, 1
+    u = torch.tensor([0.125, 1.125, -0.875, 1.875, 0.0])  # texel 0, past either edge, the seam at u = 0
+    uv = torch.stack([u, torch.full_like(u, 0.5)], dim=-1)
+    raster = get_rasterizer("cpu")
+    read = {w: sample_texture(raster, Texture(ramp, wrap_s=w, wrap_t="clamp"), uv)[:, 0] for w in
+            ("repeat", "clamp", "mirror", "black")}
+    assert torch.allclose(read["repeat"], torch.tensor([0.0, 0.0, 0.0, 1.0, 0.5]), atol=1e-6)  # seam: both edges
+    assert torch.allclose(read["clamp"], torch.tensor([0.0, 1.0, 0.0, 1.0, 0.0]), atol=1e-6)
+    assert torch.allclose(read["mirror"], torch.tensor([0.0, 1.0, 1.0, 0.0, 0.0]), atol=1e-6)  # u -> 0.875 twice
+    assert torch.allclose(read["black"], torch.tensor([0.0, 0.0, 0.0, 0.0, 0.0]), atol=1e-6)
+    with pytest.raises(ValueError, match="wrap"):
+        sample_texture(raster, Texture(ramp, wrap_s="tile"), uv)  # type: ignore[arg-type]

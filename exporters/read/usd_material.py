@@ -1,0 +1,129 @@
+"""UsdShade materials as ``Material``: UsdPreviewSurface networks (and OmniPBR's MDL inputs).
+
+The diffuse colour is a constant, or a ``UsdUVTexture`` whose ``scale`` multiplies the image, whose
+``fallback`` is the colour when the image cannot be read, and whose ``wrapS``/``wrapT`` say how UVs
+past 0..1 read (``useMetadata`` and unset read as ``repeat``, what viewers show for images with no
+wrap metadata). The UV set is the ``varname`` of the primvar reader feeding the texture's ``st``.
+"""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from typing import Any
+
+from PIL import Image
+
+from exporters.read.parts import WRAPS, Material
+
+SPEC_DIFFUSE = (0.18, 0.18, 0.18)  # UsdPreviewSurface's diffuseColor when unset
+SPEC_FALLBACK = (0.0, 0.0, 0.0, 1.0)  # UsdUVTexture's fallback when unset
+
+
+class TextureCache:
+    """Each image file opened once per read, so parts sharing a texture share the image."""
+
+    def __init__(self) -> None:
+        self.images: dict[str, Image.Image | None] = {}
+
+    def get(self, asset_path: Any) -> Image.Image | None:
+        resolved = str(getattr(asset_path, "resolvedPath", "") or "")
+        if not resolved:
+            return None
+        if resolved not in self.images:
+            self.images[resolved] = _open_image(resolved)
+        return self.images[resolved]
+
+
+def _open_image(resolved: str) -> Image.Image | None:
+    try:
+        if "[" in resolved and resolved.endswith("]"):  # inside a usdz package: "pkg.usdz[inner/path]"
+            package, inner = resolved[:-1].split("[", 1)
+            with zipfile.ZipFile(package) as zf:
+                data = zf.read(inner)
+            image = Image.open(io.BytesIO(data))
+        else:
+            image = Image.open(resolved)
+        image.load()
+        return image
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):  # missing or damaged: the fallback colour
+        return None
+
+
+def _value(shader, name: str, default=None):
+    put = shader.GetInput(name)
+    if not put:
+        return default
+    value = put.Get()
+    return default if value is None else value
+
+
+def read_material(material, textures: TextureCache) -> tuple[Material, str | None]:
+    """(the material, the UV primvar its texture reads or None)."""
+    source = material.ComputeSurfaceSource()[0]
+    if not source:
+        mdl = material.ComputeSurfaceSource("mdl")[0]
+        if mdl:
+            return _omni_pbr(material, mdl, textures), None
+        return Material(name=material.GetPrim().GetName(), base_color=(*SPEC_DIFFUSE, 1.0)), None
+    name = material.GetPrim().GetName()
+    roughness = float(_value(source, "roughness", 0.5))
+    metallic = float(_value(source, "metallic", 0.0))
+    diffuse = source.GetInput("diffuseColor")
+    connected = diffuse.GetConnectedSources()[0] if diffuse else []
+    if not connected:
+        rgb = tuple(float(c) for c in _value(source, "diffuseColor", SPEC_DIFFUSE))
+        return Material(name=name, base_color=(*rgb, 1.0), roughness=roughness, metallic=metallic), None
+    from pxr import UsdShade
+
+    link = connected[0]
+    texture = UsdShade.Shader(link.source.GetPrim())
+    scale = tuple(float(c) for c in _value(texture, "scale", (1.0, 1.0, 1.0, 1.0)))
+    image = textures.get(_value(texture, "file")) if texture.GetInput("file") else None
+    if image is None:
+        fallback = tuple(float(c) for c in _value(texture, "fallback", SPEC_FALLBACK))
+        return Material(name=name, base_color=fallback, roughness=roughness, metallic=metallic), None
+    image = _channel(image, str(link.sourceName))
+    wraps = [str(_value(texture, w, "repeat")) for w in ("wrapS", "wrapT")]
+    wraps = [w if w in WRAPS else "repeat" for w in wraps]
+    return Material(name=name, base_color=scale, image=image, wrap_s=wraps[0], wrap_t=wraps[1],  # type: ignore[arg-type]
+                    roughness=roughness, metallic=metallic), _uv_set(texture)
+
+
+def _channel(image: Image.Image, output: str) -> Image.Image:
+    """The image as the texture output the material reads: ``rgb``/``rgba`` whole, ``r``/``g``/``b``/``a`` as grey."""
+    if output in ("r", "g", "b", "a"):
+        rgba = image.convert("RGBA")
+        band = rgba.getchannel("RGBA".index(output.upper()))
+        return Image.merge("RGB", (band, band, band))
+    return image.convert("RGB") if image.mode not in ("RGB", "RGBA") else image
+
+
+def _uv_set(texture) -> str | None:
+    from pxr import UsdShade
+
+    st = texture.GetInput("st")
+    links = st.GetConnectedSources()[0] if st else []
+    for _ in range(4):  # through a UsdTransform2d or two to the primvar reader
+        if not links:
+            return None
+        shader = UsdShade.Shader(links[0].source.GetPrim())
+        varname = _value(shader, "varname")
+        if varname is not None:
+            return str(varname)
+        upstream = shader.GetInput("in")
+        links = upstream.GetConnectedSources()[0] if upstream else []
+    return None
+
+
+def _omni_pbr(material, shader, textures: TextureCache) -> Material:
+    """OmniPBR (MDL) keeps its colour in ``diffuse_color_constant`` and ``diffuse_texture``."""
+    name = material.GetPrim().GetName()
+    rgb = tuple(float(c) for c in _value(shader, "diffuse_color_constant", (0.2, 0.2, 0.2)))
+    tint = tuple(float(c) for c in _value(shader, "diffuse_tint", (1.0, 1.0, 1.0)))
+    image = textures.get(_value(shader, "diffuse_texture")) if shader.GetInput("diffuse_texture") else None
+    base = (1.0, 1.0, 1.0) if image is not None else rgb
+    colour = tuple(b * t for b, t in zip(base, tint, strict=True))
+    return Material(name=name, base_color=(*colour, 1.0), image=image,
+                    roughness=float(_value(shader, "reflection_roughness_constant", 0.5)),
+                    metallic=float(_value(shader, "metallic_constant", 0.0)))
