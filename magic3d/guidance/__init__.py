@@ -67,7 +67,10 @@ def load_prior(id_or_path: str, cfg: PriorConfig, device: torch.device, offload:
 
 
 def check_prior_available(id_or_path: str, cfg: PriorConfig) -> None:
-    """Cheap check (no model load) that ``id_or_path`` can be loaded here; raises PriorError."""
+    """Cheap check (no model load, milliseconds) that ``id_or_path`` can be loaded here; raises
+    PriorError. A folder or cached snapshot must be whole, with safetensors weights whose headers
+    cover their files and JSON that parses; a hub id not cached needs a writable cache folder and
+    a hub that answers, with no pickle-only component in its listing."""
     if id_or_path == BUILTIN:
         from magic3d.guidance.builtin import WEIGHTS_DIR, weights_available
 

@@ -1,7 +1,12 @@
 """Finding a prior's files: a local diffusers folder, or a hub id resolved through the local cache.
 
-Environment variables are read at call time (not at import), so ``HF_HOME``, ``HF_HUB_CACHE``
-and ``HF_HUB_OFFLINE`` set by a launcher or a test are honoured.
+Environment variables are read at call time (not at import), so ``HF_HOME``, ``HF_HUB_CACHE``,
+``HF_HUB_OFFLINE`` and ``HF_HUB_ETAG_TIMEOUT`` set by a launcher or a test are honoured.
+
+Before anything is fetched the cache folder must take a file and the hub must answer one
+metadata request within ``HF_HUB_ETAG_TIMEOUT`` seconds (10 by default, no retries): without
+a network the answer is one error line at once, not huggingface_hub's retry loop. Every folder
+(local, cached or downloaded) goes through ``weights.check_pipeline_files``.
 """
 
 from __future__ import annotations
