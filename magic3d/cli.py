@@ -86,7 +86,7 @@ def export(
 
 @app.command()
 def preview(
-    asset: Annotated[Path, typer.Argument(help="An exported asset: .usd/.usda/.usdc/.usdz/.glb/.obj.")],
+    asset: Annotated[Path, typer.Argument(help="A mesh file: .usd/.usda/.usdc/.usdz/.glb/.gltf/.obj/.ply/.stl.")],
     out: Annotated[Path | None, typer.Option("--out", "-o", help="GIF path (default: beside the asset).")] = None,
     frames: Annotated[int, typer.Option("--frames", help="Frames in the turntable.")] = 24,
     resolution: Annotated[int, typer.Option("--resolution", help="Frame size in pixels.")] = 256,
@@ -96,6 +96,28 @@ def preview(
 
     path = preview_file(asset, out=out, frames=frames, resolution=resolution)
     typer.echo(str(path))
+
+
+@app.command()
+def convert(
+    source: Annotated[Path, typer.Argument(help="A mesh file: .usd/.usda/.usdc/.usdz/.glb/.gltf/.obj/.ply/.stl.")],
+    formats: Annotated[
+        str, typer.Option("--format", "-f", help="Comma-separated: usdc,usda,usdz,glb,obj.")
+    ] = "usdz",
+    out: Annotated[str | None, typer.Option("--out", "-o", help="Output folder (default: <stem>/ beside FILE).")] = None,
+    up_axis: Annotated[str, typer.Option("--up-axis", help="Y (default) or Z.")] = "Y",
+    size_m: Annotated[float, typer.Option("--size", help="Largest side in metres.")] = 1.0,
+) -> None:
+    """Convert any readable mesh file to assets (asset.<format>) through magic3d's writers.
+
+    A file with one material converts exactly (same welded vertices and texture); several
+    materials or vertex colours are baked into one texture, as the writers take one material.
+    """
+    from magic3d.convert import convert_file
+
+    files = convert_file(source, formats=formats, out=out, up_axis=up_axis, size_m=size_m)
+    for fmt, path in files.items():
+        typer.echo(f"{fmt}: {path}")
 
 
 @app.command()

@@ -20,6 +20,10 @@ def read_parts(asset: Path) -> list:
 
     try:
         return load_parts(asset)
+    except ValueError as exc:
+        if "holds no" in str(exc):
+            raise InputError(f"{str(asset)!r} holds no triangle mesh; give a file with faces.") from None
+        raise InputError(f"Could not read {str(asset)!r} as a mesh (ValueError).") from None
     except Exception as exc:  # a damaged file from anywhere: say so in one line
         raise InputError(f"Could not read {str(asset)!r} as a mesh ({type(exc).__name__}).") from None
 
