@@ -45,7 +45,7 @@ def load_parts(path: str | Path, frame: Frame = "source") -> list[Part]:
         from exporters.read.mesh_files import load_mesh_file_parts
 
         parts = load_mesh_file_parts(path)
-    parts = [p for p in parts if len(p.faces)]
+    parts = [p.compacted() for p in parts if len(p.faces)]
     if not parts:
         raise ValueError(f"{str(path)!r} holds no triangle mesh")
     return parts

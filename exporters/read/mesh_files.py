@@ -85,7 +85,9 @@ def _unit_colors(colors) -> np.ndarray:
 def _material(material, wraps: list[tuple[str, str]], repeat_default: bool) -> Material:
     if isinstance(material, trimesh.visual.material.SimpleMaterial):
         bare = material.image is not None  # an image is the colour; trimesh's 0.4 grey diffuse is not
+        simple_name = material.name
         material = material.to_pbr()
+        material.name = simple_name
         if bare:
             material.baseColorFactor = np.array([255, 255, 255, 255], dtype=np.uint8)
     name = str(getattr(material, "name", "") or "")

@@ -61,6 +61,18 @@ class Part:
             normals /= np.maximum(np.linalg.norm(normals, axis=1, keepdims=True), 1e-12)
         return replace(self, vertices=vertices, faces=faces, normals=normals)
 
+    def compacted(self) -> Part:
+        """This part without the vertices no face uses (trimesh keeps every OBJ vertex in each
+        material's piece); the same part when it uses them all."""
+        used = np.zeros(len(self.vertices), dtype=bool)
+        used[self.faces.reshape(-1)] = True
+        if used.all():
+            return self
+        new = np.cumsum(used) - 1
+        pick = (lambda a: a[used] if a is not None else None)  # noqa: E731
+        return replace(self, vertices=self.vertices[used], faces=new[self.faces], uv=pick(self.uv),
+                       normals=pick(self.normals), colors=pick(self.colors))
+
     def to_trimesh(self) -> trimesh.Trimesh:
         """A ``trimesh.Trimesh`` with this part's UVs and a ``PBRMaterial`` (or vertex colours)."""
         mesh = trimesh.Trimesh(self.vertices, self.faces, vertex_normals=self.normals, process=False)

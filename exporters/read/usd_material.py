@@ -50,11 +50,24 @@ def _open_image(resolved: str) -> Image.Image | None:
         return None
 
 
-def _value(shader, name: str, default=None):
-    put = shader.GetInput(name)
+def _resolve(put):
+    """(value, None) for an input that holds a value, (None, output) for one fed by a shader's
+    output; connections through the material's interface inputs are followed."""
+    from pxr import UsdShade
+
     if not put:
-        return default
-    value = put.Get()
+        return None, None
+    for attr in put.GetValueProducingAttributes():
+        if UsdShade.Utils.GetType(attr.GetName()) == UsdShade.AttributeType.Output:
+            return None, UsdShade.Output(attr)
+        value = attr.Get()
+        if value is not None:
+            return value, None
+    return None, None
+
+
+def _value(shader, name: str, default=None):
+    value = _resolve(shader.GetInput(name))[0]
     return default if value is None else value
 
 
@@ -69,21 +82,19 @@ def read_material(material, textures: TextureCache) -> tuple[Material, str | Non
     name = material.GetPrim().GetName()
     roughness = float(_value(source, "roughness", 0.5))
     metallic = float(_value(source, "metallic", 0.0))
-    diffuse = source.GetInput("diffuseColor")
-    connected = diffuse.GetConnectedSources()[0] if diffuse else []
-    if not connected:
-        rgb = tuple(float(c) for c in _value(source, "diffuseColor", SPEC_DIFFUSE))
+    value, output = _resolve(source.GetInput("diffuseColor"))
+    if output is None:
+        rgb = tuple(float(c) for c in (SPEC_DIFFUSE if value is None else value))
         return Material(name=name, base_color=(*rgb, 1.0), roughness=roughness, metallic=metallic), None
     from pxr import UsdShade
 
-    link = connected[0]
-    texture = UsdShade.Shader(link.source.GetPrim())
+    texture = UsdShade.Shader(output.GetPrim())
     scale = tuple(float(c) for c in _value(texture, "scale", (1.0, 1.0, 1.0, 1.0)))
     image = textures.get(_value(texture, "file")) if texture.GetInput("file") else None
     if image is None:
         fallback = tuple(float(c) for c in _value(texture, "fallback", SPEC_FALLBACK))
         return Material(name=name, base_color=fallback, roughness=roughness, metallic=metallic), None
-    image = _channel(image, str(link.sourceName))
+    image = _channel(image, output.GetBaseName())
     wraps = [str(_value(texture, w, "repeat")) for w in ("wrapS", "wrapT")]
     wraps = [w if w in WRAPS else "repeat" for w in wraps]
     return Material(name=name, base_color=scale, image=image, wrap_s=wraps[0], wrap_t=wraps[1],  # type: ignore[arg-type]
@@ -102,17 +113,15 @@ def _channel(image: Image.Image, output: str) -> Image.Image:
 def _uv_set(texture) -> str | None:
     from pxr import UsdShade
 
-    st = texture.GetInput("st")
-    links = st.GetConnectedSources()[0] if st else []
+    output = _resolve(texture.GetInput("st"))[1]
     for _ in range(4):  # through a UsdTransform2d or two to the primvar reader
-        if not links:
+        if output is None:
             return None
-        shader = UsdShade.Shader(links[0].source.GetPrim())
+        shader = UsdShade.Shader(output.GetPrim())
         varname = _value(shader, "varname")
         if varname is not None:
             return str(varname)
-        upstream = shader.GetInput("in")
-        links = upstream.GetConnectedSources()[0] if upstream else []
+        output = _resolve(shader.GetInput("in"))[1]
     return None
 
 

@@ -245,3 +245,49 @@ def test_glb_default_sampler_repeats(tmp_path: Path) -> None:
     assert header_samplers == {("repeat", "repeat")}
     img = render_turntable(load_parts(path), frames=1, resolution=96, elevation=0.0, lit=False)[0]
     assert transitions(img[40, 20:76].astype(int)) == 5
+
+
+def test_obj_with_two_materials_draws_each_where_it_is_used(tmp_path: Path) -> None:
+    (tmp_path / "two.mtl").write_text("newmtl red\nKd 0.9 0.1 0.1\nnewmtl blue\nKd 0.1 0.1 0.9\n")
+    vertices = "".join(f"v {x} {y} 0\n" for x0, x1 in ((-1, -0.1), (0.1, 1)) for x, y in
+                       ((x0, -1), (x1, -1), (x1, 1), (x0, 1)))
+    (tmp_path / "two.obj").write_text(f"mtllib two.mtl\n{vertices}usemtl red\nf 1 2 3 4\nusemtl blue\nf 5 6 7 8\n")
+    parts = load_parts(tmp_path / "two.obj")
+    assert sorted(len(p.vertices) for p in parts) == [4, 4]  # no unused vertices carried along
+    img = front_view(tmp_path / "two.obj")
+    assert near(img[32, 16], RED, 3) and near(img[32, 48], BLUE, 3), (img[32, 16], img[32, 48])
+
+
+def test_material_interface_inputs_and_instanced_references(tmp_path: Path) -> None:
+    """A colour that reaches the shader through the material's own input, on an asset that a
+    stage references twice as instances and once more with another colour."""
+    asset = tmp_path / "asset.usda"
+    stage = Usd.Stage.CreateNew(str(asset))
+    root = UsdGeom.Xform.Define(stage, "/Asset")
+    stage.SetDefaultPrim(root.GetPrim())
+    mesh = quad(stage, "/Asset/quad", -0.4, 0.4, -0.4, 0.4)
+    material = UsdShade.Material.Define(stage, "/Asset/Looks/paint")
+    tint = material.CreateInput("tint", Sdf.ValueTypeNames.Color3f)
+    tint.Set(Gf.Vec3f(*RED))
+    shader = UsdShade.Shader.Define(stage, "/Asset/Looks/paint/surface")
+    shader.CreateIdAttr("UsdPreviewSurface")
+    shader.CreateInput("diffuseColor", Sdf.ValueTypeNames.Color3f).ConnectToSource(tint)
+    material.CreateSurfaceOutput().ConnectToSource(shader.CreateOutput("surface", Sdf.ValueTypeNames.Token))
+    bind(mesh.GetPrim(), material)
+    stage.GetRootLayer().Save()
+
+    world = tmp_path / "world.usda"
+    stage = Usd.Stage.CreateNew(str(world))
+    for name, x, instanced in (("a", -1.0, True), ("b", 0.0, True), ("c", 1.0, False)):
+        prim = UsdGeom.Xform.Define(stage, f"/World/{name}")
+        prim.AddTranslateOp().Set(Gf.Vec3d(x, 0, 0))
+        prim.GetPrim().GetReferences().AddReference("./asset.usda")
+        prim.GetPrim().SetInstanceable(instanced)
+    # The third copy overrides the material's input: it alone is blue.
+    UsdShade.Material(stage.GetPrimAtPath("/World/c/Looks/paint")).GetInput("tint").Set(Gf.Vec3f(*BLUE))
+    stage.GetRootLayer().Save()
+
+    parts = sorted(load_parts(world), key=lambda p: p.vertices[:, 0].mean())
+    assert len(parts) == 3
+    assert [p.material.base_color[:3] for p in parts] == [pytest.approx(RED), pytest.approx(RED), pytest.approx(BLUE)]
+    np.testing.assert_allclose([p.vertices[:, 0].mean() for p in parts], [-1.0, 0.0, 1.0], atol=1e-6)

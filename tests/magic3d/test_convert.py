@@ -68,6 +68,11 @@ def test_glb_converts_to_a_clean_usdz_with_the_same_welded_vertices_and_texture(
     np.testing.assert_allclose(ours, theirs, atol=1e-5)
     extent = part.vertices.max(0) - part.vertices.min(0)
     np.testing.assert_allclose(extent / extent.max(), [1.0, 0.6, 0.4], atol=1e-5)  # shape kept, largest side 1
+    from pxr import Usd
+
+    stage = Usd.Stage.Open(str(usdz))
+    made = stage.GetDefaultPrim().GetCustomDataByKey("magic3d:generator")
+    assert str(made).startswith("magic3d convert"), made  # provenance: who wrote it
 
 
 def test_two_materials_are_baked_into_one_texture(tmp_path, capsys, monkeypatch) -> None:
