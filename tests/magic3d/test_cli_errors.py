@@ -13,7 +13,7 @@ from magic3d import cli
 
 
 def snapshot(root: Path) -> dict[str, int]:
-    return {str(p.relative_to(root)): p.stat().st_size for p in root.rglob("*")}
+    return {str(p.relative_to(root)): p.lstat().st_size for p in root.rglob("*")}
 
 
 def run_cli(argv: list[str], capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> tuple[int, str]:
@@ -113,7 +113,84 @@ def build_case(name: str, tmp: Path, monkeypatch: pytest.MonkeyPatch) -> list[st
     if name == "preview of a corrupt GLB":
         (inputs / "broken.glb").write_bytes(b"glTF\x02\x00\x00\x00garbage")
         return ["preview", str(inputs / "broken.glb"), "--out", str(tmp / "out" / "p.gif")]
+    # Values: finite and within bounds, checked before work (BOUNDS in magic3d/config.py).
+    if name in VALUE_CASES:
+        return [*gen, "a red cube", "--prior", "builtin", *VALUE_CASES[name]]
+    # Paths: what a path is, said in words; nothing written through links.
+    if name == "empty --out":
+        return ["generate", "a red cube", "--prior", "builtin", "--out", ""]
+    if name == "preset that is a FIFO":
+        os.mkfifo(inputs / "fifo.yaml")
+        return [*gen, "a red cube", "--preset", str(inputs / "fifo.yaml")]
+    if name == "preset that is a dangling link":
+        (inputs / "gone.yaml").symlink_to(inputs / "nowhere.yaml")
+        return [*gen, "a red cube", "--preset", str(inputs / "gone.yaml")]
+    if name == "preset that is a folder":
+        (inputs / "dir.yaml").mkdir()
+        return [*gen, "a red cube", "--preset", str(inputs / "dir.yaml")]
+    if name == "preset with NUL bytes":
+        (inputs / "nul.yaml").write_bytes(b"coarse:\x00 {}")
+        return [*gen, "a red cube", "--preset", str(inputs / "nul.yaml")]
+    if name in ("run folder that is a link", "checkpoints that are a link"):
+        (tmp / "elsewhere").mkdir()
+        run = tmp / "out" / "a-red-cube"
+        link = run if name == "run folder that is a link" else run / "checkpoints"
+        link.parent.mkdir(parents=True)
+        link.symlink_to(tmp / "elsewhere", target_is_directory=True)
+        return [*gen, "a red cube", "--prior", "builtin"]
+    if name == "run.json that is a folder":
+        (tmp / "out" / "a-red-cube" / "run.json").mkdir(parents=True)
+        return [*gen, "a red cube", "--prior", "builtin"]
+    if name == "run.json from another prompt":
+        run = tmp / "out" / "a-red-cube"
+        run.mkdir(parents=True)
+        (run / "run.json").write_text('{"prompt": "a blue cube", "config": {}, "status": "done"}', encoding="utf-8")
+        return [*gen, "a red cube", "--prior", "builtin"]
+    if name == "export with a damaged baked mesh":
+        run = inputs / "done-run"
+        (run / "checkpoints").mkdir(parents=True)
+        (run / "run.json").write_text('{"status": "done", "prompt": "a red cube", "config": {"export": {}}}')
+        (run / "checkpoints" / "baked.glb").write_bytes(b"glTF\x02\x00\x00\x00garbage")
+        return ["export", str(run), "--format", "glb"]
+    if name == "export with a wrong-typed config":
+        run = inputs / "odd-run"
+        (run / "checkpoints").mkdir(parents=True)
+        (run / "run.json").write_text('{"status": "done", "prompt": "a red cube", "config": [1, 2]}')
+        (run / "checkpoints" / "baked.glb").write_bytes(b"x")
+        return ["export", str(run), "--format", "glb"]
+    if name == "export size that is not a number":
+        run = inputs / "nan-run"
+        (run / "checkpoints").mkdir(parents=True)
+        (run / "run.json").write_text('{"status": "done", "prompt": "a red cube", "config": {"export": {}}}')
+        (run / "checkpoints" / "baked.glb").write_bytes(b"x")
+        return ["export", str(run), "--size", "nan"]
+    if name == "preview frames past the bound":
+        (inputs / "cube.glb").write_bytes(b"x")
+        return ["preview", str(inputs / "cube.glb"), "--frames", "100000"]
+    if name in ("batch file /dev/zero", "batch timeout NaN"):
+        listed = inputs / "prompts.txt"
+        listed.write_text("a red cube\n", encoding="utf-8")
+        if name == "batch file /dev/zero":
+            return ["batch", "/dev/zero", "--out", out, "--prior", "builtin"]
+        return ["batch", str(listed), "--out", out, "--prior", "builtin", "--timeout", "nan"]
     raise AssertionError(name)
+
+
+ALIAS_BOMB = "coarse.steps=" + "[" + ", ".join(
+    ["&a [1,1,1,1,1,1,1,1,1]", *(f"&{chr(98 + i)} [{', '.join([f'*{chr(97 + i)}'] * 9)}]" for i in range(8))]) + "]"
+VALUE_CASES = {
+    "NaN learning rate": ["--set", "coarse.lr=nan"],
+    "infinite guidance scale": ["--set", "fine.sds.guidance_scale=inf"],
+    "NaN asset size": ["--set", "export.size_m=nan"],
+    "negative thread count": ["--set", "runtime.threads=-1"],
+    "seed past 2**63": ["--seed", str(2**64)],
+    "a trillion steps": ["--set", "coarse.steps=1000000000000"],
+    "100,000 preview frames": ["--set", "export.preview_frames=100000"],
+    "texture of one pixel": ["--set", "bake.texture_size=1"],
+    "YAML tag in --set": ["--set", "coarse.steps=!!python/object/apply:os.system ['true']"],
+    "YAML alias bomb in --set": ["--set", ALIAS_BOMB],
+    "a bool where a number goes": ["--set", "coarse.steps=true"],
+}
 
 
 CASES = [
@@ -149,6 +226,22 @@ CASES = [
     "preview of a missing file",
     "preview of a text file",
     "preview of a corrupt GLB",
+    *VALUE_CASES,
+    "empty --out",
+    "preset that is a FIFO",
+    "preset that is a dangling link",
+    "preset that is a folder",
+    "preset with NUL bytes",
+    "run folder that is a link",
+    "checkpoints that are a link",
+    "run.json that is a folder",
+    "run.json from another prompt",
+    "export with a damaged baked mesh",
+    "export with a wrong-typed config",
+    "export size that is not a number",
+    "preview frames past the bound",
+    "batch file /dev/zero",
+    "batch timeout NaN",
 ]
 
 # What the message must mention, so a test fails if the wrong check fires.
@@ -168,6 +261,31 @@ MENTIONS = {
     "hub prior offline with an empty cache": "stabilityai/stable-diffusion-2-1-base",
     "missing prior folder": "no-such-model",
     "unknown device": "tpu",
+    "NaN learning rate": "coarse.lr",
+    "infinite guidance scale": "fine.sds.guidance_scale",
+    "NaN asset size": "export.size_m",
+    "negative thread count": "runtime.threads",
+    "seed past 2**63": "runtime.seed",
+    "a trillion steps": "coarse.steps",
+    "100,000 preview frames": "export.preview_frames",
+    "texture of one pixel": "bake.texture_size",
+    "YAML tag in --set": "YAML",
+    "a bool where a number goes": "coarse.steps",
+    "empty --out": "--out",
+    "preset that is a FIFO": "FIFO",
+    "preset that is a dangling link": "dangling link",
+    "preset that is a folder": "folder",
+    "preset with NUL bytes": "NUL",
+    "run folder that is a link": "is a link",
+    "checkpoints that are a link": "checkpoints",
+    "run.json that is a folder": "folder",
+    "run.json from another prompt": "--restart",
+    "export with a damaged baked mesh": "damaged",
+    "export with a wrong-typed config": "damaged",
+    "export size that is not a number": "--size",
+    "preview frames past the bound": "--frames",
+    "batch file /dev/zero": "/dev/zero",
+    "batch timeout NaN": "--timeout",
 }
 
 
@@ -180,6 +298,7 @@ def test_bad_input_exits_2_with_one_line(case, tmp_path, capsys, monkeypatch):
     assert code == 2, f"{case}: exit {code}, stderr {err!r}"
     assert len(lines) == 1, f"{case}: expected one line, got {lines!r}"
     assert lines[0].startswith("error: ")
+    assert len(lines[0]) <= 300, f"{case}: {len(lines[0])} characters"
     assert "Traceback" not in err
     assert snapshot(tmp_path) == before, f"{case}: files were written"
     if case in MENTIONS:
