@@ -9,24 +9,27 @@ from __future__ import annotations
 from pathlib import Path
 
 import trimesh
+from PIL import Image
 
 from exporters.common import AssetInfo, check_up_axis, make_dirs, placed, placement
 from exporters.gltf import write_glb
 from exporters.obj import write_obj
 from exporters.read import load_asset
-from exporters.usd import write_usd, write_usdz
+from exporters.usd import WOOD, Physics, write_usd, write_usdz
 
 FORMATS = ("usdc", "usda", "usdz", "glb", "obj")
 
 
 def export_asset(
     mesh: trimesh.Trimesh, out_dir: str | Path, formats: list[str] | tuple[str, ...], info: AssetInfo | None = None,
-    up_axis: str = "Y", size_m: float = 1.0, stem: str = "asset",
+    up_axis: str = "Y", size_m: float = 1.0, stem: str = "asset", physics: Physics | None = WOOD,
+    thumbnail: Image.Image | None = None,
 ) -> dict[str, Path]:
     """Write ``<out_dir>/<stem>.<format>`` for each format; returns ``{format: path}``.
 
     Every format gets the same placement: largest side ``size_m`` metres, standing on the ground at
-    the origin. USD honours ``up_axis``; glTF is Y-up by definition and OBJ is conventionally Y-up.
+    the origin. USD honours ``up_axis`` and carries ``physics`` (None: none) and the ``thumbnail``;
+    glTF is Y-up by definition and OBJ is conventionally Y-up.
     """
     unknown = [f for f in formats if f not in FORMATS]
     if unknown or not formats:
@@ -40,9 +43,9 @@ def export_asset(
     for fmt in dict.fromkeys(formats):
         target = out_dir / f"{stem}.{fmt}"
         if fmt in ("usdc", "usda"):
-            files[fmt] = write_usd(mesh, target, info, up_axis=up_axis, size_m=size_m)
+            files[fmt] = write_usd(mesh, target, info, up_axis, size_m, physics, thumbnail)
         elif fmt == "usdz":
-            files[fmt] = write_usdz(mesh, target, info, up_axis=up_axis, size_m=size_m, arkit=up_axis.upper() == "Y")
+            files[fmt] = write_usdz(mesh, target, info, up_axis, size_m, up_axis.upper() == "Y", physics, thumbnail)
         else:
             if y_up is None:
                 y_up = placed(mesh, placement(mesh.vertices, "Y", size_m))
@@ -53,6 +56,7 @@ def export_asset(
 __all__ = [
     "FORMATS",
     "AssetInfo",
+    "Physics",
     "export_asset",
     "load_asset",
     "write_glb",

@@ -37,6 +37,9 @@ class ExportConfig:
     # Largest side of the exported object, in metres (metersPerUnit is 1).
     size_m: float = 1.0
     preview: bool = True  # turntable GIF beside the assets
+    # USD physics: a rigid body with a collider, mass = volume x density, a physics material.
+    physics: bool = True
+    density: float = 700.0  # kg/m^3; wood, so a generated object weighs what a carved one would
     preview_frames: int = 24
     preview_resolution: int = 256
 
@@ -213,7 +216,7 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "occupancy_resolution": (1, 512), "texture_size": (16, 8192), "face_budget": (4, 10_000_000),
     "texture_init_points": (1, 10_000_000), "preview_frames": (1, 720), "preview_resolution": (16, 2048),
     "preview_views": (1, 64), "levels": (1, 32), "log2_hashmap_size": (8, 24), "hidden": (1, 1024),
-    "seed": (0, 2**63 - 1), "threads": (1, 1024),
+    "seed": (0, 2**63 - 1), "threads": (1, 1024), "density": (1.0, 25_000.0),
 }
 
 

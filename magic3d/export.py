@@ -26,41 +26,63 @@ ASSET_STEM = "asset"
 def write_outputs(mesh: trimesh.Trimesh, run_dir: Path, prompt: str, cfg: Config) -> dict[str, Path]:
     """Write every configured format, the preview GIF and the re-export source; return the paths."""
     from exporters import write_glb
+    from renderers.turntable import render_turntable
 
     write_glb(mesh, run_dir / BAKED_MESH)
+    export = cfg.export
+    # The turntable's first frame is also the USD thumbnail, so it is rendered before the formats.
+    frames = render_turntable(mesh, frames=export.preview_frames if export.preview else 1,
+                              resolution=export.preview_resolution)
     prior = ", ".join(dict.fromkeys((cfg.prior.id, cfg.prior.fine_id or cfg.prior.id)))
-    files = write_formats(mesh, run_dir, cfg.export.formats, asset_info(run_dir, prompt, cfg.runtime.seed, prior),
-                          cfg.export.up_axis, cfg.export.size_m)
-    if cfg.export.preview:
-        files["preview"] = write_preview(mesh, run_dir / "preview.gif", cfg.export.preview_frames,
-                                         cfg.export.preview_resolution)
+    files = write_formats(mesh, run_dir, export.formats, asset_info(run_dir, prompt, cfg.runtime.seed, prior),
+                          export.up_axis, export.size_m, physics_of(export), frames[0])
+    if export.preview:
+        files["preview"] = write_gif_file(frames, run_dir / "preview.gif")
     return files
 
 
+def physics_of(export: Any) -> Any:
+    from exporters import Physics
+
+    return Physics(density=float(export.density)) if export.physics else None
+
+
 def write_formats(
-    mesh: trimesh.Trimesh, run_dir: Path, formats: tuple[str, ...] | list[str], info: Any, up_axis: str, size_m: float
+    mesh: trimesh.Trimesh, run_dir: Path, formats: tuple[str, ...] | list[str], info: Any, up_axis: str,
+    size_m: float, physics: Any = None, thumbnail: Any = None,
 ) -> dict[str, Path]:
+    from PIL import Image
+
     from exporters import export_asset
 
-    return export_asset(mesh, run_dir, list(formats), info, up_axis=up_axis, size_m=size_m)
+    image = Image.fromarray(thumbnail) if thumbnail is not None else None
+    return export_asset(mesh, run_dir, list(formats), info, up_axis=up_axis, size_m=size_m, physics=physics,
+                        thumbnail=image)
 
 
 def write_preview(mesh: trimesh.Trimesh, path: Path, frames: int, resolution: int) -> Path:
-    from magic3d.storage import atomic_path
-    from renderers.turntable import render_turntable, write_gif
+    from renderers.turntable import render_turntable
 
-    frames_rgb = render_turntable(mesh, frames=frames, resolution=resolution)
+    return write_gif_file(render_turntable(mesh, frames=frames, resolution=resolution), path)
+
+
+def write_gif_file(frames: Any, path: Path) -> Path:
+    from magic3d.storage import atomic_path
+    from renderers.turntable import write_gif
+
     with atomic_path(path) as tmp:
-        write_gif(frames_rgb, tmp)
+        write_gif(frames, tmp)
     return path
 
 
 def asset_info(run_dir: Path, prompt: str, seed: int, prior: str = "") -> Any:
     from exporters import AssetInfo
     from magic3d.info import package_versions
+    from magic3d.naming import object_word
 
     version = package_versions(("magic3d",))["magic3d"] or "0"
-    return AssetInfo(name=run_dir.name, prompt=prompt, seed=seed, generator="magic3d", version=version, prior=prior)
+    return AssetInfo(name=run_dir.name, prompt=prompt, seed=seed, generator="magic3d", version=version, prior=prior,
+                     label=object_word(prompt))
 
 
 def reexport(
@@ -104,7 +126,13 @@ def reexport(
     info = asset_info(run_dir, str(record.get("prompt", "")), int(record.get("seed", 0) or 0),
                       ", ".join(dict.fromkeys(priors)))
     with confined(run_dir):
-        files = write_formats(mesh, run_dir, chosen, info, axis, float(size))
+        from exporters import Physics
+        from renderers.turntable import render_turntable
+
+        density = export_cfg.get("density", 700.0)
+        physics = Physics(density=float(density)) if export_cfg.get("physics", True) else None
+        thumbnail = render_turntable(mesh, frames=1, resolution=int(export_cfg.get("preview_resolution", 256)))[0]
+        files = write_formats(mesh, run_dir, chosen, info, axis, float(size), physics, thumbnail)
         files_record = record.get("files") if isinstance(record.get("files"), dict) else {}
         record["files"] = {**files_record, **{k: str(p.relative_to(run_dir)) for k, p in files.items()}}
         atomic_write_text(run_dir / "run.json", json.dumps(record, indent=2))

@@ -30,10 +30,18 @@ import numpy as np
 import trimesh
 from PIL import Image
 
-from exporters.common import AssetInfo, atomic_output, check_up_axis, make_dirs, placement, surface, write_png
+from exporters.common import (
+    AssetInfo,
+    atomic_output,
+    check_up_axis,
+    make_dirs,
+    placement,
+    surface,
+    write_png,
+)
 from exporters.usd.geometry import PlacedMesh, define_mesh, place_mesh
 from exporters.usd.material import define_material
-from exporters.usd.physics import Physics, define_physics
+from exporters.usd.physics import WOOD, Physics, define_physics
 
 SOURCE_TRANSFORM_KEY = "magic3d:sourceTransform"
 PAYLOAD_DIR = "Payload"
@@ -73,7 +81,7 @@ def _save(stage, path: Path) -> Path:
 
 def write_usd(
     mesh: trimesh.Trimesh, path: str | Path, info: AssetInfo | None = None, up_axis: str = "Y",
-    size_m: float | None = 1.0, physics: Physics | None = Physics(), thumbnail: Image.Image | None = None,
+    size_m: float | None = 1.0, physics: Physics | None = WOOD, thumbnail: Image.Image | None = None,
 ) -> Path:
     """Write ``mesh`` as an asset whose interface layer is ``path`` (``.usdc``, or ``.usda`` for a
     text interface), its content layers and texture under ``Payload/`` beside it. ``physics=None``
@@ -163,7 +171,7 @@ def _interface(axis: str, name: str, root_path, info: AssetInfo, transform: np.n
 
 def write_usdz(
     mesh: trimesh.Trimesh, path: str | Path, info: AssetInfo | None = None, up_axis: str = "Y",
-    size_m: float | None = 1.0, arkit: bool = True, physics: Physics | None = Physics(),
+    size_m: float | None = 1.0, arkit: bool = True, physics: Physics | None = WOOD,
     thumbnail: Image.Image | None = None,
 ) -> Path:
     """Write a ``.usdz`` package of the whole asset (layers, texture, thumbnail). ``arkit=True``
@@ -187,4 +195,4 @@ def write_usdz(
     return path
 
 
-__all__ = ["SOURCE_TRANSFORM_KEY", "Physics", "prim_safe", "write_usd", "write_usdz"]
+__all__ = ["SOURCE_TRANSFORM_KEY", "WOOD", "Physics", "prim_safe", "write_usd", "write_usdz"]

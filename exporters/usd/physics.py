@@ -69,3 +69,6 @@ def define_physics(stage, root_path, mesh_path, surface: trimesh.Trimesh, physic
     # The "physics" purpose: renderers keep the look material, simulators read this one.
     UsdShade.MaterialBindingAPI.Apply(mesh).Bind(material, UsdShade.Tokens.fallbackStrength, "physics")
     return {"mass_kg": float(volume * physics.density), "volume_m3": volume, "collider": approximation}
+
+
+WOOD = Physics()  # the default material of generated assets

@@ -57,7 +57,7 @@ def test_usd_conventions(tmp_path: Path, textured_mesh) -> None:
     assert model.GetAssetName() == "a-red-ball" and model.GetAssetVersion() == "0.3"
     doc = root.GetDocumentation()
     assert "a red ball, shiny" in doc and "seed: 7" in doc and "magic3d" in doc
-    assert [c.GetName() for c in root.GetChildren()] == ["Geometry", "Materials"]
+    assert [c.GetName() for c in root.GetChildren()] == ["Geometry", "Materials", "Physics"]
     assert all(c.GetTypeName() == "Scope" for c in root.GetChildren())
 
     mesh = UsdGeom.Mesh(stage.GetPrimAtPath("/a_red_ball/Geometry/mesh"))
@@ -82,8 +82,8 @@ def test_usd_conventions(tmp_path: Path, textured_mesh) -> None:
     texture = UsdShade.Shader(surface.GetInput("diffuseColor").GetConnectedSources()[0][0].source.GetPrim())
     assert texture.GetIdAttr().Get() == "UsdUVTexture"
     assert texture.GetInput("sourceColorSpace").Get() == "sRGB"
-    assert texture.GetInput("file").Get().path == "./textures/albedo.png"
-    assert (tmp_path / "textures" / "albedo.png").is_file()
+    assert texture.GetInput("file").Get().path == "./Textures/albedo.png"
+    assert (tmp_path / "Payload" / "Textures" / "albedo.png").is_file()
     reader = UsdShade.Shader(texture.GetInput("st").GetConnectedSources()[0][0].source.GetPrim())
     assert reader.GetIdAttr().Get() == "UsdPrimvarReader_float2"
     varname = reader.GetInput("varname")
@@ -96,7 +96,7 @@ def test_usdz_package_holds_the_layer_and_its_texture(tmp_path: Path, textured_m
     path = write_usdz(textured_mesh(), tmp_path / "asset.usdz", INFO)
     with zipfile.ZipFile(path) as zf:
         names = zf.namelist()
-    assert names[0].endswith(".usdc") and "textures/albedo.png" in names
+    assert names[0].endswith(".usdc") and any(n.endswith("albedo.png") for n in names)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["asset.usdz"]  # nothing else left behind
 
 
@@ -194,3 +194,75 @@ def test_usd_points_are_shared_across_uv_seams_and_the_surface_is_one_closed_pie
     back = load_asset(path)
     assert len(back.vertices) == len(split.vertices)
     np.testing.assert_allclose(back.visual.uv, split.visual.uv, atol=1e-6)
+
+
+def test_the_asset_is_an_interface_layer_that_payloads_one_layer_per_domain(tmp_path: Path, textured_mesh) -> None:
+    from PIL import Image
+
+    info = AssetInfo(name="a-red-ball", prompt="a red ball", seed=7, label="ball")
+    thumb = Image.new("RGB", (32, 32), (200, 30, 30))
+    path = write_usd(textured_mesh(), tmp_path / "asset.usdc", info, thumbnail=thumb)
+    interface = Sdf.Layer.FindOrOpen(str(path))
+    root_spec = interface.GetPrimAtPath("/a_red_ball")
+    assert interface.defaultPrim == "a_red_ball" and root_spec.kind == "component"
+    assert [p.assetPath for p in root_spec.payloadList.prependedItems] == ["./Payload/Contents.usda"]
+    assert list(root_spec.nameChildren) == []  # the content lives in the payload only
+    contents = Sdf.Layer.FindOrOpen(str(tmp_path / "Payload" / "Contents.usda"))
+    assert list(contents.subLayerPaths) == ["./Physics.usda", "./Materials.usda", "./Geometry.usdc"]
+    for layer in ("Geometry.usdc", "Materials.usda", "Physics.usda"):
+        assert Sdf.Layer.FindOrOpen(str(tmp_path / "Payload" / layer)).defaultPrim == "a_red_ball"
+
+    stage = Usd.Stage.Open(str(path))
+    root = stage.GetDefaultPrim()
+    # Only the root is a model: nothing inside the component carries a kind.
+    assert [p.GetPath() for p in stage.Traverse() if Usd.ModelAPI(p).GetKind()] == [root.GetPath()]
+    assert root.GetAssetInfo()["name"] == "a-red-ball"
+    hint = np.asarray(UsdGeom.ModelAPI(root).GetExtentsHint())
+    points = np.asarray(UsdGeom.Mesh(stage.GetPrimAtPath("/a_red_ball/Geometry/mesh")).GetPointsAttr().Get())
+    np.testing.assert_allclose(hint, [points.min(0), points.max(0)], atol=1e-6)
+    from pxr import UsdMedia, UsdSemantics
+
+    assert list(UsdSemantics.LabelsAPI(root, "class").GetLabelsAttr().Get()) == ["ball"]
+    thumbnails = UsdMedia.AssetPreviewsAPI(root).GetDefaultThumbnails()
+    resolved = thumbnails.defaultImage.resolvedPath or str(tmp_path / thumbnails.defaultImage.path)
+    assert Path(resolved).is_file() and Image.open(resolved).getpixel((5, 5)) == (200, 30, 30)
+    assert nvidia_problems(path, min_severity="INFO") == [] if nvidia_available() else True
+
+
+@pytest.mark.parametrize("shape, collider", [("sphere", "convexHull"), ("torus", "convexDecomposition")])
+def test_physics_makes_a_rigid_body_with_the_mass_of_its_volume(tmp_path: Path, shape: str, collider: str) -> None:
+    from pxr import UsdPhysics
+
+    from exporters.usd import Physics
+
+    mesh = trimesh.creation.icosphere(subdivisions=3) if shape == "sphere" else trimesh.creation.torus(1.0, 0.35)
+    path = write_usd(mesh, tmp_path / "asset.usdc", INFO, size_m=0.5, physics=Physics(density=600.0))
+    stage = Usd.Stage.Open(str(path))
+    root = stage.GetDefaultPrim()
+    usd_mesh = stage.GetPrimAtPath("/a_red_ball/Geometry/mesh")
+    assert root.HasAPI(UsdPhysics.RigidBodyAPI) and usd_mesh.HasAPI(UsdPhysics.CollisionAPI)
+    assert UsdPhysics.MeshCollisionAPI(usd_mesh).GetApproximationAttr().Get() == collider
+    placed = load_asset(path, frame="stage")
+    welded = trimesh.Trimesh(*[np.asarray(a) for a in (
+        UsdGeom.Mesh(usd_mesh).GetPointsAttr().Get(),
+        np.asarray(UsdGeom.Mesh(usd_mesh).GetFaceVertexIndicesAttr().Get()).reshape(-1, 3))], process=False)
+    assert welded.is_watertight and placed.bounds[1].max() > 0
+    mass = UsdPhysics.MassAPI(root).GetMassAttr().Get()
+    assert mass > 0 and mass == pytest.approx(welded.volume * 600.0, rel=0.01)
+    from pxr import UsdShade
+
+    bound, _ = UsdShade.MaterialBindingAPI(usd_mesh).ComputeBoundMaterial("physics")
+    api = UsdPhysics.MaterialAPI(bound.GetPrim())
+    assert api.GetStaticFrictionAttr().Get() == pytest.approx(0.5) and api.GetDensityAttr().Get() == 600.0
+    look, _ = UsdShade.MaterialBindingAPI(usd_mesh).ComputeBoundMaterial()
+    assert look.GetPath() == Sdf.Path("/a_red_ball/Materials/material")  # renderers keep the look
+
+
+def test_physics_none_leaves_the_physics_layer_out(tmp_path: Path, textured_mesh) -> None:
+    from pxr import UsdPhysics
+
+    path = write_usd(textured_mesh(), tmp_path / "asset.usdc", INFO, physics=None)
+    assert not (tmp_path / "Payload" / "Physics.usda").exists()
+    stage = Usd.Stage.Open(str(path))
+    assert not any(p.HasAPI(UsdPhysics.CollisionAPI) or p.HasAPI(UsdPhysics.RigidBodyAPI) for p in stage.Traverse())
+    assert compliance_problems(path) == []
