@@ -25,7 +25,7 @@ def run_cli(argv, capsys, monkeypatch) -> tuple[int, str]:
     return info.value.code, capsys.readouterr().err
 
 
-@pytest.mark.parametrize("where", ["", "checkpoints", "textures", "cache"])
+@pytest.mark.parametrize("where", ["", "checkpoints", "Payload", "thumbnails", "cache"])
 def test_generate_refuses_a_run_folder_holding_a_link_and_writes_nothing_through_it(where, tmp_path, capsys, monkeypatch):
     out, elsewhere = tmp_path / "out", tmp_path / "elsewhere"
     elsewhere.mkdir()
