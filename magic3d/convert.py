@@ -60,9 +60,9 @@ def convert_file(
     if source.suffix.lower() not in READABLE:
         raise InputError(f"Cannot convert {source.name!r}: expected one of {', '.join(READABLE)}.")
     require_file(source, "mesh file")
-    out_dir = Path(out) if out is not None else source.parent / source.stem
-    if not str(out_dir).strip():
+    if out is not None and not str(out).strip():  # Path("") would be ".", the current folder
         raise InputError("--out is empty; give the folder to write into, e.g. --out converted.")
+    out_dir = Path(out) if out is not None else source.parent / source.stem
     for fmt in chosen:
         if (out_dir / f"asset.{fmt}").resolve() == source.resolve():
             raise InputError(f"Converting {str(source)!r} into {str(out_dir)!r} would overwrite it; choose another --out.")

@@ -108,6 +108,11 @@ def bad_case(name: str, tmp: Path) -> list[str]:
     if name == "unreadable file":
         (inputs / "broken.glb").write_bytes(b"glTF\x02\x00\x00\x00garbage")
         return ["convert", str(inputs / "broken.glb"), *out]
+    if name == "broken USD":
+        (inputs / "broken.usda").write_text('#usda 1.0\ndef Mesh "m" {\n  point3f[] points = [(0, 0, 0), (1,\n')
+        return ["convert", str(inputs / "broken.usda"), *out]
+    if name == "empty out":
+        return ["convert", str(good), "--out", ""]
     if name == "empty mesh":
         (inputs / "points.ply").write_bytes(trimesh.PointCloud(np.eye(3)).export(file_type="ply"))
         return ["convert", str(inputs / "points.ply"), *out]
@@ -130,13 +135,14 @@ def bad_case(name: str, tmp: Path) -> list[str]:
     raise AssertionError(name)
 
 
-BAD = ["missing file", "unknown format", "unknown input kind", "unreadable file", "empty mesh", "stage without a mesh",
+BAD = ["missing file", "unknown format", "unknown input kind", "unreadable file", "broken USD", "empty out", "empty mesh", "stage without a mesh",
        "a folder", "a FIFO", "up axis X", "negative size", "out is a file"]
 
 
 @pytest.mark.parametrize("name", BAD)
 def test_bad_input_is_one_line_exit_2_and_nothing_written(name, tmp_path, capsys, monkeypatch) -> None:
     argv = bad_case(name, tmp_path)
+    monkeypatch.chdir(tmp_path)  # a write to the current folder ("--out ''" read as ".") shows up too
     before = snapshot(tmp_path)
     code, out, err = run_cli(argv, capsys, monkeypatch)
     assert code == 2, (name, err)
