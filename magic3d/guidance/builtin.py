@@ -10,7 +10,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from diffusers import DDPMScheduler, UNet2DModel
 from jaxtyping import Float
 from torch import Tensor
 
@@ -71,6 +70,9 @@ class BuiltinPrior:
             raise PriorError(f"The built-in prior's weights are missing from {str(folder)!r}; reinstall magic3d.")
         self.device = torch.device(device)
         self.folder = folder
+        # diffusers loads only here: checking a prompt against the vocabulary must not pay its import.
+        from diffusers import DDPMScheduler, UNet2DModel
+
         self.unet = UNet2DModel.from_pretrained(folder / "unet", use_safetensors=True).to(self.device).eval().requires_grad_(False)
         self.text_encoder = load_text_encoder(folder / "text_encoder").to(self.device).requires_grad_(False)
         camera = load_camera_encoder(folder / "camera_encoder")
@@ -155,6 +157,8 @@ class BuiltinPrior:
         frame-filling blobs, while the fresh noise of each DDPM step corrects its errors
         (measured: samples/benchmarks/builtin_training.json).
         """
+        from diffusers import DDPMScheduler
+
         scheduler = DDPMScheduler.from_pretrained(self.folder / "scheduler")
         scheduler.set_timesteps(steps)
         emb = self.encode_prompt(prompts, [])

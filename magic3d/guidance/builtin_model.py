@@ -13,12 +13,15 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from diffusers import UNet2DModel
 from jaxtyping import Float
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from diffusers import UNet2DModel
 
 from magic3d.guidance.builtin_world import COLOURS, KINDS, SIZES
 
@@ -95,6 +98,8 @@ class CameraEncoder(nn.Module):
 
 
 def build_unet() -> UNet2DModel:
+    from diffusers import UNet2DModel
+
     return UNet2DModel(
         sample_size=RESOLUTION,
         in_channels=3,
