@@ -130,16 +130,16 @@ def _mesh_parts(mesh, time, textures: TextureCache) -> list[Part]:
         members = members[(members >= 0) & (members < len(counts))]
         group[members] = len(bound)
         bound.append(UsdShade.MaterialBindingAPI(subset.GetPrim()).ComputeBoundMaterial()[0])
-    materials, uv_names = [], []
+    materials, uv_inputs = [], []
     for material in bound:
         read = read_material(material, textures) if material else (None, None)
         materials.append(read[0])
-        uv_names.append(read[1])
+        uv_inputs.append(read[1])
 
     api = UsdGeom.PrimvarsAPI(prim)
     source = np.arange(len(points))
     uv = None
-    st = _uv_primvar(api, next((n for n in uv_names if n), None))
+    st = _uv_primvar(api, next((u.name for u in uv_inputs if u is not None and u.name), None))
     if st is not None:
         values = np.asarray(st.ComputeFlattened(time), dtype=np.float64)
         interp = st.GetInterpolation()
@@ -159,7 +159,11 @@ def _mesh_parts(mesh, time, textures: TextureCache) -> list[Part]:
         tris = np.nonzero(group[polygon] == k)[0]
         if len(tris) == 0:
             continue
-        part = Part(name=str(prim.GetPath()), vertices=points[source], faces=faces, uv=uv, normals=normals,
+        part_uv = uv
+        moved = uv_inputs[k]
+        if uv is not None and moved is not None and not np.allclose(moved.transform, np.eye(3)):
+            part_uv = uv @ moved.transform[:2, :2].T + moved.transform[:2, 2]
+        part = Part(name=str(prim.GetPath()), vertices=points[source], faces=faces, uv=part_uv, normals=normals,
                     material=material)
         if material is None:
             part = _display_color(part, api, source, corners, polygon, time, len(points), len(indices), len(counts))

@@ -3,15 +3,18 @@
 The diffuse colour is a constant, or a ``UsdUVTexture`` whose ``scale`` multiplies the image, whose
 ``fallback`` is the colour when the image cannot be read, and whose ``wrapS``/``wrapT`` say how UVs
 past 0..1 read (``useMetadata`` and unset read as ``repeat``, what viewers show for images with no
-wrap metadata). The UV set is the ``varname`` of the primvar reader feeding the texture's ``st``.
+wrap metadata). The UV set is the ``varname`` of the primvar reader feeding the texture's ``st``,
+moved by any ``UsdTransform2d`` between them.
 """
 
 from __future__ import annotations
 
 import io
 import zipfile
+from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from PIL import Image
 
 from exporters.read.parts import WRAPS, Material
@@ -71,8 +74,8 @@ def _value(shader, name: str, default=None):
     return default if value is None else value
 
 
-def read_material(material, textures: TextureCache) -> tuple[Material, str | None]:
-    """(the material, the UV primvar its texture reads or None)."""
+def read_material(material, textures: TextureCache) -> tuple[Material, UvInput | None]:
+    """(the material, where its texture's UVs come from; None without a texture)."""
     source = material.ComputeSurfaceSource()[0]
     if not source:
         mdl = material.ComputeSurfaceSource("mdl")[0]
@@ -110,19 +113,39 @@ def _channel(image: Image.Image, output: str) -> Image.Image:
     return image.convert("RGB") if image.mode not in ("RGB", "RGBA") else image
 
 
-def _uv_set(texture) -> str | None:
+@dataclass(frozen=True)
+class UvInput:
+    """Where a texture's ``st`` comes from: a primvar, moved by any ``UsdTransform2d`` on the way."""
+
+    name: str | None
+    transform: np.ndarray  # "3 3", acting on (u, v, 1)
+
+
+def _uv_set(texture) -> UvInput:
     from pxr import UsdShade
 
+    transform = np.eye(3)
     output = _resolve(texture.GetInput("st"))[1]
     for _ in range(4):  # through a UsdTransform2d or two to the primvar reader
         if output is None:
-            return None
+            break
         shader = UsdShade.Shader(output.GetPrim())
         varname = _value(shader, "varname")
         if varname is not None:
-            return str(varname)
+            return UvInput(str(varname), transform)
+        if str(shader.GetIdAttr().Get() or "") == "UsdTransform2d":
+            transform = transform @ _transform2d(shader)  # the nearer transform applies last
         output = _resolve(shader.GetInput("in"))[1]
-    return None
+    return UvInput(None, transform)
+
+
+def _transform2d(shader) -> np.ndarray:
+    """UsdTransform2d: ``in * scale``, then turned ``rotation`` degrees counter-clockwise, then moved."""
+    sx, sy = (float(c) for c in _value(shader, "scale", (1.0, 1.0)))
+    angle = np.radians(float(_value(shader, "rotation", 0.0)))
+    tx, ty = (float(c) for c in _value(shader, "translation", (0.0, 0.0)))
+    c, s = np.cos(angle), np.sin(angle)
+    return np.array([[c, -s, tx], [s, c, ty], [0.0, 0.0, 1.0]]) @ np.diag([sx, sy, 1.0])
 
 
 def _omni_pbr(material, shader, textures: TextureCache) -> Material:

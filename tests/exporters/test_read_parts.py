@@ -48,7 +48,8 @@ def constant_material(stage, path: str, rgb) -> UsdShade.Material:
     return material
 
 
-def textured_material(stage, path: str, file: str, wrap: str = "repeat", fallback=None) -> UsdShade.Material:
+def textured_material(stage, path: str, file: str, wrap: str = "repeat", fallback=None,
+                      scale2d: tuple[float, float] | None = None) -> UsdShade.Material:
     material = UsdShade.Material.Define(stage, path)
     shader = UsdShade.Shader.Define(stage, f"{path}/surface")
     shader.CreateIdAttr("UsdPreviewSurface")
@@ -58,7 +59,14 @@ def textured_material(stage, path: str, file: str, wrap: str = "repeat", fallbac
     texture = UsdShade.Shader.Define(stage, f"{path}/texture")
     texture.CreateIdAttr("UsdUVTexture")
     texture.CreateInput("file", Sdf.ValueTypeNames.Asset).Set(file)
-    texture.CreateInput("st", Sdf.ValueTypeNames.Float2).ConnectToSource(reader.CreateOutput("result", Sdf.ValueTypeNames.Float2))
+    st = reader.CreateOutput("result", Sdf.ValueTypeNames.Float2)
+    if scale2d is not None:  # a UsdTransform2d between the primvar and the texture, as Blender writes
+        move = UsdShade.Shader.Define(stage, f"{path}/mapping")
+        move.CreateIdAttr("UsdTransform2d")
+        move.CreateInput("in", Sdf.ValueTypeNames.Float2).ConnectToSource(st)
+        move.CreateInput("scale", Sdf.ValueTypeNames.Float2).Set(Gf.Vec2f(*scale2d))
+        st = move.CreateOutput("result", Sdf.ValueTypeNames.Float2)
+    texture.CreateInput("st", Sdf.ValueTypeNames.Float2).ConnectToSource(st)
     texture.CreateInput("wrapS", Sdf.ValueTypeNames.Token).Set(wrap)
     texture.CreateInput("wrapT", Sdf.ValueTypeNames.Token).Set(wrap)
     if fallback is not None:
@@ -141,6 +149,19 @@ def test_repeating_texture_with_uvs_past_one_shows_every_repeat(tmp_path: Path) 
         img = front_view(path, 96)
         # UVs 0..3 over a 2x2 checker: six squares across when it repeats, one edge past u = 1 when clamped.
         assert transitions(img[40, 20:76]) == expect, (wrap, img[40, 20:76:4, 0])
+
+
+def test_transform2d_scale_repeats_the_texture(tmp_path: Path) -> None:
+    checker().save(tmp_path / "checker.png")
+    path = tmp_path / "mapped.usda"
+    stage = Usd.Stage.CreateNew(str(path))
+    mesh = quad(stage, "/Root/quad", -1.0, 1.0)
+    st = UsdGeom.PrimvarsAPI(mesh).CreatePrimvar("st", Sdf.ValueTypeNames.TexCoord2fArray, UsdGeom.Tokens.vertex)
+    st.Set([(0, 0), (1, 0), (1, 1), (0, 1)])
+    bind(mesh.GetPrim(), textured_material(stage, "/Root/Looks/checker", "./checker.png", scale2d=(3.0, 3.0)))
+    stage.GetRootLayer().Save()
+    np.testing.assert_allclose(load_parts(path)[0].uv.max(0), [3.0, 3.0])
+    assert transitions(front_view(path, 96)[40, 20:76]) == 5
 
 
 def test_missing_texture_reads_as_the_textures_fallback_colour(tmp_path: Path) -> None:
