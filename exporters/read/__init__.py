@@ -18,6 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import trimesh
 
 from exporters.read.parts import WRAPS, Material, Part, merged, vertex_colors
@@ -45,10 +46,15 @@ def load_parts(path: str | Path, frame: Frame = "source") -> list[Part]:
         from exporters.read.mesh_files import load_mesh_file_parts
 
         parts = load_mesh_file_parts(path)
-    parts = [p.compacted() for p in parts if len(p.faces)]
+    parts = [p for p in parts if len(p.faces)]
     if not parts:
         raise ValueError(f"{str(path)!r} holds no triangle mesh")
-    return parts
+    for part in parts:  # a damaged file must fail here, not in whoever draws or writes it
+        if part.faces.min() < 0 or part.faces.max() >= len(part.vertices):
+            raise ValueError(f"{part.name!r} in {str(path)!r} has faces that point past its vertices")
+        if not np.isfinite(part.vertices).all():
+            raise ValueError(f"{part.name!r} in {str(path)!r} has points that are not finite numbers")
+    return [p.compacted() for p in parts]
 
 
 def load_asset(path: str | Path, frame: Frame = "source") -> trimesh.Trimesh:

@@ -312,3 +312,15 @@ def test_material_interface_inputs_and_instanced_references(tmp_path: Path) -> N
     assert len(parts) == 3
     assert [p.material.base_color[:3] for p in parts] == [pytest.approx(RED), pytest.approx(RED), pytest.approx(BLUE)]
     np.testing.assert_allclose([p.vertices[:, 0].mean() for p in parts], [-1.0, 0.0, 1.0], atol=1e-6)
+
+
+def test_damaged_meshes_are_refused_by_the_reader(tmp_path: Path) -> None:
+    good = trimesh.Trimesh([[0, 0, 0], [1, 0, 0], [0, 1, 0]], [[0, 1, 2]], process=False).export(
+        file_type="ply", encoding="ascii").decode()
+    assert "3 0 1 2" in good and "\n1.00000000 0.00000000 0.00000000\n" in good
+    (tmp_path / "index.ply").write_text(good.replace("3 0 1 2", "3 0 1 7"))
+    (tmp_path / "nan.ply").write_text(good.replace("\n1.00000000 0.00000000 0.00000000\n", "\nnan 0 0\n"))
+    with pytest.raises(ValueError, match="past its vertices"):
+        load_parts(tmp_path / "index.ply")
+    with pytest.raises(ValueError, match="not finite"):
+        load_parts(tmp_path / "nan.ply")
