@@ -3,7 +3,8 @@
 trimesh gives a scene: each geometry keeps its material and is placed by its node's transform.
 trimesh drops glTF samplers, so the wrap modes are read from the file's JSON: each material is
 tagged with its index before trimesh parses it, and ``textures[baseColorTexture.index].sampler``
-gives ``wrapS``/``wrapT`` (REPEAT when absent, as glTF says). OBJ textures repeat (as MTL viewers
+gives ``wrapS``/``wrapT`` (REPEAT when absent, as glTF says); a ``KHR_texture_transform`` on it
+moves the part's UVs. OBJ textures repeat (as MTL viewers
 do); PLY vertex or face colours become vertex colours; STL has no colour.
 """
 
@@ -25,7 +26,7 @@ TAG = "magic3d-material-"
 
 def load_mesh_file_parts(path: Path) -> list[Part]:
     suffix = path.suffix.lower()
-    wraps: list[tuple[str, str]] = []
+    wraps: list[tuple[str, str, np.ndarray | None]] = []
     if suffix in (".glb", ".gltf"):
         loaded, wraps = _load_gltf(path)
     else:
@@ -50,7 +51,7 @@ def load_mesh_file_parts(path: Path) -> list[Part]:
     return parts
 
 
-def _part(name: str, mesh: trimesh.Trimesh, wraps: list[tuple[str, str]], repeat_default: bool) -> Part:
+def _part(name: str, mesh: trimesh.Trimesh, wraps: list[tuple[str, str, np.ndarray | None]], repeat_default: bool) -> Part:
     vertices = np.asarray(mesh.vertices, dtype=np.float64)
     faces = np.asarray(mesh.faces, dtype=np.int64)
     # Only normals the file gave: trimesh computes them on demand otherwise.
@@ -61,6 +62,10 @@ def _part(name: str, mesh: trimesh.Trimesh, wraps: list[tuple[str, str]], repeat
         uv = np.asarray(visual.uv, dtype=np.float64) if visual.uv is not None and len(visual.uv) == len(vertices) else None
         colors = visual.vertex_attributes.get("color") if hasattr(visual, "vertex_attributes") else None
         colors = _unit_colors(colors) if colors is not None and len(colors) == len(vertices) else None
+        index = _tag(material)
+        if uv is not None and index is not None and wraps[index][2] is not None:
+            moved = wraps[index][2]  # KHR_texture_transform, in trimesh's UVs
+            uv = uv @ moved[:2, :2].T + moved[:2, 2]
         return Part(name, vertices, faces, uv=uv, normals=normals, colors=colors,
                     material=_material(material, wraps, repeat_default))
     if isinstance(visual, trimesh.visual.ColorVisuals) and visual.defined:
@@ -82,7 +87,28 @@ def _unit_colors(colors) -> np.ndarray:
     return rgba / 255.0 if np.asarray(colors).dtype.kind in "ui" or rgba.max(initial=0) > 1.0 else rgba
 
 
-def _material(material, wraps: list[tuple[str, str]], repeat_default: bool) -> Material:
+def _tag(material) -> int | None:
+    """The glTF material index ``_load_gltf`` wrote into the name, or None."""
+    name = str(getattr(material, "name", "") or "")
+    return int(name[len(TAG):].partition(":")[0]) if name.startswith(TAG) else None
+
+
+def _uv_transform(texture: dict) -> np.ndarray | None:
+    """KHR_texture_transform (offset, rotation, scale: uv' = T R S uv, v down) as a 3x3 matrix on
+    trimesh's UVs (v up, v_trimesh = 1 - v_gltf)."""
+    ext = (texture.get("extensions") or {}).get("KHR_texture_transform")
+    if not ext:
+        return None
+    sx, sy = (float(c) for c in ext.get("scale", (1.0, 1.0)))
+    ox, oy = (float(c) for c in ext.get("offset", (0.0, 0.0)))
+    r = float(ext.get("rotation", 0.0))
+    c, s = np.cos(r), np.sin(r)
+    gltf = np.array([[1, 0, ox], [0, 1, oy], [0, 0, 1]]) @ np.array([[c, s, 0], [-s, c, 0], [0, 0, 1]]) @ np.diag([sx, sy, 1])
+    flip = np.array([[1.0, 0, 0], [0, -1, 1], [0, 0, 1]])
+    return flip @ gltf @ flip
+
+
+def _material(material, wraps: list[tuple[str, str, np.ndarray | None]], repeat_default: bool) -> Material:
     if isinstance(material, trimesh.visual.material.SimpleMaterial):
         bare = material.image is not None  # an image is the colour; trimesh's 0.4 grey diffuse is not
         simple_name = material.name
@@ -94,7 +120,7 @@ def _material(material, wraps: list[tuple[str, str]], repeat_default: bool) -> M
     wrap = ("repeat", "repeat") if repeat_default else ("clamp", "clamp")
     if name.startswith(TAG):
         index, _, name = name[len(TAG):].partition(":")
-        wrap = wraps[int(index)]
+        wrap = wraps[int(index)][:2]
         material.name = name or None
     factor = (1.0, 1.0, 1.0, 1.0)
     image, roughness, metallic = None, 1.0, 0.0
@@ -113,8 +139,8 @@ def _material(material, wraps: list[tuple[str, str]], repeat_default: bool) -> M
                     roughness=roughness, metallic=metallic)
 
 
-def _load_gltf(path: Path) -> tuple[trimesh.Scene, list[tuple[str, str]]]:
-    """The scene, with each material's (wrapS, wrapT) of its base-colour texture by material index."""
+def _load_gltf(path: Path) -> tuple[trimesh.Scene, list[tuple[str, str, np.ndarray | None]]]:
+    """The scene, and by material index its base-colour texture's (wrapS, wrapT, UV transform or None)."""
     data = path.read_bytes()
     binary = None
     if path.suffix.lower() == ".glb":
@@ -129,7 +155,8 @@ def _load_gltf(path: Path) -> tuple[trimesh.Scene, list[tuple[str, str]]]:
             tex = header.get("textures", [])[texture["index"]]
             if tex.get("sampler") is not None:
                 sampler = header.get("samplers", [])[tex["sampler"]]
-        wraps.append((GL_WRAP.get(sampler.get("wrapS", 10497), "repeat"), GL_WRAP.get(sampler.get("wrapT", 10497), "repeat")))
+        wraps.append((GL_WRAP.get(sampler.get("wrapS", 10497), "repeat"), GL_WRAP.get(sampler.get("wrapT", 10497), "repeat"),
+                      _uv_transform(texture) if texture is not None else None))
         material["name"] = f"{TAG}{index}:{material.get('name', '')}"
     text = json.dumps(header).encode("utf-8")
     if binary is None:

@@ -256,6 +256,26 @@ def test_gltf_with_bin_reads_every_mesh_with_its_material_transform_and_sampler(
     assert img[32, 14, 0] > 2 * img[32, 14, 2] and img[32, 50, 2] > 2 * img[32, 50, 0]
 
 
+def test_gltf_texture_transform_moves_the_uvs(tmp_path: Path) -> None:
+    mesh = trimesh.Trimesh([[-1, -1, 0], [1, -1, 0], [1, 1, 0], [-1, 1, 0]], [[0, 1, 2], [0, 2, 3]], process=False)
+    mesh.visual = trimesh.visual.TextureVisuals(
+        uv=[[0, 0], [1, 0], [1, 1], [0, 1]], material=trimesh.visual.material.PBRMaterial(baseColorTexture=checker()))
+    files = trimesh.Scene(mesh).export(file_type="gltf")
+    header = json.loads(files["model.gltf"])
+    header["extensionsUsed"] = ["KHR_texture_transform"]
+    texture = header["materials"][0]["pbrMetallicRoughness"]["baseColorTexture"]
+    texture["extensions"] = {"KHR_texture_transform": {"scale": [3.0, 3.0], "offset": [0.5, 0.0]}}
+    files["model.gltf"] = json.dumps(header).encode()
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    [part] = load_parts(tmp_path / "model.gltf")
+    # glTF's v runs down: (u, v_gltf) -> (3u + 0.5, 3 v_gltf), and trimesh's v is 1 - v_gltf.
+    np.testing.assert_allclose(part.uv[:, 0], 3 * np.array([0, 1, 1, 0]) + 0.5, atol=1e-6)
+    np.testing.assert_allclose(part.uv[:, 1], 1 - 3 * (1 - np.array([0, 0, 1, 1])), atol=1e-6)
+    img = render_turntable([part], frames=1, resolution=96, elevation=0.0, lit=False)[0]
+    assert transitions(img[40, 20:76].astype(int)) == 5
+
+
 def test_glb_default_sampler_repeats(tmp_path: Path) -> None:
     mesh = trimesh.Trimesh([[-1, -1, 0], [1, -1, 0], [1, 1, 0], [-1, 1, 0]], [[0, 1, 2], [0, 2, 3]], process=False)
     mesh.visual = trimesh.visual.TextureVisuals(
