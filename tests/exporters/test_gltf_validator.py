@@ -11,9 +11,16 @@ import struct
 import pytest
 
 from exporters import AssetInfo, write_glb
-from exporters.validate import GltfValidatorMissing, gltf_problems, gltf_report, gltf_validator_available
+from exporters.validate import (
+    GltfValidatorMissing,
+    gltf_problems,
+    gltf_report,
+    gltf_validator_available,
+)
 
-pytestmark = pytest.mark.skipif(not gltf_validator_available(), reason="node or the gltf-validator npm package is missing")
+pytestmark = pytest.mark.skipif(
+    not gltf_validator_available(), reason="node or the gltf-validator npm package is missing"
+)
 
 
 def split_glb(data: bytes) -> tuple[dict, bytes]:
@@ -22,23 +29,30 @@ def split_glb(data: bytes) -> tuple[dict, bytes]:
     assert magic == b"glTF"
     length, kind = struct.unpack_from("<I4s", data, 12)
     assert kind == b"JSON"
-    tree = json.loads(data[20:20 + length])
-    rest = data[20 + length:]
+    tree = json.loads(data[20 : 20 + length])
+    rest = data[20 + length :]
     bin_length, bin_kind = struct.unpack_from("<I4s", rest)
     assert bin_kind == b"BIN\0"
-    return tree, rest[8:8 + bin_length]
+    return tree, rest[8 : 8 + bin_length]
 
 
 def join_glb(tree: dict, binary: bytes) -> bytes:
     text = json.dumps(tree).encode()
     text += b" " * (-len(text) % 4)
     binary += b"\0" * (-len(binary) % 4)
-    chunks = struct.pack("<I4s", len(text), b"JSON") + text + struct.pack("<I4s", len(binary), b"BIN\0") + binary
+    chunks = (
+        struct.pack("<I4s", len(text), b"JSON")
+        + text
+        + struct.pack("<I4s", len(binary), b"BIN\0")
+        + binary
+    )
     return struct.pack("<4sII", b"glTF", 2, 12 + len(chunks)) + chunks
 
 
 def test_our_textured_glb_has_no_errors_or_warnings(tmp_path, textured_mesh):
-    path = write_glb(textured_mesh(), tmp_path / "ball.glb", AssetInfo(name="ball", prompt="a ball", seed=3))
+    path = write_glb(
+        textured_mesh(), tmp_path / "ball.glb", AssetInfo(name="ball", prompt="a ball", seed=3)
+    )
     report = gltf_report(path)
     assert report["numErrors"] == 0 and report["numWarnings"] == 0, report["messages"]
     assert gltf_problems(path) == []
@@ -57,7 +71,10 @@ def test_an_accessor_running_past_its_buffer_is_an_error(tmp_path, textured_mesh
     report = gltf_report(broken)
     assert report["numErrors"] > 0
     problems = gltf_problems(broken)
-    assert any(p.startswith("error: [ACCESSOR_TOO_LONG]") and p.endswith(f"at /accessors/{position}") for p in problems), problems
+    assert any(
+        p.startswith("error: [ACCESSOR_TOO_LONG]") and p.endswith(f"at /accessors/{position}")
+        for p in problems
+    ), problems
     assert all(p.split(":")[0] in ("error", "warning") for p in problems)
 
 
