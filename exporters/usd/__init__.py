@@ -72,9 +72,10 @@ def _layer_stage(up_axis: str, root_name: str):
     return stage
 
 
-def _save(stage, path: Path) -> Path:
+def _save(stage_or_layer, path: Path) -> Path:
+    layer = stage_or_layer.GetRootLayer() if hasattr(stage_or_layer, "GetRootLayer") else stage_or_layer
     with atomic_output(path) as tmp:
-        if not stage.GetRootLayer().Export(str(tmp)):
+        if not layer.Export(str(tmp)):
             raise OSError(f"USD could not write {str(path)!r}")
     return path
 
@@ -128,8 +129,13 @@ def write_usd(
         _save(layer, payload / "Physics.usda")
     else:
         domains.remove("Physics")
-    contents = _layer_stage(axis, name)
-    contents.GetRootLayer().subLayerPaths = [f"./{d}.usd{'c' if d == 'Geometry' else 'a'}" for d in domains]
+    # A bare layer, not a stage: a stage would try to compose the sublayers from an anonymous
+    # layer's (missing) folder and warn.
+    contents = Sdf.Layer.CreateAnonymous(".usda")
+    contents.defaultPrim = name
+    contents.pseudoRoot.SetInfo(UsdGeom.Tokens.upAxis, UsdGeom.Tokens.y if axis == "Y" else UsdGeom.Tokens.z)
+    contents.pseudoRoot.SetInfo(UsdGeom.Tokens.metersPerUnit, 1.0)
+    contents.subLayerPaths = [f"./{d}.usd{'c' if d == 'Geometry' else 'a'}" for d in domains]
     _save(contents, payload / "Contents.usda")
 
     thumbnail_rel = None

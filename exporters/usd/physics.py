@@ -51,8 +51,8 @@ def define_physics(stage, root_path, mesh_path, surface: trimesh.Trimesh, physic
     root = stage.OverridePrim(root_path)
     UsdPhysics.RigidBodyAPI.Apply(root)
     volume = volume_m3(surface)
-    mass = UsdPhysics.MassAPI.Apply(root)
-    mass.CreateMassAttr(float(volume * physics.density))
+    if volume > 0:  # a flat or open sheet encloses nothing: simulators take the material's density
+        UsdPhysics.MassAPI.Apply(root).CreateMassAttr(float(volume * physics.density))
 
     mesh = stage.OverridePrim(mesh_path)
     UsdPhysics.CollisionAPI.Apply(mesh)

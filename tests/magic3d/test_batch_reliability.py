@@ -345,7 +345,8 @@ def test_batch_advice_names_the_job() -> None:
 # --- every option an error can advise exists in `magic3d batch` ------------------------------------
 
 # Messages of commands that batch never runs: `magic3d preview` and `magic3d export`'s re-export.
-NOT_REACHED_FROM_BATCH = {("magic3d/preview.py", "*"), ("magic3d/export.py", "reexport")}
+NOT_REACHED_FROM_BATCH = {("magic3d/preview.py", "*"), ("magic3d/convert.py", "*"),
+                          ("exporters/validate.py", "*"), ("magic3d/export.py", "reexport")}
 
 
 def batch_flags() -> set[str]:
