@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import trimesh
 
-from magic3d.surface import boundary_loops, close_holes, surface_report
+from magic3d.surface import boundary_loops, close_holes, self_intersections, surface_report
 
 
 def holed_sphere(hole_faces: int = 5) -> trimesh.Trimesh:
@@ -63,3 +63,75 @@ def test_bake_closes_the_hole_that_dropping_a_sliver_face_leaves():
     points, of_vertex = weld(mesh.vertices)
     welded = trimesh.Trimesh(points, of_vertex[mesh.faces], process=False)
     assert welded.is_watertight and welded.body_count == 1
+
+
+def concatenated(*meshes: trimesh.Trimesh) -> tuple[np.ndarray, np.ndarray]:
+    offsets = np.cumsum([0] + [len(m.vertices) for m in meshes[:-1]])
+    return (np.concatenate([m.vertices for m in meshes]),
+            np.concatenate([m.faces + o for m, o in zip(meshes, offsets, strict=True)]))
+
+
+def test_clean_sphere_and_torus_do_not_intersect_themselves():
+    for shape in (trimesh.creation.icosphere(subdivisions=3), trimesh.creation.torus(1.0, 0.3)):
+        assert self_intersections(shape.vertices, shape.faces) == 0
+
+
+def test_interpenetrating_spheres_intersect_and_separate_ones_do_not():
+    a = trimesh.creation.icosphere(subdivisions=3)
+    overlapping = a.copy()
+    overlapping.apply_translation([1.0, 0.1, 0.0])
+    apart = a.copy()
+    apart.apply_translation([2.01, 0.0, 0.0])  # a gap of 0.01 between the unit spheres
+    assert self_intersections(*concatenated(a, overlapping)) > 20  # a whole circle of crossing pairs
+    assert self_intersections(*concatenated(a, apart)) == 0
+
+
+def test_a_vertex_pushed_through_the_far_side_intersects():
+    sphere = trimesh.creation.icosphere(subdivisions=3)
+    vertices = sphere.vertices.copy()
+    vertices[0] = -1.3 * vertices[0]  # its fan now pierces the opposite side
+    assert self_intersections(vertices, sphere.faces) > 0
+
+
+def test_single_pairs_crossing_touching_coplanar_and_sharing_a_vertex():
+    flat = np.array([[0, 0, 0], [2, 0, 0], [0, 2, 0]], dtype=float)
+    cases = {
+        "crossing": (np.array([[0.5, 0.5, -1], [0.5, 0.5, 1], [1.5, 0.5, 1]]), 1),
+        "above": (np.array([[0.5, 0.5, 0.1], [0.5, 0.5, 1], [1.5, 0.5, 1]]), 0),
+        "coplanar overlap": (np.array([[0.5, 0.5, 0], [3, 0.5, 0], [0.5, 3, 0]]), 1),
+        "coplanar apart": (np.array([[3, 3, 0], [4, 3, 0], [3, 4, 0]]), 0),
+        "beside the hypotenuse": (np.array([[1.1, 1.1, -1], [1.1, 1.1, 1], [3, 3, 0]]), 0),
+    }
+    for name, (other, expected) in cases.items():
+        vertices = np.concatenate([flat, other])
+        assert self_intersections(vertices, np.array([[0, 1, 2], [3, 4, 5]])) == expected, name
+    # Sharing a vertex (adjacent in the mesh) is never counted, even where the triangles cross.
+    vertices = np.concatenate([flat, [[0.5, 0.5, -1], [0.5, 0.5, 1]]])
+    assert self_intersections(vertices, np.array([[0, 1, 2], [0, 3, 4]])) == 0
+
+
+def test_the_grid_finds_every_crossing_a_brute_force_edge_test_finds():
+    rng = np.random.default_rng(1)
+    count = 300
+    triangles = rng.random((count, 1, 3)) + 0.08 * rng.standard_normal((count, 3, 3))
+    i, j = np.triu_indices(count, 1)
+
+    def pierces(p: np.ndarray, q: np.ndarray) -> np.ndarray:
+        """Whether an edge of p crosses q (Moller-Trumbore on segments); generic position, so
+        two triangles meet exactly when an edge of one crosses the other."""
+        hit = np.zeros(len(p), dtype=bool)
+        e1, e2 = q[:, 1] - q[:, 0], q[:, 2] - q[:, 0]
+        for k in range(3):
+            origin, d = p[:, k], p[:, (k + 1) % 3] - p[:, k]
+            h = np.cross(d, e2)
+            inv = 1.0 / (e1 * h).sum(1)
+            s = origin - q[:, 0]
+            u, qv = inv * (s * h).sum(1), np.cross(s, e1)
+            w, t = inv * (d * qv).sum(1), inv * (e2 * qv).sum(1)
+            hit |= (u >= 0) & (w >= 0) & (u + w <= 1) & (t >= 0) & (t <= 1)
+        return hit
+
+    expected = int((pierces(triangles[i], triangles[j]) | pierces(triangles[j], triangles[i])).sum())
+    assert expected > 50  # the soup really crosses itself
+    faces = np.arange(3 * count).reshape(count, 3)
+    assert self_intersections(triangles.reshape(-1, 3), faces) == expected
