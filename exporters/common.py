@@ -53,6 +53,7 @@ class Surface:
     base_color: tuple[float, float, float, float]  # linear factor multiplied with the texture, 0..1
     roughness: float
     metallic: float
+    normal_image: Image.Image | None = None  # tangent-space normal map (OpenGL convention: green up)
 
 
 class OutsideOutput(OSError):
@@ -211,6 +212,7 @@ def surface(mesh: trimesh.Trimesh) -> Surface:
     visual = mesh.visual
     uv = None
     image = None
+    normal_image = None
     base = (1.0, 1.0, 1.0, 1.0)
     roughness, metallic = 1.0, 0.0
     if isinstance(visual, trimesh.visual.texture.TextureVisuals):
@@ -225,6 +227,7 @@ def surface(mesh: trimesh.Trimesh) -> Surface:
                 mat.baseColorFactor = np.array([255, 255, 255, 255], dtype=np.uint8)
         if isinstance(mat, trimesh.visual.material.PBRMaterial):
             image = mat.baseColorTexture
+            normal_image = mat.normalTexture
             if mat.baseColorFactor is not None:
                 base = tuple(float(c) for c in np.asarray(mat.baseColorFactor, dtype=np.float64) / 255.0)
             if mat.roughnessFactor is not None:
@@ -238,7 +241,12 @@ def surface(mesh: trimesh.Trimesh) -> Surface:
         image = image.convert("RGB")
     if uv is None:
         image = None
-    return Surface(uv=uv, image=image, base_color=base, roughness=roughness, metallic=metallic)  # type: ignore[arg-type]
+    if normal_image is not None and normal_image.mode != "RGB":
+        normal_image = normal_image.convert("RGB")
+    if uv is None:
+        normal_image = None
+    return Surface(uv=uv, image=image, base_color=base, roughness=roughness, metallic=metallic,  # type: ignore[arg-type]
+                   normal_image=normal_image)
 
 
 def pbr_material(surf: Surface, name: str = "material") -> trimesh.visual.material.PBRMaterial:
@@ -247,6 +255,7 @@ def pbr_material(surf: Surface, name: str = "material") -> trimesh.visual.materi
     return trimesh.visual.material.PBRMaterial(
         name=name,
         baseColorTexture=surf.image,
+        normalTexture=surf.normal_image,
         baseColorFactor=factor,
         roughnessFactor=surf.roughness,
         metallicFactor=surf.metallic,

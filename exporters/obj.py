@@ -36,9 +36,12 @@ def write_obj(mesh: trimesh.Trimesh, path: str | Path, info: AssetInfo | None = 
     first = next((i for i, line in enumerate(body) if line.startswith("v ")), 0)
     text = header(info) + "\n".join([*body[:first], f"o {info.name}", *body[first:]]) + "\n"
     texture_name = f"{stem}_albedo.png"
-    mtl_text = _mtl(stem, surf, texture_name if surf.image is not None else None)
+    normal_name = f"{stem}_normal.png" if surf.normal_image is not None and surf.image is not None else None
+    mtl_text = _mtl(stem, surf, texture_name if surf.image is not None else None, normal_name)
     if surf.image is not None:
         write_png(surf.image, path.with_name(texture_name))
+    if normal_name is not None:
+        write_png(surf.normal_image, path.with_name(normal_name))
     with atomic_output(path.with_suffix(".mtl")) as tmp:
         tmp.write_text(mtl_text, encoding="utf-8")
     with atomic_output(path) as tmp:
@@ -53,7 +56,7 @@ def header(info: AssetInfo) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _mtl(name: str, surf: Surface, texture: str | None) -> str:
+def _mtl(name: str, surf: Surface, texture: str | None, normal: str | None = None) -> str:
     # Kd multiplies map_Kd, so it carries the base-colour factor; Pr/Pm are the PBR extension
     # Blender and others read; Ks 0 because a rough, non-metal surface has no shiny highlight.
     r, g, b, _ = surf.base_color
@@ -70,4 +73,6 @@ def _mtl(name: str, surf: Surface, texture: str | None) -> str:
     ]
     if texture is not None:
         lines.append(f"map_Kd {texture}")
+    if normal is not None:  # Blender reads map_Bump with -bm as a tangent-space normal map, as it writes one
+        lines.append(f"map_Bump -bm 1.000000 {normal}")
     return "\n".join(lines) + "\n"

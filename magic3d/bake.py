@@ -34,6 +34,7 @@ EXACT_GUTTER_PX = 2.0
 class BakeConfig:
     texture_size: int = 1024  # 2048 is the most AR Quick Look accepts
     face_budget: int = 100_000  # decimate above this; xatlas takes ~1-2 min per 100k faces on a CPU; 0 keeps all
+    normal_map: bool = True  # when decimation removed detail, bake it back as a tangent-space normal map
     merge_distance: float = 1e-5  # vertices closer than this (scene units) become one
     min_component_fraction: float = 0.01  # drop floating pieces with fewer faces than this share
     dilate_px: int = 16  # colour grown this far outside charts; beyond it the mean colour
@@ -214,16 +215,34 @@ def _closest_on_triangles(p: np.ndarray, a: np.ndarray, b: np.ndarray, c: np.nda
     return best
 
 
-def bake_texture(
-    positions: np.ndarray, faces: np.ndarray, uv: np.ndarray, color_fn: ColorFn, cfg: BakeConfig,
-    device: torch.device | str = "cpu",
-) -> np.ndarray:
-    """The "S S 3" uint8 base-colour image (row 0 at the top, v = 0 at the bottom) of ``color_fn`` over the atlas."""
+@dataclass
+class Texels:
+    """Where the atlas puts the surface: the texels a triangle covers, then the gutter texels
+    within EXACT_GUTTER_PX of a chart (at the nearest point of the nearest triangle)."""
+
+    size: int
+    covered: np.ndarray  # "S S" bool, raster rows (row r is v = (r + 0.5) / size)
+    gutter: np.ndarray  # "S S" bool
+    points: list[np.ndarray]  # surface points "N 3": [covered, gutter]
+    tri: np.ndarray  # "N" triangle of each texel, covered then gutter
+    distance: np.ndarray  # "S S" texels to the nearest covered one
+    nearest: tuple[np.ndarray, np.ndarray]  # its row and column
+
+    def bary(self, uv: np.ndarray, faces: np.ndarray) -> np.ndarray:
+        """Barycentric weights "N 3" of every texel's surface point in its triangle."""
+        rows, cols = (np.concatenate([m[0], m[1]]) for m in zip(np.nonzero(self.covered), np.nonzero(self.gutter),
+                                                                  strict=True))
+        centre = np.stack([(cols + 0.5) / self.size, (rows + 0.5) / self.size], axis=1)
+        corners = uv[faces[self.tri]]
+        return _closest_on_triangles(centre, corners[:, 0], corners[:, 1], corners[:, 2])
+
+
+def texel_samples(positions: np.ndarray, faces: np.ndarray, uv: np.ndarray, size: int,
+                  device: torch.device | str = "cpu") -> Texels:
     from scipy.ndimage import distance_transform_edt
 
     from renderers.raster import get_rasterizer
 
-    size = cfg.texture_size
     device = torch.device(device)
     raster = get_rasterizer(device)
     uv_t = torch.as_tensor(uv, dtype=torch.float32, device=device)
@@ -237,27 +256,47 @@ def bake_texture(
     covered = tri_id >= 0
     if not covered.any():
         raise RunError("The UV atlas covers no texels; raise bake.texture_size.")
-    image = np.zeros((size, size, 3), dtype=np.float32)
-    image[covered] = _query(color_fn, points[0].cpu().numpy()[covered], cfg.query_chunk, device)
-
     distance, (near_r, near_c) = distance_transform_edt(~covered, return_indices=True)
     gutter = ~covered & (distance <= EXACT_GUTTER_PX)
-    if gutter.any():
-        rows, cols = np.nonzero(gutter)
-        tri = tri_id[near_r[rows, cols], near_c[rows, cols]]
-        centre = np.stack([(cols + 0.5) / size, (rows + 0.5) / size], axis=1)
-        corners = uv[faces[tri]]
-        w = _closest_on_triangles(centre, corners[:, 0], corners[:, 1], corners[:, 2])
-        surface = (w[:, :, None] * positions[faces[tri]]).sum(1)
-        image[rows, cols] = _query(color_fn, surface, cfg.query_chunk, device)
+    rows, cols = np.nonzero(gutter)
+    tri = tri_id[near_r[rows, cols], near_c[rows, cols]]
+    centre = np.stack([(cols + 0.5) / size, (rows + 0.5) / size], axis=1)
+    corners = uv[faces[tri]]
+    w = _closest_on_triangles(centre, corners[:, 0], corners[:, 1], corners[:, 2])
+    surface = (w[:, :, None] * positions[faces[tri]]).sum(1)
+    return Texels(size, covered, gutter, [points[0].cpu().numpy()[covered], surface],
+                  np.concatenate([tri_id[covered], tri]), distance, (near_r, near_c))
+
+
+def paint(texels: Texels, values: np.ndarray, dilate_px: int, background: np.ndarray | None = None) -> np.ndarray:
+    """The "S S C" uint8 image (row 0 at the top, v = 0 at the bottom) of per-texel ``values`` in
+    [0, 1] (covered, then gutter texels), grown ``dilate_px`` out of the charts so bilinear lookups
+    and mip levels never reach the background; the rest is ``background`` (default: the mean)."""
+    size, covered, gutter = texels.size, texels.covered, texels.gutter
+    image = np.zeros((size, size, values.shape[1]), dtype=np.float32)
+    n_covered = int(covered.sum())
+    image[covered] = values[:n_covered]
+    image[gutter] = values[n_covered:]
     filled = covered | gutter
-    if cfg.dilate_px > 0:
-        grow = ~filled & (distance <= cfg.dilate_px)
+    near_r, near_c = texels.nearest
+    if dilate_px > 0:
+        grow = ~filled & (texels.distance <= dilate_px)
         image[grow] = image[near_r[grow], near_c[grow]]  # nearest chart texel: exact up to a few mip levels
         filled |= grow
-    # The rest takes the mean colour so the smallest mip levels average to the object's colour.
-    image[~filled] = image[covered].mean(0)
+    # The rest takes the mean so the smallest mip levels average to the object's colour.
+    image[~filled] = image[covered].mean(0) if background is None else background
     return (np.clip(image[::-1], 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+def bake_texture(
+    positions: np.ndarray, faces: np.ndarray, uv: np.ndarray, color_fn: ColorFn, cfg: BakeConfig,
+    device: torch.device | str = "cpu", texels: Texels | None = None,
+) -> np.ndarray:
+    """The "S S 3" uint8 base-colour image (row 0 at the top, v = 0 at the bottom) of ``color_fn`` over the atlas."""
+    texels = texels or texel_samples(positions, faces, uv, cfg.texture_size, device)
+    colours = [_query(color_fn, pts, cfg.query_chunk, torch.device(device)) if len(pts) else np.zeros((0, 3), np.float32)
+               for pts in texels.points]
+    return paint(texels, np.concatenate(colours), cfg.dilate_px)
 
 
 def _as_numpy(x) -> np.ndarray:
@@ -291,6 +330,7 @@ def bake(
         raise RunError("The extracted mesh has no faces left after clean-up; the object is empty, "
                        "try more steps or a lower fine.density_threshold.")
     lap("clean")
+    full = (v, f)
     v, f = decimate(v, f, cfg.face_budget)
     v, f = close_holes(v, f)  # merging and decimation can leave small holes: the asset is closed
     report = surface_report(v, f)
@@ -300,10 +340,20 @@ def bake(
     vmap, uv_faces, uv = uv_atlas(v, f, cfg.texture_size, cfg.padding_px, cfg.atlas_piece_faces)
     positions = v[vmap]
     lap("atlas")
-    pixels = bake_texture(positions, uv_faces, uv, color_fn, cfg, device)
+    texels = texel_samples(positions, uv_faces, uv, cfg.texture_size, device)
+    pixels = bake_texture(positions, uv_faces, uv, color_fn, cfg, device, texels)
     lap("texture")
+    normal_map = None
+    if cfg.normal_map and len(f) < len(full[1]):  # decimation removed detail: the map keeps it
+        from magic3d.normal_map import normal_map_values
+
+        encoded = normal_map_values(np.concatenate(texels.points), texels.tri, texels.bary(uv, uv_faces), positions,
+                                    uv_faces, uv, normals[vmap], *full)
+        normal_map = Image.fromarray(paint(texels, encoded, cfg.dilate_px, np.array([0.5, 0.5, 1.0])))
+        lap("normal_map")
     material = trimesh.visual.material.PBRMaterial(
         name="material",
+        normalTexture=normal_map,
         baseColorTexture=Image.fromarray(pixels),
         baseColorFactor=np.array([255, 255, 255, 255], dtype=np.uint8),
         roughnessFactor=float(cfg.roughness),

@@ -46,6 +46,7 @@ from exporters.usd.physics import WOOD, Physics, define_physics
 SOURCE_TRANSFORM_KEY = "magic3d:sourceTransform"
 PAYLOAD_DIR = "Payload"
 TEXTURE_PATH = "Textures/albedo.png"  # relative to the payload folder
+NORMAL_PATH = "Textures/normal.png"
 THUMBNAIL_DIR = "thumbnails"
 DOMAINS = ("Physics", "Materials", "Geometry")  # sublayer order: strongest first
 
@@ -106,6 +107,8 @@ def write_usd(
 
     if surf.image is not None:
         write_png(surf.image, payload / TEXTURE_PATH)
+    if surf.normal_image is not None:
+        write_png(surf.normal_image, payload / NORMAL_PATH)
     geometry = _layer_stage(axis, name)
     UsdGeom.Xform.Define(geometry, root_path)
     UsdGeom.Scope.Define(geometry, root_path.AppendChild("Geometry"))
@@ -116,7 +119,8 @@ def write_usd(
     materials.OverridePrim(root_path)
     UsdGeom.Scope.Define(materials, root_path.AppendChild("Materials"))
     material = define_material(materials, root_path.AppendPath("Materials/material"), surf,
-                               f"./{TEXTURE_PATH}" if surf.image is not None else None)
+                               f"./{TEXTURE_PATH}" if surf.image is not None else None,
+                               f"./{NORMAL_PATH}" if surf.normal_image is not None and surf.image is not None else None)
     from pxr import UsdShade
 
     UsdShade.MaterialBindingAPI.Apply(materials.OverridePrim(mesh_path)).Bind(material)

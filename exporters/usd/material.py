@@ -5,7 +5,9 @@ from __future__ import annotations
 from exporters.common import Surface
 
 
-def define_material(stage, path, surf: Surface, texture_path: str | None):
+def define_material(stage, path, surf: Surface, texture_path: str | None, normal_path: str | None = None):
+    """A UsdPreviewSurface whose base colour is ``texture_path`` (or the constant colour) and whose
+    ``normal`` input, given ``normal_path``, reads a tangent-space map (raw, remapped to -1..1)."""
     from pxr import Gf, Sdf, UsdShade
 
     material = UsdShade.Material.Define(stage, path)
@@ -37,4 +39,16 @@ def define_material(stage, path, surf: Surface, texture_path: str | None):
         texture.CreateInput("scale", Sdf.ValueTypeNames.Float4).Set(Gf.Vec4f(*surf.base_color))
     rgb = texture.CreateOutput("rgb", Sdf.ValueTypeNames.Float3)
     diffuse.ConnectToSource(rgb)
+    if normal_path is not None:
+        normal = UsdShade.Shader.Define(stage, path.AppendChild("NormalTexture"))
+        normal.CreateIdAttr("UsdUVTexture")
+        normal.CreateInput("file", Sdf.ValueTypeNames.Asset).Set(Sdf.AssetPath(normal_path))
+        normal.CreateInput("sourceColorSpace", Sdf.ValueTypeNames.Token).Set("raw")
+        normal.CreateInput("st", Sdf.ValueTypeNames.Float2).ConnectToSource(reader_out)
+        normal.CreateInput("wrapS", Sdf.ValueTypeNames.Token).Set("repeat")
+        normal.CreateInput("wrapT", Sdf.ValueTypeNames.Token).Set("repeat")
+        normal.CreateInput("scale", Sdf.ValueTypeNames.Float4).Set(Gf.Vec4f(2.0, 2.0, 2.0, 1.0))
+        normal.CreateInput("bias", Sdf.ValueTypeNames.Float4).Set(Gf.Vec4f(-1.0, -1.0, -1.0, 0.0))
+        shader.CreateInput("normal", Sdf.ValueTypeNames.Normal3f).ConnectToSource(
+            normal.CreateOutput("rgb", Sdf.ValueTypeNames.Float3))
     return material
