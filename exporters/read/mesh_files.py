@@ -123,9 +123,10 @@ def _material(material, wraps: list[tuple[str, str, np.ndarray | None]], repeat_
         wrap = wraps[int(index)][:2]
         material.name = name or None
     factor = (1.0, 1.0, 1.0, 1.0)
-    image, roughness, metallic = None, 1.0, 0.0
+    image, roughness, metallic, normal = None, 1.0, 0.0, None
     if isinstance(material, trimesh.visual.material.PBRMaterial):
         image = material.baseColorTexture
+        normal = material.normalTexture
         if material.baseColorFactor is not None:
             raw = np.asarray(material.baseColorFactor, dtype=np.float64)
             factor = tuple(float(c) for c in (raw / 255.0 if raw.max(initial=0) > 1.0 or raw.dtype.kind in "ui" else raw))
@@ -135,8 +136,10 @@ def _material(material, wraps: list[tuple[str, str, np.ndarray | None]], repeat_
         metallic = 0.0 if material.metallicFactor is None else float(material.metallicFactor)  # as the writers read it
     if image is not None and image.mode not in ("RGB", "RGBA"):
         image = image.convert("RGB")
+    if normal is not None and normal.mode != "RGB":
+        normal = normal.convert("RGB")
     return Material(name=name, base_color=factor, image=image, wrap_s=wrap[0], wrap_t=wrap[1],  # type: ignore[arg-type]
-                    roughness=roughness, metallic=metallic)
+                    roughness=roughness, metallic=metallic, normal_image=normal)
 
 
 def _load_gltf(path: Path) -> tuple[trimesh.Scene, list[tuple[str, str, np.ndarray | None]]]:

@@ -31,6 +31,7 @@ class Material:
     wrap_t: str = "repeat"  # along v
     roughness: float = 1.0
     metallic: float = 0.0
+    normal_image: Image.Image | None = field(default=None, compare=False)  # tangent-space, OpenGL convention
 
     def same_look(self, other: Material) -> bool:
         """Draws the same: equal factors and wraps, and the same image (or none)."""
@@ -80,7 +81,7 @@ class Part:
         if self.uv is not None and (mat is not None or self.colors is None):
             mat = mat or Material()
             surf = Surface(uv=self.uv, image=mat.image, base_color=mat.base_color, roughness=mat.roughness,
-                           metallic=mat.metallic)
+                           metallic=mat.metallic, normal_image=mat.normal_image)
             mesh.visual = trimesh.visual.TextureVisuals(uv=self.uv, material=pbr_material(surf, mat.name or "material"))
         elif self.colors is not None:
             mesh.visual = trimesh.visual.ColorVisuals(mesh, vertex_colors=_bytes(self.colors))

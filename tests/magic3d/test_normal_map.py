@@ -81,3 +81,15 @@ def test_every_format_wires_the_normal_map(detailed, tmp_path):
 def test_no_normal_map_when_nothing_was_decimated(tmp_path):
     mesh = baked(bumpy_sphere(3), face_budget=100_000)
     assert mesh.visual.material.normalTexture is None
+
+
+def test_the_normal_map_survives_the_baked_glb_that_re_export_reads(detailed, tmp_path):
+    import numpy as np
+
+    from exporters import load_asset, write_glb
+
+    _, low = detailed
+    back = load_asset(write_glb(low, tmp_path / "baked.glb"))
+    got = back.visual.material.normalTexture
+    assert got is not None
+    assert np.array_equal(np.asarray(got.convert("RGB")), np.asarray(low.visual.material.normalTexture.convert("RGB")))
