@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import platform
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -97,10 +98,11 @@ def main() -> None:
     args = parser.parse_args()
 
     report: dict[str, object] = {
-        "command": "nice -n 15 python scripts/bench_export.py " + " ".join(
+        "command": (f"nice -n {os.nice(0)} " if os.nice(0) else "") + "python scripts/bench_export.py " + " ".join(
             [f"--faces {' '.join(map(str, args.faces))}", f"--sizes {' '.join(map(str, args.sizes))}",
              f"--face-budget {args.face_budget}"]),
         "machine": machine(),
+        "commit": subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip(),
         "field": "analytic sin(4p) colour field (no network)",
         "cases": [],
     }
