@@ -50,10 +50,12 @@ def default_prompts(count: int = 20) -> list[tuple[str, str]]:
     return pairs[:count]
 
 
-def evaluate(kind: str, colour: str, work: Path, overrides: list[str], seed: int) -> dict:
+def evaluate(kind: str, colour: str, work: Path, overrides: list[str], seed: int, reuse: bool = False) -> dict:
     prompt = f"a {colour} {kind}"
     clock = time.perf_counter()
-    result = generate(prompt, out=work, prior="builtin", overrides=overrides, seed=seed, restart=True)
+    # --reuse: a finished run of the same prompt and config (scripts/check_assets.py makes them) is
+    # only re-listed; anything else is optimised from scratch.
+    result = generate(prompt, out=work, prior="builtin", overrides=overrides, seed=seed, restart=not reuse)
     seconds = time.perf_counter() - clock
     mesh = load_asset(result.files["glb"])
     seen_kind, scores = recognise_kind(mesh)
@@ -75,6 +77,7 @@ def summarise(rows: list[dict], planned: int, args: argparse.Namespace) -> dict:
         "machine": {"platform": platform.platform(), "device": "cpu", "threads": 1, "gpu": "none lent",
                     "workers": args.workers},
         "overrides": args.overrides, "seed": args.seed, "planned": planned, "evaluated": len(rows),
+        "reused_runs": str(args.work) if args.reuse else None,
         "kind_accuracy": sum(r["kind_ok"] for r in rows) / len(rows),
         "colour_accuracy": sum(r["colour_ok"] for r in rows) / len(rows),
         "both_accuracy": sum(r["ok"] for r in rows) / len(rows),
@@ -116,6 +119,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "samples" / "benchmarks" / "builtin_eval.json")
     parser.add_argument("--sheet", type=Path, default=ROOT / "samples" / "builtin_eval.png")
     parser.add_argument("--sheet-only", action="store_true", help="redraw the sheet from --out and --work, run nothing")
+    parser.add_argument("--reuse", action="store_true", help="evaluate finished runs in --work made with the same "
+                        "settings (e.g. by scripts/check_assets.py) instead of optimising again")
     args = parser.parse_args()
     if args.sheet_only:
         try:
@@ -130,7 +135,7 @@ def main() -> None:
     done: dict[int, dict] = {}  # rows by prompt position, so the table keeps the prompts' order
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with ProcessPoolExecutor(max_workers=args.workers, initializer=torch.set_num_threads, initargs=(1,)) as pool:
-        jobs = {pool.submit(evaluate, kind, colour, args.work, args.overrides, args.seed): i
+        jobs = {pool.submit(evaluate, kind, colour, args.work, args.overrides, args.seed, args.reuse): i
                 for i, (kind, colour) in enumerate(pairs)}
         for job in as_completed(jobs):
             done[jobs[job]] = job.result()
