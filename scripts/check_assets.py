@@ -123,14 +123,22 @@ def run_one(kind: str, colour: str, runs: Path, generate_missing: bool, seed: in
     if generate_missing:
         from magic3d.pipeline import generate
 
-        run_dir = generate(prompt, out=runs, prior="builtin", preset="builtin", seed=seed).run_dir
+        try:
+            run_dir = generate(prompt, out=runs, prior="builtin", preset="builtin", seed=seed).run_dir
+        except Exception as exc:  # e.g. the folder holds a run made with another config: recorded, not fatal
+            row.update(error=f"generation failed: {type(exc).__name__}: {exc}", ok=False)
+            print(json.dumps(row), flush=True)
+            return row
         row["run"] = str(run_dir)
     row["generate_seconds"] = round(time.perf_counter() - clock, 1)
-    record = run_dir / "run.json"
     try:
-        status = json.loads(record.read_text(encoding="utf-8")).get("status")
+        record = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        status = None
+        record = {}
+    status = record.get("status")
+    # The assets were made by the code of their run, which may predate the checking commit.
+    row["made"] = {"started": record.get("started"), "finished": record.get("finished"),
+                   "head_then": head_at(record.get("started"))}
     if status != "done":
         row.update(error=f"no finished run at {run_dir} (run.json status {status!r})", ok=False)
         print(json.dumps(row), flush=True)
@@ -151,6 +159,18 @@ def git_commit() -> str:
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return done.stdout.strip()
+
+
+def head_at(when: str | None) -> str | None:
+    """The commit HEAD was at ``when`` (a run's start): what made the assets, up to uncommitted edits."""
+    if not when:
+        return None
+    try:
+        done = subprocess.run(["git", "log", "-1", "--format=%H", f"--before={when}"], cwd=ROOT,
+                              capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return done.stdout.strip() or None
 
 
 def versions() -> dict:
@@ -191,7 +211,7 @@ def summarise(rows: list[dict], planned: list[str], args: argparse.Namespace) ->
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=Path, help="check existing run folders DIR/<slug>/ instead of generating")
-    parser.add_argument("--work", type=Path, default=Path("/tmp/magic3d-checks/runs"), help="where runs are generated")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/magic3d-checks/work"), help="where runs are generated")
     parser.add_argument("--count", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=1, help="prompts at once, one CPU thread each")
