@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> None:
     """Run ``batch`` as a program on its own, with the same one-line errors as ``magic3d``."""
     from magic3d.cli import run_app
 
-    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+    app = typer.Typer(rich_markup_mode=None, add_completion=False, pretty_exceptions_enable=False)
     register(app)
     run_app(app, sys.argv[1:] if argv is None else argv)
 

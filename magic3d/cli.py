@@ -15,7 +15,10 @@ import typer
 from magic3d.batch_cli import register as register_batch
 from magic3d.errors import Magic3DError
 
+# Plain click help (rich_markup_mode=None): the rich formatter shows every flag as "<bool>",
+# which reads as if a value were needed ("--restart true" is refused).
 app = typer.Typer(
+    rich_markup_mode=None,
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,

@@ -37,3 +37,18 @@ def test_info_lists_presets_and_versions(capsys, monkeypatch):
     lines = dict(line.split(": ", 1) for line in capsys.readouterr().out.splitlines())
     assert {"builtin", "fast", "paper"} <= set(lines["presets"].split(", "))
     assert lines["torch"].startswith("2.")
+
+
+@pytest.mark.parametrize("path, flags", [(("generate",), ["--restart", "--quiet"]),
+                                         (("batch",), ["--restart", "--skip-invalid", "--json", "--quiet"])])
+def test_flags_read_as_flags_without_a_value(path, flags, capsys, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["magic3d", *path, "--help"])
+    monkeypatch.setenv("COLUMNS", "200")
+    with pytest.raises(SystemExit):
+        cli.main()
+    text = capsys.readouterr().out
+    assert "<bool>" not in text
+    for flag in flags:
+        line = next(ln for ln in text.splitlines() if ln.strip().startswith(flag) or f" {flag} " in ln or f", {flag}" in ln)
+        after = line.split(flag, 1)[1].lstrip()
+        assert not after.startswith("<"), line  # no metavar: a flag takes no value
