@@ -199,3 +199,23 @@ def restore_rng_state(tensors: dict[str, Tensor], state: dict[str, Any], generat
     if "python" in state:
         version, internal, py_gauss = state["python"]
         random.setstate((version, tuple(internal), py_gauss))
+
+
+def resume_notice(run_dir: Path, steps: dict[str, int]) -> str | None:
+    """One line saying where a re-run picks up, from the newest checkpoint of each stage (``steps``:
+    the stages' step counts in order); None when there is nothing to resume from."""
+    ckpt_dir = Path(run_dir) / "checkpoints"
+    reached = {}
+    for stage in steps:
+        names = list_checkpoints(ckpt_dir, stage)
+        reached[stage] = int(names[-1].stem.rsplit("-", 1)[1]) if names else 0
+    started = [s for s, step in reached.items() if step > 0]
+    if not started:
+        return None
+    stage = started[-1]
+    if reached[stage] >= steps[stage]:
+        later = [s for s in steps if list(steps).index(s) > list(steps).index(stage) and steps[s] > 0]
+        where = f"after the {stage} stage (all {steps[stage]} steps done)" + (f"; {later[0]} starts" if later else "")
+    else:
+        where = f"the {stage} stage at step {reached[stage]} of {steps[stage]}"
+    return f"Resuming {str(run_dir)!r} from its checkpoints: {where}."

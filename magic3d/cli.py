@@ -65,6 +65,7 @@ def generate(
         result = run_generate(
             prompt, out=out, preset=preset, prior=prior, overrides=overrides or [], seed=seed,
             device=device, restart=restart, progress=progress,
+            notice=None if quiet else (lambda message: typer.echo(message, err=True)),
         )
     for fmt, path in result.files.items():
         typer.echo(f"{fmt}: {path}")

@@ -17,11 +17,11 @@ from typing import Any
 
 import torch
 
-from magic3d.checkpoint import foreign_checkpoints, made_by_message, run_identity
+from magic3d.checkpoint import foreign_checkpoints, made_by_message, resume_notice, run_identity
 from magic3d.config import Config, load_config, to_dict
 from magic3d.errors import ConfigError, InputError, RunError
 from magic3d.naming import clean_prompt, slugify
-from magic3d.progress import ProgressFn, silent
+from magic3d.progress import Notice, ProgressFn, silent
 from magic3d.storage import (
     atomic_write_text,
     check_run_folder,
@@ -100,23 +100,27 @@ def generate(
     restart: bool = False,
     progress: ProgressFn | None = None,
     name: str | None = None,
+    notice: Notice | None = None,
 ) -> RunResult:
     """Run every stage for ``prompt`` and write the assets under ``out/<slug>/``."""
     text, cfg, run_dir = plan_run(prompt, out, preset, prior, overrides, seed, device, name)
     ensure_writable_dir(Path(out))
-    return run_planned(text, cfg, run_dir, restart=restart, progress=progress or silent)
+    return run_planned(text, cfg, run_dir, restart=restart, progress=progress or silent, notice=notice)
 
 
 def run_planned(
-    text: str, cfg: Config, run_dir: Path, restart: bool = False, progress: ProgressFn = silent
+    text: str, cfg: Config, run_dir: Path, restart: bool = False, progress: ProgressFn = silent,
+    notice: Notice | None = None,
 ) -> RunResult:
     """Run (or resume, or only re-list) the planned run; nothing it writes leaves ``run_dir``'s parent."""
     check_run_folder(run_dir)
     with confined(run_dir.parent):
-        return run_confined(text, cfg, run_dir, restart, progress)
+        return run_confined(text, cfg, run_dir, restart, progress, notice or (lambda message: None))
 
 
-def run_confined(text: str, cfg: Config, run_dir: Path, restart: bool, progress: ProgressFn) -> RunResult:
+def run_confined(
+    text: str, cfg: Config, run_dir: Path, restart: bool, progress: ProgressFn, notice: Notice
+) -> RunResult:
     from exporters.common import make_dirs, sweep_temp_files
 
     record_path = run_dir / "run.json"
@@ -132,12 +136,15 @@ def run_confined(text: str, cfg: Config, run_dir: Path, restart: bool, progress:
         if previous.get("status") == "done" and isinstance(listed, dict) and all(isinstance(v, str) for v in listed.values()):
             files = {k: run_dir / v for k, v in listed.items()}
             if all(p.is_file() for p in files.values()):
+                notice(f"{str(run_dir)!r} is already finished: nothing was run (pass --restart to make it again).")
                 return RunResult(run_dir, files, previous.get("metrics", {}))
     made_by = run_identity(text, config_dict)
     if not restart and foreign_checkpoints(run_dir / "checkpoints", made_by):
         # run.json may be gone or damaged: the checkpoints themselves say what made them.
         raise ConfigError(made_by_message(run_dir / "checkpoints"))
 
+    if not restart and (line := resume_notice(run_dir, {"coarse": cfg.coarse.steps, "fine": cfg.fine.steps})):
+        notice(line)
     device = resolve_device(cfg.runtime.device)
     if cfg.runtime.threads:
         torch.set_num_threads(cfg.runtime.threads)

@@ -10,6 +10,7 @@ import sys
 from collections.abc import Callable, Iterator
 
 ProgressFn = Callable[[str, int, int, float], None]
+Notice = Callable[[str], None]  # one line for the person watching (a resume, a run only re-listed)
 
 
 def silent(stage: str, step: int, total: int, loss: float) -> None:
