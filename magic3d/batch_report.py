@@ -7,9 +7,24 @@ otherwise an overall bar (done / failed / running, ETA) sits above one bar per r
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from typing import Any, TextIO
+
+SCHEMA = "events.schema.json"  # in the package: the one schema of generate's and batch's --json lines
+
+
+def finite(value: Any) -> Any:
+    """``value`` with NaN and infinities as None: JSON has no such numbers (json.dumps would write
+    a bare NaN that parsers refuse)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    return value
 
 
 class Reporter:
@@ -24,11 +39,11 @@ class Reporter:
         self._counts = {"done": 0, "failed": 0, "running": 0}
 
     def emit(self, event: str, **fields: Any) -> None:
-        record = {"event": event, "time": round(time.time(), 3), **fields}
+        record = finite({"event": event, "time": round(time.time(), 3), **fields})
         self.events.append(record)
         if self.json_mode:
             stream = self.stream or sys.stdout
-            stream.write(json.dumps(record, default=str) + "\n")
+            stream.write(json.dumps(record, default=str, allow_nan=False) + "\n")
             stream.flush()
         elif not self.quiet:
             self._show(record)

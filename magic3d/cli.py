@@ -56,11 +56,17 @@ def generate(
     device: DeviceOpt = None,
     restart: Annotated[bool, typer.Option("--restart", help="Ignore checkpoints and start over.")] = False,
     quiet: QuietOpt = False,
+    json_events: Annotated[bool, typer.Option("--json", help="One JSON event per line on stdout (the schema: "
+                                              "magic3d/events.schema.json), ending with the result; no bars.")] = False,
 ) -> None:
     """Optimise a 3D asset for PROMPT and write it in the configured formats."""
     from magic3d.pipeline import generate as run_generate
     from magic3d.progress import console_progress
 
+    if json_events:
+        generate_json(prompt, out, dict(preset=preset, prior=prior, overrides=overrides or [], seed=seed,
+                                        device=device, restart=restart))
+        return
     with console_progress(quiet) as progress:
         result = run_generate(
             prompt, out=out, preset=preset, prior=prior, overrides=overrides or [], seed=seed,
@@ -69,6 +75,30 @@ def generate(
         )
     for fmt, path in result.files.items():
         typer.echo(f"{fmt}: {path}")
+
+
+def generate_json(prompt: str, out: str, options: dict) -> None:
+    """``generate --json``: the run as events (batch's Reporter, one schema for both commands)."""
+    import time
+
+    from magic3d.batch_report import Reporter
+    from magic3d.pipeline import generate as run_generate
+
+    reporter = Reporter(json_mode=True)
+    clock = time.perf_counter()
+    reporter.emit("run_start", prompt=prompt, out=str(out))
+    try:
+        result = run_generate(
+            prompt, out=out, **options,
+            progress=lambda stage, step, total, loss: reporter.emit("progress", stage=stage, step=int(step),
+                                                                    total=int(total), loss=float(loss)),
+            notice=lambda message: reporter.emit("notice", message=message),
+        )
+    except Magic3DError as exc:
+        reporter.emit("error", message=" ".join(str(exc).split()), exit_code=2)
+        raise
+    reporter.emit("run_done", run_dir=str(result.run_dir), files={k: str(p) for k, p in result.files.items()},
+                  metrics=result.metrics, timings=result.timings, seconds=round(time.perf_counter() - clock, 3))
 
 
 @app.command()

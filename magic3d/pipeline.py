@@ -36,6 +36,7 @@ class RunResult:
     run_dir: Path
     files: dict[str, Path]
     metrics: dict[str, Any] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage of the run that made it
 
 
 def plan_run(
@@ -137,7 +138,7 @@ def run_confined(
             files = {k: run_dir / v for k, v in listed.items()}
             if all(p.is_file() for p in files.values()):
                 notice(f"{str(run_dir)!r} is already finished: nothing was run (pass --restart to make it again).")
-                return RunResult(run_dir, files, previous.get("metrics", {}))
+                return RunResult(run_dir, files, previous.get("metrics", {}), previous.get("timings", {}))
     made_by = run_identity(text, config_dict)
     if not restart and foreign_checkpoints(run_dir / "checkpoints", made_by):
         # run.json may be gone or damaged: the checkpoints themselves say what made them.
@@ -179,7 +180,7 @@ def run_confined(
         finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     )
     atomic_write_text(record_path, json.dumps(record, indent=2))
-    return RunResult(run_dir, files, metrics)
+    return RunResult(run_dir, files, metrics, timings)
 
 
 def load_first_prior(cfg: Config, device: torch.device) -> Any:
