@@ -5,14 +5,14 @@ Every error meant for people (``Magic3DError``) is printed as one line and exits
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from magic3d.batch_cli import register as register_batch
+from magic3d.batch.cli import register as register_batch
+from magic3d.console import run_app
 from magic3d.errors import Magic3DError
 
 # Plain click help (rich_markup_mode=None): the rich formatter shows every flag as "<bool>",
@@ -81,7 +81,7 @@ def generate_json(prompt: str, out: str, options: dict) -> None:
     """``generate --json``: the run as events (batch's Reporter, one schema for both commands)."""
     import time
 
-    from magic3d.batch_report import Reporter
+    from magic3d.batch.report import Reporter
     from magic3d.pipeline import generate as run_generate
 
     reporter = Reporter(json_mode=True)
@@ -168,35 +168,6 @@ register_batch(app)
 
 def main() -> None:
     run_app(app, sys.argv[1:] or ["--help"])
-
-
-def run_app(typer_app: typer.Typer, argv: list[str]) -> None:
-    """Run a typer app; anything meant for people ends as one ``error:`` line and an exit code."""
-    try:
-        code = typer_app(args=argv, standalone_mode=False)
-    except Magic3DError as exc:
-        fail(str(exc), 2)
-    except typer.Exit as exc:
-        sys.exit(exc.exit_code)
-    except typer.TyperException as exc:  # usage errors: one line too, not a boxed panel
-        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
-        fail(f"{message} (see --help)", getattr(exc, "exit_code", 2))
-    except (KeyboardInterrupt, typer.Abort):
-        fail("interrupted; re-run the same command to resume from the last checkpoint", 130)
-    except Exception as exc:  # a bug, not bad input: still one line unless asked for more
-        if os.environ.get("MAGIC3D_DEBUG"):
-            raise
-        msg = str(exc).splitlines()[0] if str(exc) else ""
-        fail(f"internal error ({type(exc).__name__}: {msg}); set MAGIC3D_DEBUG=1 for details", 1)
-    if code == 130:  # typer hands Ctrl-C (and the batch's SIGTERM) back as exit code 130
-        fail("interrupted; re-run the same command to resume from the last checkpoint", 130)
-    sys.exit(code if isinstance(code, int) else 0)
-
-
-def fail(message: str, code: int) -> None:
-    first = " ".join(message.split()) or "failed"
-    typer.echo(f"error: {first}", err=True)
-    sys.exit(code)
 
 
 if __name__ == "__main__":

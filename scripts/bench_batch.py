@@ -42,7 +42,7 @@ def default_prompts(n: int) -> list[str]:
 
 def one_batch(prompts: list[str], workers: int, args: argparse.Namespace) -> dict:
     from magic3d.batch import BatchOptions, run_batch
-    from magic3d.batch_report import Reporter
+    from magic3d.batch.report import Reporter
 
     cores = os.cpu_count() or 1
     overrides = list(args.overrides)

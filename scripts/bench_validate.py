@@ -5,7 +5,7 @@
 
 Four files for the built-in prior are written to a temporary folder: all valid and with bad
 lines sprinkled in (1 in 100), each as plain text and as JSONL (per-line seeds, every other line
-with its own preset). Each is checked in-process with ``magic3d.batch_input.load_batch``, as
+with its own preset). Each is checked in-process with ``magic3d.batch.input.load_batch``, as
 ``magic3d batch FILE --out DIR`` does before anything runs, and the two bad ones also through
 the CLI in a fresh process (interpreter start and imports included) until it refuses them with
 exit code 2. Median of ``--repeats`` runs each. For comparison, the old way (``plan_run`` on
@@ -76,7 +76,7 @@ def write_files(folder: Path, n: int) -> dict[str, Path]:
 
 
 def in_process(path: Path, out: Path, repeats: int) -> dict:
-    from magic3d.batch_input import RunDefaults, load_batch
+    from magic3d.batch.input import RunDefaults, load_batch
     from magic3d.errors import InputError
 
     times, outcome = [], {}
@@ -94,7 +94,7 @@ def in_process(path: Path, out: Path, repeats: int) -> dict:
 def cli_refusal(path: Path, out: Path, repeats: int) -> dict:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("MAGIC3D_BATCH_PLAN", None)
-    cmd = [sys.executable, "-m", "magic3d.batch_cli", str(path), "--out", str(out), "--prior", "builtin",
+    cmd = [sys.executable, "-m", "magic3d.batch.cli", str(path), "--out", str(out), "--prior", "builtin",
            "--device", "cpu", "--quiet"]
     times, codes, lines = [], [], []
     for _ in range(repeats):
@@ -111,7 +111,7 @@ def import_floor(repeats: int) -> dict:
     """A fresh interpreter importing what validation needs (torch, the pipeline, the built-in
     prior's module and with it diffusers), checking nothing: the part of the CLI time no batch
     code can shorten."""
-    code = "import magic3d.batch_cli, magic3d.pipeline, magic3d.guidance.builtin"
+    code = "import magic3d.batch.cli, magic3d.pipeline, magic3d.guidance.builtin"
     times = []
     for _ in range(repeats):
         start = time.perf_counter()

@@ -135,6 +135,6 @@ def real_or_fail(job: dict[str, Any], options: dict[str, Any], progress: Any) ->
     """The real pipeline, except for the job named in $FAIL_JOB, which is made to fail."""
     if job["id"] == os.environ.get("FAIL_JOB"):
         raise RuntimeError("made to fail")
-    from magic3d.batch import run_job
+    from magic3d.batch.job import run_job
 
     return run_job(job, options, progress)

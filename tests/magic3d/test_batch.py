@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 
 from magic3d.batch import BatchOptions, run_batch
-from magic3d.batch_input import RunDefaults, load_batch, read_batch_file
-from magic3d.batch_report import Reporter
+from magic3d.batch.input import RunDefaults, load_batch, read_batch_file
+from magic3d.batch.manifest import Manifest
+from magic3d.batch.report import Reporter
 from magic3d.errors import InputError
-from magic3d.manifest import Manifest
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -200,7 +200,7 @@ def usd_problems(path: Path) -> list[str]:
 
 
 def _batch_cmd(f: Path, out: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "magic3d.batch_cli", str(f), "--out", str(out), *extra]
+    return [sys.executable, "-m", "magic3d.batch.cli", str(f), "--out", str(out), *extra]
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -336,7 +336,7 @@ def test_sigterm_stops_children_and_hands_jobs_back(tmp_path: Path) -> None:
 
 
 def test_each_local_worker_gets_its_own_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
-    from magic3d.batch_local import _slot_envs
+    from magic3d.batch.local_backend import _slot_envs
 
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
     assert [e.get("CUDA_VISIBLE_DEVICES") for e in _slot_envs(3, "cuda")] == ["2", "3", "2"]

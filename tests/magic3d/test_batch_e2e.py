@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from magic3d.batch import BatchOptions, run_batch
-from magic3d.batch_report import Reporter
+from magic3d.batch.report import Reporter
 
 PROMPTS = ["a red cube", "a blue sphere", "a green torus", "a yellow cone", "a small red cylinder", "a big blue cube"]
 TINY = (

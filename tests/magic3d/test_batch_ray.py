@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from magic3d.batch import BatchOptions, run_batch
-from magic3d.batch_report import Reporter
+from magic3d.batch.report import Reporter
 from magic3d.errors import InputError
 
 HERE = Path(__file__).resolve().parent

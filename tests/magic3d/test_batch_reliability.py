@@ -15,9 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from magic3d.batch import BatchOptions, batch_advice, run_batch
-from magic3d.batch_input import MAX_FILE_BYTES, MAX_LINES, RunDefaults, load_batch, read_batch_file
-from magic3d.batch_report import Reporter
+from magic3d.batch import BatchOptions, run_batch
+from magic3d.batch.input import MAX_FILE_BYTES, MAX_LINES, RunDefaults, load_batch, read_batch_file
+from magic3d.batch.report import Reporter
+from magic3d.batch.run import batch_advice
 from magic3d.errors import InputError
 
 HERE = Path(__file__).resolve().parent
@@ -40,7 +41,7 @@ def _env() -> dict[str, str]:
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "magic3d.batch_cli", *args], env=_env(), capture_output=True,
+    return subprocess.run([sys.executable, "-m", "magic3d.batch.cli", *args], env=_env(), capture_output=True,
                           text=True, timeout=120)
 
 
@@ -165,7 +166,7 @@ def test_the_python_api_refuses_the_same_numbers(tmp_path: Path) -> None:
 
 
 def test_the_seed_bound_is_the_configs() -> None:
-    from magic3d.batch_input import SEED_MAX, SEED_MIN
+    from magic3d.batch.input import SEED_MAX, SEED_MIN
     from magic3d.config import BOUNDS
 
     assert (SEED_MIN, SEED_MAX) == BOUNDS["seed"]
@@ -324,7 +325,7 @@ def test_a_changed_line_can_be_restarted_under_its_name(tmp_path: Path) -> None:
 
 
 def test_the_ray_worker_passes_restart_to_the_job(tmp_path: Path) -> None:
-    from magic3d.batch_ray import ray_job
+    from magic3d.batch.ray_backend import ray_job
 
     out = tmp_path / "out"
     (out / "a-red-cube").mkdir(parents=True)
@@ -353,7 +354,7 @@ def batch_flags() -> set[str]:
     """The long options of ``magic3d batch``, as click parses them."""
     import typer
 
-    from magic3d.batch_cli import register
+    from magic3d.batch.cli import register
 
     app = typer.Typer()
     register(app)

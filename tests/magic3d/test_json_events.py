@@ -72,7 +72,7 @@ def test_generate_json_reports_bad_input_as_an_error_event(tmp_path):
 def test_batch_json_with_a_failing_job_validates_line_by_line(tmp_path):
     prompts = tmp_path / "p.txt"
     prompts.write_text("a red cube\nplease fail now\na blue ball\n", encoding="utf-8")
-    proc = subprocess.run([sys.executable, "-m", "magic3d.batch_cli", str(prompts), "--out", str(tmp_path / "out"),
+    proc = subprocess.run([sys.executable, "-m", "magic3d.batch.cli", str(prompts), "--out", str(tmp_path / "out"),
                            "--json", "--retries", "0"], capture_output=True, text=True, timeout=300,
                           env={**env(), "MAGIC3D_BATCH_JOB": "batch_fakes:fake_job", "MAGIC3D_BATCH_PLAN": "batch_fakes:fake_plan",
                                "FAKE_STEPS": "2", "FAKE_STEP_S": "0.01"})

@@ -111,7 +111,7 @@ def test_killed_and_resumed_run_matches_uninterrupted(tmp_path):
         attempts += 1
         point = points[min(kills, len(points) - 1)]
         proc = subprocess.Popen(command(out), env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        if wait_for(lambda p=point: p() and not left_by_kills & temp_files(out), proc):
+        if wait_for(lambda p=point, left=left_by_kills: p() and not left & temp_files(out), proc):
             # The resumed run has swept what the previous kill left (checked by the wait above).
             time.sleep(0.15 * (kills % 4))
             if proc.poll() is None:

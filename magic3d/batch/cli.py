@@ -1,6 +1,6 @@
 """``magic3d batch``: the typer command over ``magic3d.batch.run_batch``.
 
-``magic3d.cli`` calls ``register(app)``; ``python -m magic3d.batch_cli FILE ...`` runs the same
+``magic3d.cli`` calls ``register(app)``; ``python -m magic3d.batch.cli FILE ...`` runs the same
 command on its own (tests, and machines where the console script is not installed).
 """
 
@@ -51,7 +51,7 @@ def batch(
 ) -> None:
     """Generate an asset for every prompt in FILE, resumably, and a world.usda referencing them all."""
     from magic3d.batch import BatchOptions, run_batch
-    from magic3d.batch_report import Reporter
+    from magic3d.batch.report import Reporter
     from magic3d.errors import InputError
 
     if backend not in ("local", "ray"):
@@ -84,7 +84,7 @@ def batch(
 
 def main(argv: list[str] | None = None) -> None:
     """Run ``batch`` as a program on its own, with the same one-line errors as ``magic3d``."""
-    from magic3d.cli import run_app
+    from magic3d.console import run_app
 
     app = typer.Typer(rich_markup_mode=None, add_completion=False, pretty_exceptions_enable=False)
     register(app)

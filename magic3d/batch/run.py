@@ -22,24 +22,21 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from magic3d.batch_input import (
+from magic3d.batch.input import (
     SEED_MAX,
     SEED_MIN,
     ParsedFile,
     RunDefaults,
     load_batch,
-    load_callable,
     shown,
 )
-from magic3d.batch_report import Reporter
-from magic3d.errors import InputError, Magic3DError, RunError
-from magic3d.manifest import Job, Manifest, new_owner, refuse_link
-from magic3d.progress import ProgressFn, silent
+from magic3d.batch.job import DEFAULT_JOB, JOB_ENV
+from magic3d.batch.manifest import Job, Manifest, new_owner, refuse_link
+from magic3d.batch.report import Reporter
+from magic3d.errors import InputError
 from magic3d.storage import check_run_folder, ensure_writable_dir
 
 # "module:function" run for each job instead of the real pipeline (tests, custom runners).
-JOB_ENV = "MAGIC3D_BATCH_JOB"
-DEFAULT_JOB = "magic3d.batch:run_job"
 
 
 @dataclass
@@ -148,16 +145,6 @@ class BatchSummary:
     ran: list[str] = field(default_factory=list)  # jobs this process ran to completion
 
 
-@dataclass
-class Outcome:
-    """What a backend reports about a job: ``progress``, ``done``, ``failed`` or ``lost`` (worker died)."""
-
-    job_id: str
-    kind: Literal["progress", "done", "failed", "lost"]
-    result: dict[str, Any] = field(default_factory=dict)
-    error: str = ""
-
-
 def job_payload(job: Job, options: BatchOptions, restart: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
     """Plain, picklable descriptions of a job and of the shared options, for another process.
 
@@ -167,52 +154,6 @@ def job_payload(job: Job, options: BatchOptions, restart: bool = False) -> tuple
     d["out"] = str(d["out"])
     d["overrides"] = list(d["overrides"])
     return {"id": job.id, "prompt": job.prompt, "seed": job.seed, "preset": job.preset, "restart": restart}, d
-
-
-def run_job(job: dict[str, Any], options: dict[str, Any], progress: ProgressFn = silent) -> dict[str, Any]:
-    """Run one job with the real pipeline in this process; resumes from the run folder's checkpoints."""
-    from magic3d.pipeline import generate
-
-    result = generate(
-        job["prompt"], out=options["out"], preset=job.get("preset") or options.get("preset"),
-        prior=options.get("prior"), overrides=list(options.get("overrides") or []),
-        seed=job["seed"] if job.get("seed") is not None else options.get("seed"),
-        device=options.get("device"), restart=bool(job.get("restart")), name=job["id"], progress=progress,
-    )
-    return {
-        "run_dir": str(result.run_dir),
-        "files": {k: str(p) for k, p in result.files.items()},
-        "metrics": result.metrics,
-    }
-
-
-def execute(spec: str, job: dict[str, Any], options: dict[str, Any], progress: ProgressFn) -> dict[str, Any]:
-    """Call the job function and refuse a result with NaN metrics: the same rules in every backend."""
-    result = load_callable(spec)(job, options, progress)
-    bad = nan_paths(result.get("metrics", {}))
-    if bad:
-        raise RunError(f"the run produced NaN values ({', '.join(bad[:3])}); try another seed or a lower learning rate.")
-    return result
-
-
-MAX_ERROR_CHARS = 1000  # a job's error as the manifest, the gallery and the summary keep it
-
-
-def describe(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    if not isinstance(exc, Magic3DError):
-        text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-    return text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 1] + "…"
-
-
-def nan_paths(value: Any, prefix: str = "") -> list[str]:
-    if isinstance(value, float) and math.isnan(value):
-        return [prefix or "value"]
-    if isinstance(value, dict):
-        return [p for k, v in value.items() for p in nan_paths(v, f"{prefix}.{k}" if prefix else str(k))]
-    if isinstance(value, list | tuple):
-        return [p for i, v in enumerate(value) for p in nan_paths(v, f"{prefix}[{i}]")]
-    return []
 
 
 def relative_outputs(files: dict[str, str], out: Path) -> dict[str, str]:
@@ -256,11 +197,11 @@ def effective_seed(job: Job, out: Path) -> int | None:
 
 def make_backend(options: BatchOptions) -> Any:
     if options.backend == "local":
-        from magic3d.batch_local import LocalBackend
+        from magic3d.batch.local_backend import LocalBackend
 
         return LocalBackend(options)
     if options.backend == "ray":
-        from magic3d.batch_ray import RayBackend
+        from magic3d.batch.ray_backend import RayBackend
 
         return RayBackend(options)
     raise InputError(f"--backend must be 'local' or 'ray', not {options.backend!r}.")
@@ -282,7 +223,7 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 
 def run_batch(path: str | Path, options: BatchOptions, reporter: Reporter | None = None) -> BatchSummary:
     """Run every prompt of ``path`` into ``options.out``; returns what is done and what failed."""
-    from magic3d.gallery import LOCK_NAME, publish
+    from magic3d.batch.gallery import LOCK_NAME, publish
 
     reporter = reporter or Reporter(quiet=True)
     check_options(options)  # every check before anything is written: no folder, no batch.sqlite

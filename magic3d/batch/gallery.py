@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from magic3d.manifest import Job
+from magic3d.batch.manifest import Job
 from magic3d.storage import atomic_write_text
 
 GALLERY_NAME = "index.html"
@@ -148,7 +148,7 @@ def _folder_lock(out: Path) -> Iterator[None]:
     except ImportError:  # no flock (Windows): renames are still atomic, only the order may race
         yield
         return
-    from magic3d.manifest import exclusive_lock
+    from magic3d.batch.manifest import exclusive_lock
 
     with exclusive_lock(Path(out) / LOCK_NAME):
         yield

@@ -19,7 +19,7 @@ from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any
 
-from magic3d.manifest import Job
+from magic3d.batch.manifest import Job
 
 PROGRESS_EVERY_S = 0.25
 
@@ -107,7 +107,7 @@ def child_main(spec: str, job: dict, options: dict, conn: Connection, parent_pid
     _die_with_parent(parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the batch's to handle; it stops us
     _log_to_file(log_path(options["out"], job["id"]), job)
-    from magic3d.batch import describe, execute
+    from magic3d.batch.job import describe, execute
 
     last = [0.0]
 
@@ -156,7 +156,7 @@ class LocalBackend:
         return slot
 
     def wait(self, timeout: float) -> list:
-        from magic3d.batch import Outcome
+        from magic3d.batch.job import Outcome
 
         if not self.children:
             time.sleep(timeout)
@@ -182,7 +182,7 @@ class LocalBackend:
         return outcomes
 
     def _drain(self, child: _Child) -> list:
-        from magic3d.batch import Outcome
+        from magic3d.batch.job import Outcome
 
         out = []
         try:
@@ -205,7 +205,7 @@ class LocalBackend:
         child.conn.close()
 
     def cancel(self, job_id: str, reason: str) -> Any:
-        from magic3d.batch import Outcome
+        from magic3d.batch.job import Outcome
 
         child = self.children.get(job_id)
         if child is not None:

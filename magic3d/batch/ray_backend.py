@@ -11,8 +11,8 @@ import os
 import time
 from typing import Any
 
+from magic3d.batch.manifest import Job
 from magic3d.errors import InputError
-from magic3d.manifest import Job
 
 # Errors that say the worker or its node went away, not that the job itself failed.
 _LOST_ERRORS = (
@@ -25,7 +25,7 @@ _FORWARD_ENV = ("PYTHONPATH", "MAGIC3D_BATCH_JOB", "MAGIC3D_DEBUG")
 
 def ray_job(spec: str, job: dict, options: dict) -> dict:
     """Runs inside a Ray worker: the job's own failures come back as values, not task errors."""
-    from magic3d.batch import describe, execute
+    from magic3d.batch.job import describe, execute
     from magic3d.progress import silent
 
     started = time.time()
@@ -88,7 +88,7 @@ class RayBackend:
         return len(self.by_job) - 1
 
     def wait(self, timeout: float) -> list:
-        from magic3d.batch import Outcome
+        from magic3d.batch.job import Outcome
 
         if not self.refs:
             time.sleep(timeout)
@@ -115,7 +115,7 @@ class RayBackend:
         return outcomes
 
     def cancel(self, job_id: str, reason: str) -> Any:
-        from magic3d.batch import Outcome
+        from magic3d.batch.job import Outcome
 
         ref = self.by_job.pop(job_id, None)
         if ref is not None:

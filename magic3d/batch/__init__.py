@@ -1,0 +1,17 @@
+"""``magic3d batch``: many prompts to assets, resumably, locally or on a Ray cluster.
+
+The flow, one module per step:
+
+    input.py       read and check the prompt file (every line before anything runs)
+    manifest.py    batch.sqlite: each job's state, leases, results (a killed driver loses nothing)
+    run.py         the driver: options, retries, timeouts, a backend, the summary
+    job.py         one job as every backend runs it (the real pipeline, or a hook)
+    local_backend.py / ray_backend.py   where jobs run: worker processes here, or Ray tasks
+    report.py      what the watcher sees: JSON events (magic3d/events.schema.json) or bars
+    gallery.py     world.usda and index.html over the finished assets
+    cli.py         the typer command
+"""
+
+from magic3d.batch.run import BatchOptions, BatchSummary, run_batch
+
+__all__ = ["BatchOptions", "BatchSummary", "run_batch"]
