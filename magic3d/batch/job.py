@@ -4,7 +4,10 @@ in $MAGIC3D_BATCH_JOB), its outcome, and the rules every backend applies to a re
 from __future__ import annotations
 
 import math
+import os
+import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from magic3d.batch.input import load_callable
@@ -13,6 +16,54 @@ from magic3d.progress import ProgressFn, silent
 
 JOB_ENV = "MAGIC3D_BATCH_JOB"
 DEFAULT_JOB = "magic3d.batch.job:run_job"
+LOG_EVERY = 0.1  # a progress line per tenth of each stage
+
+
+def log_path(out: str | Path, job_id: str) -> Path:
+    """Where a job's own account goes: ``<out>/<slug>/batch.log`` (appended to on every attempt)."""
+    return Path(out) / job_id / "batch.log"
+
+
+def open_log(path: Path) -> int | None:
+    """An append-only descriptor on the job's log, never through a link (a run folder or log
+    planted as one after the batch checked: the job's own check then reports it); None if refused."""
+    try:
+        if path.parent.is_symlink():
+            return None
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    except OSError:
+        return None
+
+
+class JobLog:
+    """Lines for the job's log: what it resumed from, its progress, timings, its error. Each line
+    is one append, so the lines of a local job's own stderr (warnings, tracebacks) interleave whole."""
+
+    def __init__(self, out: str | Path, job_id: str) -> None:
+        self.path = log_path(out, job_id)
+
+    def line(self, text: str) -> None:
+        fd = open_log(self.path)
+        if fd is None:
+            return
+        try:
+            os.write(fd, f"{time.strftime('%H:%M:%S')} {' '.join(str(text).split())}\n".encode("utf-8", "replace"))
+        finally:
+            os.close(fd)
+
+    def progress(self, forward: ProgressFn) -> ProgressFn:
+        """``forward`` that also logs a line each tenth of a stage (and its last step)."""
+        marks: dict[str, int] = {}
+
+        def update(stage: str, step: int, total: int, loss: float) -> None:
+            forward(stage, step, total, loss)
+            mark = int(step / max(total, 1) / LOG_EVERY)
+            if step >= total or mark > marks.get(stage, 0):
+                marks[stage] = mark
+                self.line(f"{stage} {step}/{total} loss {loss:.4g}")
+
+        return update
 
 
 @dataclass
@@ -34,20 +85,32 @@ def run_job(job: dict[str, Any], options: dict[str, Any], progress: ProgressFn =
         prior=options.get("prior"), overrides=list(options.get("overrides") or []),
         seed=job["seed"] if job.get("seed") is not None else options.get("seed"),
         device=options.get("device"), restart=bool(job.get("restart")), name=job["id"], progress=progress,
+        notice=JobLog(options["out"], job["id"]).line,
     )
     return {
         "run_dir": str(result.run_dir),
         "files": {k: str(p) for k, p in result.files.items()},
         "metrics": result.metrics,
+        "timings": result.timings,
     }
 
 
 def execute(spec: str, job: dict[str, Any], options: dict[str, Any], progress: ProgressFn) -> dict[str, Any]:
     """Call the job function and refuse a result with NaN metrics: the same rules in every backend."""
-    result = load_callable(spec)(job, options, progress)
-    bad = nan_paths(result.get("metrics", {}))
-    if bad:
-        raise RunError(f"the run produced NaN values ({', '.join(bad[:3])}); try another seed or a lower learning rate.")
+    log = JobLog(options["out"], job["id"])
+    log.line(f"start: {job['prompt']!r}" + (" (restart)" if job.get("restart") else ""))
+    try:
+        result = load_callable(spec)(job, options, log.progress(progress))
+        bad = nan_paths(result.get("metrics", {}))
+        if bad:
+            raise RunError(f"the run produced NaN values ({', '.join(bad[:3])}); try another seed or a lower learning rate.")
+    except BaseException as exc:
+        log.line(f"failed: {describe(exc)}")
+        raise
+    timings = result.get("timings") or {}
+    if timings:
+        log.line("timings: " + ", ".join(f"{k} {v:.1f} s" for k, v in timings.items() if isinstance(v, int | float)))
+    log.line(f"done: {', '.join(sorted(result.get('files', {})))}")
     return result
 
 

@@ -19,6 +19,7 @@ from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any
 
+from magic3d.batch.job import log_path, open_log
 from magic3d.batch.manifest import Job
 
 PROGRESS_EVERY_S = 0.25
@@ -76,22 +77,11 @@ def _die_with_parent(parent_pid: int) -> None:
     threading.Thread(target=watch, daemon=True).start()
 
 
-def log_path(out: str | Path, job_id: str) -> Path:
-    """Where a job's own output goes: ``<out>/<slug>/batch.log`` (appended to on every attempt)."""
-    return Path(out) / job_id / "batch.log"
-
-
 def _log_to_file(path: Path, job: dict) -> None:
-    """Send this process's stdout/stderr to the job's log: bars and --json output stay clean.
-
-    Never through a link (a run folder or log planted as one after the batch checked): the log
-    then goes nowhere, and the job's own check of its run folder reports the link."""
-    try:
-        if path.parent.is_symlink():
-            raise OSError("a link")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_NOFOLLOW", 0), 0o644)
-    except OSError:
+    """Send this process's stdout/stderr to the job's log, so bars and --json output stay clean
+    and the log holds the job's warnings and tracebacks (nowhere when the log is refused)."""
+    fd = open_log(path)
+    if fd is None:
         fd = os.open(os.devnull, os.O_WRONLY)
     sys.stdout.flush()
     sys.stderr.flush()

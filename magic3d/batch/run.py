@@ -30,7 +30,7 @@ from magic3d.batch.input import (
     load_batch,
     shown,
 )
-from magic3d.batch.job import DEFAULT_JOB, JOB_ENV
+from magic3d.batch.job import DEFAULT_JOB, JOB_ENV, JobLog
 from magic3d.batch.manifest import Job, Manifest, new_owner, refuse_link
 from magic3d.batch.report import Reporter
 from magic3d.errors import InputError
@@ -295,6 +295,9 @@ def run_batch(path: str | Path, options: BatchOptions, reporter: Reporter | None
                         state = manifest.mark_failed(job.id, owner, error, options.retries, lost=o.kind == "lost")
                         reporter.emit("job_failed", job=job.id, error=error, retry=state == "pending",
                                       lost=o.kind == "lost")
+                        # The job logs its own errors; a worker that died or was stopped cannot.
+                        JobLog(out, job.id).line(f"batch: {'will retry' if state == 'pending' else 'gave up'} "
+                                                 f"after: {error}")
                 if time.monotonic() - beat > options.lease_s / 4:
                     manifest.heartbeat(owner, options.lease_s)
                     beat = time.monotonic()

@@ -344,3 +344,16 @@ def test_each_local_worker_gets_its_own_gpu(monkeypatch: pytest.MonkeyPatch) -> 
     assert _slot_envs(2, "cuda:1") == [{}, {}]  # an explicit device is the user's choice
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     assert _slot_envs(2, "auto") == [{}, {}]  # no GPU: nothing to split
+
+
+def test_each_job_log_holds_its_progress_timings_and_error(tmp_path: Path) -> None:
+    f = write(tmp_path / "p.txt", ["a red cube", "please fail now"])
+    out = tmp_path / "out"
+    summary = run_batch(f, BatchOptions(out=out, retries=0), Reporter(quiet=True))
+    assert summary.done and summary.failed
+    ok = (out / summary.done[0] / "batch.log").read_text()
+    assert "start: 'a red cube'" in ok and " 3/3 loss " in ok and "done:" in ok
+    failed_id = next(iter(summary.failed))
+    bad = (out / failed_id / "batch.log").read_text()
+    assert "failed:" in bad and summary.failed[failed_id].split(";")[0][:30] in bad
+    assert "gave up" in bad

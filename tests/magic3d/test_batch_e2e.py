@@ -71,6 +71,9 @@ def test_six_prompts_one_made_to_fail_then_rerun(tmp_path: Path, monkeypatch: py
         assert record["status"] == "done" and record["seed"] == 3
         for path in record["files"].values():
             assert (out / slug / path).is_file()
+        log = (out / slug / "batch.log").read_text()
+        assert "coarse" in log and "timings: load_prior" in log and "done:" in log  # what the job did
+    assert "made to fail" in (out / "a-green-torus" / "batch.log").read_text()
     stage = Usd.Stage.Open(str(first.world), Usd.Stage.LoadNone)
     assert sorted(p.GetName() for p in stage.GetDefaultPrim().GetAllChildren()) == sorted(
         s.replace("-", "_") for s in first.done
