@@ -162,7 +162,10 @@ def test_one_failing_prompt_leaves_the_others_done_and_rerun_does_only_it(tmp_pa
     assert list(summary.failed) == ["please-fail-now"]
     assert "asked to fail" in summary.failed["please-fail-now"]
     log = (out / "please-fail-now" / "batch.log").read_text()
-    assert log.count("RuntimeError: asked to fail") == 2 and "Traceback" in log  # both attempts logged
+    # Both attempts logged: their start, traceback and reason, and the driver's verdict after each.
+    assert log.count("start: 'please fail now'") == 2 and log.count("Traceback") == 2
+    assert log.count("failed: RuntimeError: asked to fail") == 2
+    assert "will retry after" in log and "gave up after" in log
     assert starts(rep).count("please-fail-now") == 2  # first try + one retry
     assert sorted(r[0] for r in log_lines(out)) == sorted(s for s in summary.done)
     rep2 = Reporter(quiet=True)
