@@ -154,15 +154,18 @@ def _folder_lock(out: Path) -> Iterator[None]:
         yield
 
 
-def publish(out: Path, manifest: Any, reporter: Any = None) -> tuple[Path, Path]:
-    """Rewrite ``world.usda`` and ``index.html`` from the folder's whole manifest.
+def publish(out: Path, manifest: Any, reporter: Any = None, world: bool = True) -> tuple[Path, Path]:
+    """Rewrite ``world.usda`` (unless ``world=False``: nothing new to place) and ``index.html``
+    from the folder's whole manifest.
 
     The manifest is read inside the lock, so the last writer always writes the newest state.
     """
     with _folder_lock(out):
         jobs = manifest.jobs()
-        world, count = write_batch_world(out, jobs)
+        if not world:
+            return Path(out) / WORLD_NAME, write_gallery(out, jobs)
+        world_path, count = write_batch_world(out, jobs)
         gallery = write_gallery(out, jobs)
     if reporter is not None:
-        reporter.emit("world", path=str(world), assets=count, gallery=str(gallery))
-    return world, gallery
+        reporter.emit("world", path=str(world_path), assets=count, gallery=str(gallery))
+    return world_path, gallery

@@ -360,3 +360,49 @@ def test_each_job_log_holds_its_progress_timings_and_error(tmp_path: Path) -> No
     bad = (out / failed_id / "batch.log").read_text()
     assert "failed:" in bad and summary.failed[failed_id].split(";")[0][:30] in bad
     assert "gave up" in bad
+
+
+def test_the_batch_eta_comes_from_finished_jobs_and_from_running_jobs_progress() -> None:
+    from magic3d.batch.report import Eta, clock
+
+    eta = Eta(jobs=6, done=0, workers=2)
+    assert eta.seconds_left(0.0) is None  # nothing to go on yet: shown as -:--:--
+    eta.start("a", 0.0)
+    eta.start("b", 0.0)
+    eta.progress("a", "coarse", 50, 100)  # 27.5% of a job in 10 s: a job is ~36 s
+    left = eta.seconds_left(10.0)
+    assert left is not None and 60 < left < 120  # (6 - 0.275) jobs x 36 s / 2 workers ~ 104 s
+    eta.finish("a", 40.0, final=True)
+    eta.finish("b", 40.0, final=True)
+    eta.start("c", 40.0)
+    assert eta.seconds_left(60.0) == pytest.approx((4 - 0.5) * 40.0 / 2)
+    eta.finish("c", None, final=False)  # a failure that will be retried still has to be done
+    assert eta.left == 4
+    assert clock(3725) == "eta 1:02:05" and clock(None) == "eta -:--:--"
+
+
+def test_plain_progress_lines_carry_the_eta(tmp_path: Path) -> None:
+    import io
+
+    stream = io.StringIO()
+    f = write(tmp_path / "p.txt", ["a red cube", "a blue ball", "a green cone"])
+    run_batch(f, BatchOptions(out=tmp_path / "out"), Reporter(stream=stream))
+    done_lines = [line for line in stream.getvalue().splitlines() if line.startswith("done ")]
+    assert len(done_lines) == 3 and all("eta " in line for line in done_lines)
+    assert "eta -:--:--" not in done_lines[0]  # one finished job is enough to estimate
+
+
+def test_the_gallery_shows_a_running_job_as_running(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    seen: list[str] = []
+
+    class Watcher(Reporter):
+        def emit(self, event: str, **fields) -> None:
+            super().emit(event, **fields)
+            if event == "job_progress" and (out / "index.html").is_file():
+                page = (out / "index.html").read_text()
+                seen.append("running" if 'data-state="running"' in page else "not shown running")
+
+    f = write(tmp_path / "p.txt", ["a red cube", "a blue ball"])
+    run_batch(f, BatchOptions(out=out), Watcher(quiet=True))
+    assert seen and all(s == "running" for s in seen)
