@@ -254,19 +254,15 @@ def run_batch(path: str | Path, options: BatchOptions, reporter: Reporter | None
         beat = time.monotonic()
         try:
             while True:
-                started = False
                 while len(running) < backend.capacity:
                     job = manifest.claim(owner, ids, options.lease_s)
                     if job is None:
                         break
-                    started = True
                     running[job.id] = job
                     # A restarted job starts over on every attempt of this run: a retry after a lost
                     # worker must not meet the old run folder it was asked to replace.
                     slot = backend.start(job, *job_payload(job, options, restart=job.id in restart))
                     reporter.emit("job_start", job=job.id, prompt=job.prompt, attempt=job.attempts, worker=slot)
-                if started:  # the gallery shows running jobs as running, not as still pending
-                    publish(out, manifest, world=False)
                 if not running:
                     if manifest.held_elsewhere(ids, owner) == 0:
                         break

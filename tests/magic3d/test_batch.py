@@ -391,18 +391,3 @@ def test_plain_progress_lines_carry_the_eta(tmp_path: Path) -> None:
     assert len(done_lines) == 3 and all("eta " in line for line in done_lines)
     assert "eta -:--:--" not in done_lines[0]  # one finished job is enough to estimate
 
-
-def test_the_gallery_shows_a_running_job_as_running(tmp_path: Path) -> None:
-    out = tmp_path / "out"
-    seen: list[str] = []
-
-    class Watcher(Reporter):
-        def emit(self, event: str, **fields) -> None:
-            super().emit(event, **fields)
-            if event == "job_progress" and (out / "index.html").is_file():
-                page = (out / "index.html").read_text()
-                seen.append("running" if 'data-state="running"' in page else "not shown running")
-
-    f = write(tmp_path / "p.txt", ["a red cube", "a blue ball"])
-    run_batch(f, BatchOptions(out=out), Watcher(quiet=True))
-    assert seen and all(s == "running" for s in seen)
