@@ -22,8 +22,11 @@ a reader never finds the interface pointing at a layer not yet there.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -66,7 +69,9 @@ def _layer_stage(up_axis: str, root_name: str):
     """A stage on an anonymous layer with the metadata every layer of the asset carries."""
     from pxr import Sdf, Usd, UsdGeom
 
-    stage = Usd.Stage.Open(Sdf.Layer.CreateAnonymous(".usda"))
+    # LoadNone: an authoring stage never opens the payload it writes (relative to an anonymous
+    # layer it could not be found, and USD would warn).
+    stage = Usd.Stage.Open(Sdf.Layer.CreateAnonymous(".usda"), load=Usd.Stage.LoadNone)
     UsdGeom.SetStageUpAxis(stage, UsdGeom.Tokens.y if up_axis == "Y" else UsdGeom.Tokens.z)
     UsdGeom.SetStageMetersPerUnit(stage, 1.0)
     stage.GetRootLayer().defaultPrim = root_name
@@ -179,6 +184,35 @@ def _interface(axis: str, name: str, root_path, info: AssetInfo, transform: np.n
     return stage
 
 
+# ARKit packaging announces that it flattens the asset (it must: AR Quick Look reads one layer),
+# then warns that it cannot find on disk the names it has already given the textures inside the
+# package ("0/albedo.png"): noise on every run, not problems of the asset.
+_PACKAGE_NOISE = re.compile(rb"^Warning: in (_EnqueueDependency .*Failed to resolve reference @\d+/[^@]*@"
+                            rb"|UsdUtilsCreateNewARKitUsdzPackage .*Flattening it to a single \.usdc file)")
+
+
+@contextlib.contextmanager
+def quiet_packaging_warnings() -> Iterator[None]:
+    """Hold back the packager's own spurious warnings (written by C++ straight to file descriptor
+    2, beyond Python's reach); every other line it writes is passed on unchanged."""
+    try:
+        saved = os.dup(2)
+    except OSError:  # no stderr to filter
+        yield
+        return
+    with tempfile.TemporaryFile() as caught:
+        os.dup2(caught.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            caught.seek(0)
+            kept = [line for line in caught.read().splitlines(keepends=True) if not _PACKAGE_NOISE.match(line)]
+            if kept:
+                os.write(2, b"".join(kept))
+
+
 def write_usdz(
     mesh: trimesh.Trimesh, path: str | Path, info: AssetInfo | None = None, up_axis: str = "Y",
     size_m: float | None = 1.0, arkit: bool = True, physics: Physics | None = WOOD,
@@ -200,7 +234,9 @@ def write_usdz(
         with atomic_output(path) as tmp:
             tmp.unlink()  # the packager refuses to overwrite an existing file
             make = UsdUtils.CreateNewARKitUsdzPackage if arkit else UsdUtils.CreateNewUsdzPackage
-            if not make(Sdf.AssetPath(str(layer)), str(tmp)):
+            with quiet_packaging_warnings():
+                packed = make(Sdf.AssetPath(str(layer)), str(tmp))
+            if not packed:
                 raise OSError(f"USD could not package {str(path)!r}")
     return path
 

@@ -266,3 +266,26 @@ def test_physics_none_leaves_the_physics_layer_out(tmp_path: Path, textured_mesh
     stage = Usd.Stage.Open(str(path))
     assert not any(p.HasAPI(UsdPhysics.CollisionAPI) or p.HasAPI(UsdPhysics.RigidBodyAPI) for p in stage.Traverse())
     assert compliance_problems(path) == []
+
+
+def test_writing_an_asset_prints_nothing(tmp_path: Path, textured_mesh, capfd) -> None:
+    """USD's C++ warnings go straight to file descriptor 2: the writers must not trigger any
+    (an authoring stage never opens its own payload), and ARKit packaging's own spurious notices
+    are held back while anything else it says is passed on."""
+    from PIL import Image
+
+    write_usd(textured_mesh(), tmp_path / "a" / "asset.usdc", INFO, thumbnail=Image.new("RGB", (8, 8)))
+    write_usdz(textured_mesh(), tmp_path / "b" / "asset.usdz", INFO, thumbnail=Image.new("RGB", (8, 8)))
+    captured = capfd.readouterr()
+    assert captured.err == "" and captured.out == ""
+
+
+def test_the_packaging_filter_passes_on_what_it_does_not_know(capfd) -> None:
+    import os
+
+    from exporters.usd import quiet_packaging_warnings
+
+    with quiet_packaging_warnings():
+        os.write(2, b"Warning: in _EnqueueDependency at line 104 -- Failed to resolve reference @0/albedo.png@ x\n")
+        os.write(2, b"Warning: something real\n")
+    assert capfd.readouterr().err == "Warning: something real\n"
