@@ -59,13 +59,13 @@ def tet_grid(resolution: int, bound: float = 1.0) -> tuple[Float[Tensor, "V 3"],
     def vid(i: Tensor, j: Tensor, k: Tensor) -> Tensor:
         return (i * n + j) * n + k
 
-    c = torch.arange(cells)
+    c = torch.arange(cells, device="cpu")
     ci, cj, ck = (x.reshape(-1) for x in torch.meshgrid(c, c, c, indexing="ij"))
-    unit = torch.eye(3, dtype=torch.long)
+    unit = torch.eye(3, dtype=torch.long, device="cpu")
     tets = []
     # Each permutation of the axes walks from corner (0,0,0) to (1,1,1) one axis at a time.
     for perm in permutations(range(3)):
-        corners, offset = [vid(ci, cj, ck)], torch.zeros(3, dtype=torch.long)
+        corners, offset = [vid(ci, cj, ck)], torch.zeros(3, dtype=torch.long, device="cpu")
         for axis_index in perm:
             offset = offset + unit[axis_index]
             corners.append(vid(ci + offset[0], cj + offset[1], ck + offset[2]))
@@ -86,25 +86,26 @@ def _triangle_table() -> tuple[Tensor, Tensor]:
     reference tetrahedron. Deciding it from the deformed geometry instead fails on the
     near-degenerate triangles that appear where the SDF is ~0 at a grid vertex.
     """
-    ref = torch.tensor([[0.0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]], dtype=torch.float64)
+    ref = torch.tensor([[0.0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]], dtype=torch.float64, device="cpu")
     edge = {pair: i for i, pair in enumerate(TET_EDGES)}
 
     def e(a: int, b: int) -> int:
         return edge[(min(a, b), max(a, b))]
 
-    table = torch.full((16, 2, 3), -1, dtype=torch.long)
+    # A lookup table built once on the host; callers move it with the grid's buffers.
+    table = torch.full((16, 2, 3), -1, dtype=torch.long, device="cpu")
     for code in range(16):
         inside = [v for v in range(4) if code >> v & 1]
         outside = [v for v in range(4) if not code >> v & 1]
         if len(inside) in (1, 3):
             lone = inside[0] if len(inside) == 1 else outside[0]
             others = [v for v in range(4) if v != lone]
-            table[code, 0] = torch.tensor([e(lone, o) for o in others])
+            table[code, 0] = torch.tensor([e(lone, o) for o in others], device="cpu")
         elif len(inside) == 2:
             (a, b), (c, d) = inside, outside
             # The crossing points form the planar quad ac-ad-bd-bc, split along ac-bd.
-            table[code, 0] = torch.tensor([e(a, c), e(a, d), e(b, d)])
-            table[code, 1] = torch.tensor([e(a, c), e(b, d), e(b, c)])
+            table[code, 0] = torch.tensor([e(a, c), e(a, d), e(b, d)], device="cpu")
+            table[code, 1] = torch.tensor([e(a, c), e(b, d), e(b, c)], device="cpu")
         if inside and outside:
             outward = ref[outside].mean(0) - ref[inside].mean(0)
             for k in range(2 if len(inside) == 2 else 1):
