@@ -28,27 +28,29 @@ def define_material(stage, path, surf: Surface, texture_path: str | None, normal
     reader.CreateInput("varname", Sdf.ValueTypeNames.String).Set("st")
     reader_out = reader.CreateOutput("result", Sdf.ValueTypeNames.Float2)
 
-    texture = UsdShade.Shader.Define(stage, path.AppendChild("BaseColorTexture"))
-    texture.CreateIdAttr("UsdUVTexture")
-    texture.CreateInput("file", Sdf.ValueTypeNames.Asset).Set(Sdf.AssetPath(texture_path))
-    texture.CreateInput("sourceColorSpace", Sdf.ValueTypeNames.Token).Set("sRGB")
-    texture.CreateInput("st", Sdf.ValueTypeNames.Float2).ConnectToSource(reader_out)
-    texture.CreateInput("wrapS", Sdf.ValueTypeNames.Token).Set("repeat")
-    texture.CreateInput("wrapT", Sdf.ValueTypeNames.Token).Set("repeat")
+    texture = uv_texture(stage, path.AppendChild("BaseColorTexture"), texture_path, "sRGB", reader_out)
     if any(abs(c - 1.0) > 1e-6 for c in surf.base_color):
         texture.CreateInput("scale", Sdf.ValueTypeNames.Float4).Set(Gf.Vec4f(*surf.base_color))
     rgb = texture.CreateOutput("rgb", Sdf.ValueTypeNames.Float3)
     diffuse.ConnectToSource(rgb)
     if normal_path is not None:
-        normal = UsdShade.Shader.Define(stage, path.AppendChild("NormalTexture"))
-        normal.CreateIdAttr("UsdUVTexture")
-        normal.CreateInput("file", Sdf.ValueTypeNames.Asset).Set(Sdf.AssetPath(normal_path))
-        normal.CreateInput("sourceColorSpace", Sdf.ValueTypeNames.Token).Set("raw")
-        normal.CreateInput("st", Sdf.ValueTypeNames.Float2).ConnectToSource(reader_out)
-        normal.CreateInput("wrapS", Sdf.ValueTypeNames.Token).Set("repeat")
-        normal.CreateInput("wrapT", Sdf.ValueTypeNames.Token).Set("repeat")
+        normal = uv_texture(stage, path.AppendChild("NormalTexture"), normal_path, "raw", reader_out)
         normal.CreateInput("scale", Sdf.ValueTypeNames.Float4).Set(Gf.Vec4f(2.0, 2.0, 2.0, 1.0))
         normal.CreateInput("bias", Sdf.ValueTypeNames.Float4).Set(Gf.Vec4f(-1.0, -1.0, -1.0, 0.0))
         shader.CreateInput("normal", Sdf.ValueTypeNames.Normal3f).ConnectToSource(
             normal.CreateOutput("rgb", Sdf.ValueTypeNames.Float3))
     return material
+
+
+def uv_texture(stage, path, file: str, colour_space: str, st_source):
+    """A repeating UsdUVTexture reading ``file`` at the UVs ``st_source`` gives."""
+    from pxr import Sdf, UsdShade
+
+    texture = UsdShade.Shader.Define(stage, path)
+    texture.CreateIdAttr("UsdUVTexture")
+    texture.CreateInput("file", Sdf.ValueTypeNames.Asset).Set(Sdf.AssetPath(file))
+    texture.CreateInput("sourceColorSpace", Sdf.ValueTypeNames.Token).Set(colour_space)
+    texture.CreateInput("st", Sdf.ValueTypeNames.Float2).ConnectToSource(st_source)
+    texture.CreateInput("wrapS", Sdf.ValueTypeNames.Token).Set("repeat")
+    texture.CreateInput("wrapT", Sdf.ValueTypeNames.Token).Set("repeat")
+    return texture
