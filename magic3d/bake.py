@@ -21,7 +21,7 @@ from PIL import Image
 from torch import Tensor
 
 from magic3d.errors import RunError
-from magic3d.surface import close_holes, surface_report
+from magic3d.surface import close_holes, surface_report, untangle
 
 ColorFn = Callable[[Float[Tensor, "N 3"]], Float[Tensor, "N 3"]]
 
@@ -333,6 +333,7 @@ def bake(
     full = (v, f)
     v, f = decimate(v, f, cfg.face_budget)
     v, f = close_holes(v, f)  # merging and decimation can leave small holes: the asset is closed
+    v, crossings = untangle(v, f)  # and decimation can fold a thin spot through the far side
     report = surface_report(v, f)
     lap("decimate")
     # Normals of the unsplit mesh, so shading stays smooth across UV seams.
@@ -361,5 +362,6 @@ def bake(
     )
     mesh = trimesh.Trimesh(positions, uv_faces, vertex_normals=normals[vmap], process=False)
     mesh.visual = trimesh.visual.TextureVisuals(uv=uv, material=material)
-    mesh.metadata["surface"] = report.as_dict()  # of the welded surface, before UV seams split it
+    # Of the welded surface, before UV seams split it.
+    mesh.metadata["surface"] = {**report.as_dict(), "self_intersections": crossings}
     return mesh

@@ -135,3 +135,47 @@ def test_the_grid_finds_every_crossing_a_brute_force_edge_test_finds():
     assert expected > 50  # the soup really crosses itself
     faces = np.arange(3 * count).reshape(count, 3)
     assert self_intersections(triangles.reshape(-1, 3), faces) == expected
+
+
+def test_untangle_pulls_a_pierced_spike_back_and_moves_only_its_neighbourhood():
+    from magic3d.surface import untangle
+
+    sphere = trimesh.creation.icosphere(subdivisions=3)
+    vertices = sphere.vertices.copy()
+    vertices[0] = -1.3 * vertices[0]
+    assert self_intersections(vertices, sphere.faces) > 0
+    fixed, left = untangle(vertices, sphere.faces)
+    assert left == 0 and self_intersections(fixed, sphere.faces) == 0
+    report = surface_report(fixed, sphere.faces)
+    assert report.watertight and report.genus == 0 and report.bodies == 1
+    # Far from the spike's root and from where it came out, the surface has not moved at all.
+    axis = sphere.vertices[0] / np.linalg.norm(sphere.vertices[0])
+    far = np.abs(sphere.vertices @ axis) < 0.5
+    assert far.sum() > 100
+    np.testing.assert_array_equal(fixed[far], vertices[far])
+    moved = np.linalg.norm(fixed - vertices, axis=1) > 0
+    assert moved[0] and moved.sum() < len(vertices) // 3
+
+
+def test_untangle_leaves_a_clean_surface_untouched():
+    from magic3d.surface import untangle
+
+    torus = trimesh.creation.torus(1.0, 0.3)
+    fixed, left = untangle(torus.vertices, torus.faces)
+    assert left == 0 and fixed is torus.vertices
+
+
+def test_bake_never_hands_on_a_surface_that_passes_through_itself():
+    import torch
+
+    from exporters.common import weld
+    from magic3d.bake import BakeConfig, bake
+
+    sphere = trimesh.creation.icosphere(subdivisions=3)
+    vertices = sphere.vertices.copy()
+    vertices[0] = -1.3 * vertices[0]
+    mesh = bake(torch.tensor(vertices, dtype=torch.float32), torch.tensor(sphere.faces), lambda p: p * 0 + 0.5,
+                BakeConfig(texture_size=64, normal_map=False))
+    assert mesh.metadata["surface"]["self_intersections"] == 0 and mesh.metadata["surface"]["watertight"]
+    points, of_vertex = weld(mesh.vertices)
+    assert self_intersections(points, of_vertex[mesh.faces]) == 0
