@@ -10,7 +10,7 @@ import contextlib
 import json
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,10 @@ from magic3d.storage import (
     ensure_writable_dir,
     read_record,
 )
+
+
+# (config, device) -> the run's first prior; the pipeline only reads it, so it may serve many runs.
+PriorLoader = Callable[[Config, "torch.device"], Any]
 
 
 @dataclass
@@ -102,25 +106,31 @@ def generate(
     progress: ProgressFn | None = None,
     name: str | None = None,
     notice: Notice | None = None,
+    prior_loader: PriorLoader | None = None,
 ) -> RunResult:
-    """Run every stage for ``prompt`` and write the assets under ``out/<slug>/``."""
+    """Run every stage for ``prompt`` and write the assets under ``out/<slug>/``.
+
+    ``prior_loader`` replaces ``load_first_prior``: a batch worker's keeps the prior between jobs."""
     text, cfg, run_dir = plan_run(prompt, out, preset, prior, overrides, seed, device, name)
     ensure_writable_dir(Path(out))
-    return run_planned(text, cfg, run_dir, restart=restart, progress=progress or silent, notice=notice)
+    return run_planned(text, cfg, run_dir, restart=restart, progress=progress or silent, notice=notice,
+                       prior_loader=prior_loader)
 
 
 def run_planned(
     text: str, cfg: Config, run_dir: Path, restart: bool = False, progress: ProgressFn = silent,
-    notice: Notice | None = None,
+    notice: Notice | None = None, prior_loader: PriorLoader | None = None,
 ) -> RunResult:
     """Run (or resume, or only re-list) the planned run; nothing it writes leaves ``run_dir``'s parent."""
     check_run_folder(run_dir)
     with confined(run_dir.parent):
-        return run_confined(text, cfg, run_dir, restart, progress, notice or (lambda message: None))
+        return run_confined(text, cfg, run_dir, restart, progress, notice or (lambda message: None),
+                            prior_loader or load_first_prior)
 
 
 def run_confined(
-    text: str, cfg: Config, run_dir: Path, restart: bool, progress: ProgressFn, notice: Notice
+    text: str, cfg: Config, run_dir: Path, restart: bool, progress: ProgressFn, notice: Notice,
+    prior_loader: PriorLoader,
 ) -> RunResult:
     from exporters.common import make_dirs, sweep_temp_files
 
@@ -151,7 +161,7 @@ def run_confined(
         torch.set_num_threads(cfg.runtime.threads)
     # The prior loads before anything is written: one that cannot load leaves no run folder behind.
     clock = time.perf_counter()
-    prior = load_first_prior(cfg, device)
+    prior = prior_loader(cfg, device)
     load_seconds = time.perf_counter() - clock
     make_dirs(run_dir)
     sweep_temp_files(run_dir)  # half-written files of a killed earlier run of this folder

@@ -1,12 +1,15 @@
 """One batch job, as every backend runs it: the job function (the real pipeline, or a hook named
-in $MAGIC3D_BATCH_JOB), its outcome, and the rules every backend applies to a result."""
+in $MAGIC3D_BATCH_JOB), its outcome, the rules every backend applies to a result, and the prior a
+worker process keeps loaded from one job to the next."""
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable, Hashable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -76,8 +79,46 @@ class Outcome:
     error: str = ""
 
 
+class PriorCache:
+    """The prior a worker process keeps between its jobs (a local worker or a Ray actor runs many).
+
+    One at a time: a batch whose jobs switch priors holds one model in memory, not each of them.
+    The pipeline only reads a prior (frozen weights, no per-run state beyond the per-prompt
+    embeddings it builds in each run folder), so one prior serves job after job."""
+
+    def __init__(self) -> None:
+        self.key: Hashable = None
+        self.value: Any = None
+
+    def get(self, key: Hashable, load: Callable[[], Any]) -> Any:
+        if self.value is None or key != self.key:
+            self.clear()  # the old model goes before the new one loads
+            self.value, self.key = load(), key
+        return self.value
+
+    def clear(self) -> None:
+        self.key = self.value = None
+
+
+PRIORS = PriorCache()  # this process's: a worker's jobs share it
+
+
+def warm_prior(cfg: Any, device: Any) -> Any:
+    """``load_first_prior`` through this process's cache: the pipeline's ``prior_loader`` in a batch."""
+    from magic3d.pipeline import load_first_prior
+
+    fine_id = cfg.prior.fine_id or cfg.prior.id
+    if cfg.fine.steps > 0 and fine_id != cfg.prior.id:
+        # The run drops the coarse prior before the fine one loads; a cached one would stay in memory.
+        PRIORS.clear()
+        return load_first_prior(cfg, device)
+    key = (json.dumps(asdict(cfg.prior), sort_keys=True, default=str), str(device), cfg.runtime.offload)
+    return PRIORS.get(key, lambda: load_first_prior(cfg, device))
+
+
 def run_job(job: dict[str, Any], options: dict[str, Any], progress: ProgressFn = silent) -> dict[str, Any]:
-    """Run one job with the real pipeline in this process; resumes from the run folder's checkpoints."""
+    """Run one job with the real pipeline in this process; resumes from the run folder's checkpoints.
+    The prior stays loaded for the process's next job (``PRIORS``)."""
     from magic3d.pipeline import generate
 
     result = generate(
@@ -85,7 +126,7 @@ def run_job(job: dict[str, Any], options: dict[str, Any], progress: ProgressFn =
         prior=options.get("prior"), overrides=list(options.get("overrides") or []),
         seed=job["seed"] if job.get("seed") is not None else options.get("seed"),
         device=options.get("device"), restart=bool(job.get("restart")), name=job["id"], progress=progress,
-        notice=JobLog(options["out"], job["id"]).line,
+        notice=JobLog(options["out"], job["id"]).line, prior_loader=warm_prior,
     )
     return {
         "run_dir": str(result.run_dir),

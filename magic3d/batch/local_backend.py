@@ -1,37 +1,37 @@
-"""The local batch backend: each job in a fresh child process, ``--workers`` of them at a time.
+"""The local batch backend: ``--workers`` worker processes, each running job after job.
 
-A fresh process per job keeps failures apart (a crash, a NaN, a hang killed at ``--timeout``)
-and hands all memory back between jobs. Children die with the batch process even when it is
-SIGKILLed, so a re-run never races an orphan writing into the same run folder.
+A worker (worker.py) loads the prior with its first job and keeps it for the next, while a
+process of its own still keeps failures apart: a job that raises is reported and its worker
+goes on; one that crashes its process, or runs past ``--timeout`` and is killed, takes its
+worker down, and the next job starts a new worker in that slot. ``jobs_per_worker=1`` gives
+each job a fresh process, as before warm workers. Workers die with the batch process even when
+it is SIGKILLed, so a re-run never races an orphan writing into the same run folder.
 """
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import os
 import signal
 import sys
-import threading
 import time
-import traceback
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
-from pathlib import Path
 from typing import Any
 
-from magic3d.batch.job import log_path, open_log
 from magic3d.batch.manifest import Job
-
-PROGRESS_EVERY_S = 0.25
+from magic3d.batch.worker import worker_main
 
 
 @dataclass
-class _Child:
-    job_id: str
+class _Worker:
     slot: int
     process: Any
-    conn: Connection
-    final: Any = None
+    conn: Connection  # both ways: jobs to the worker, progress and results back
+    jobs: int = 0  # jobs handed to it so far
+    job_id: str | None = None  # the job it runs now
+    final: tuple[str, Any] | None = None  # that job's done/failed message, once it came
 
 
 def _slot_envs(workers: int, device: str | None) -> list[dict[str, str]]:
@@ -40,172 +40,142 @@ def _slot_envs(workers: int, device: str | None) -> list[dict[str, str]]:
     if workers < 2 or (device not in (None, "auto", "cuda")):
         return envs
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None:
-        gpus = [g for g in visible.split(",") if g.strip()]
-    else:
-        try:
-            import torch
-
-            gpus = [str(i) for i in range(torch.cuda.device_count())]
-        except Exception:
-            gpus = []
+    gpus = [g for g in visible.split(",") if g.strip()] if visible is not None else [str(i) for i in range(_gpu_count())]
     if len(gpus) > 1:
         for i, env in enumerate(envs):
             env["CUDA_VISIBLE_DEVICES"] = gpus[i % len(gpus)]
     return envs
 
 
-def _die_with_parent(parent_pid: int) -> None:
-    """Exit as soon as the batch process is gone (Linux: at once; elsewhere: within half a second)."""
+def _gpu_count() -> int:
+    """GPUs the driver lists; the batch process itself never imports torch (its workers do)."""
     if sys.platform.startswith("linux"):
-        try:
-            import ctypes
-
-            libc = ctypes.CDLL("libc.so.6", use_errno=True)
-            libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-        except OSError:
-            pass
-    if os.getppid() != parent_pid:
-        os._exit(1)
-
-    def watch() -> None:
-        while True:
-            if os.getppid() != parent_pid:
-                os._exit(1)
-            time.sleep(0.5)
-
-    threading.Thread(target=watch, daemon=True).start()
-
-
-def _log_to_file(path: Path, job: dict) -> None:
-    """Send this process's stdout/stderr to the job's log, so bars and --json output stay clean
-    and the log holds the job's warnings and tracebacks (nowhere when the log is refused)."""
-    fd = open_log(path)
-    if fd is None:
-        fd = os.open(os.devnull, os.O_WRONLY)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.dup2(fd, 1)
-    os.dup2(fd, 2)
-    os.close(fd)
-    print(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} pid {os.getpid()}: {job['prompt']}", flush=True)
-
-
-def child_main(spec: str, job: dict, options: dict, conn: Connection, parent_pid: int, env: dict) -> None:
-    """Entry of a job process: run the job, send progress and then one final message."""
-    os.environ.update(env)
-    _die_with_parent(parent_pid)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the batch's to handle; it stops us
-    _log_to_file(log_path(options["out"], job["id"]), job)
-    from magic3d.batch.job import describe, execute
-
-    last = [0.0]
-
-    def progress(stage: str, step: int, total: int, loss: float) -> None:
-        now = time.monotonic()
-        if step >= total or now - last[0] >= PROGRESS_EVERY_S:
-            last[0] = now
-            conn.send(("progress", {"stage": stage, "step": int(step), "total": int(total), "loss": float(loss)}))
-
+        with contextlib.suppress(OSError):
+            return len(os.listdir("/proc/driver/nvidia/gpus"))
+        return 0
     try:
-        result = execute(spec, job, options, progress)
-    except BaseException as exc:  # noqa: BLE001 - everything is reported, the parent decides
-        traceback.print_exc()
-        sys.stderr.flush()
-        conn.send(("failed", describe(exc)))
-    else:
-        try:
-            conn.send(("done", result))
-        except Exception as exc:  # e.g. an unpicklable metric: a failure of this job, not a crash
-            conn.send(("failed", f"the job's result could not be sent back ({describe(exc)})"))
-    conn.close()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)  # the result is sent: don't wait on threads a library may have left running
+        import torch
+
+        return torch.cuda.device_count()
+    except Exception:
+        return 0
 
 
 class LocalBackend:
     def __init__(self, options: Any):
         self.spec = options.job_spec()
         self.capacity = options.workers or 1
+        self.max_jobs = options.jobs_per_worker
         self.ctx = mp.get_context("spawn")
         self.envs = _slot_envs(self.capacity, options.device)
-        self.children: dict[str, _Child] = {}
+        self.workers: dict[int, _Worker] = {}  # slot -> its live worker, busy or idle
+        self.busy: dict[str, _Worker] = {}  # job id -> the worker running it
 
     def start(self, job: Job, payload: dict, options: dict) -> int:
-        used = {c.slot for c in self.children.values()}
-        slot = next(i for i in range(self.capacity) if i not in used)
-        parent_conn, child_conn = self.ctx.Pipe(duplex=False)
+        taken = {w.slot for w in self.busy.values()}
+        # An idle warm worker first: its prior is loaded.
+        slot = min((i for i in range(self.capacity) if i not in taken), key=lambda i: (i not in self.workers, i))
+        worker = self.workers.get(slot)
+        if worker is None or not worker.process.is_alive():
+            if worker is not None:
+                self._retire(worker)
+            worker = self._spawn(slot)
+        worker.job_id, worker.final = job.id, None
+        worker.jobs += 1
+        self.busy[job.id] = worker
+        with contextlib.suppress(OSError):  # died since: wait() reports the job lost
+            worker.conn.send(("job", payload, options))
+        return slot
+
+    def _spawn(self, slot: int) -> _Worker:
+        parent_conn, child_conn = self.ctx.Pipe(duplex=True)
         process = self.ctx.Process(
-            target=child_main, args=(self.spec, payload, options, child_conn, os.getpid(), self.envs[slot]),
-            name=f"magic3d-job-{job.id}", daemon=True,
+            target=worker_main, args=(self.spec, child_conn, os.getpid(), self.envs[slot], self.max_jobs),
+            name=f"magic3d-worker-{slot}", daemon=True,
         )
         process.start()
         child_conn.close()
-        self.children[job.id] = _Child(job.id, slot, process, parent_conn)
-        return slot
+        self.workers[slot] = _Worker(slot, process, parent_conn)
+        return self.workers[slot]
 
     def wait(self, timeout: float) -> list:
         from magic3d.batch.job import Outcome
 
-        if not self.children:
+        if not self.busy:
             time.sleep(timeout)
             return []
         waitables: list[Any] = []
-        for c in self.children.values():
-            waitables += [c.conn, c.process.sentinel]
+        for w in self.busy.values():
+            waitables += [w.conn, w.process.sentinel]
         wait(waitables, timeout)
         outcomes = []
-        for child in list(self.children.values()):
-            outcomes += self._drain(child)
-            if child.final is None and not child.process.is_alive():
-                outcomes += self._drain(child)  # a last message may land as it exits
-            if child.final is not None or not child.process.is_alive():
-                self._reap(child)
-                if child.final is None:
-                    reason = f"{_death_reason(child.process.exitcode)}; see {child.job_id}/batch.log"
-                    outcomes.append(Outcome(child.job_id, "lost", error=reason))
-                elif child.final[0] == "done":
-                    outcomes.append(Outcome(child.job_id, "done", result=child.final[1]))
-                else:
-                    outcomes.append(Outcome(child.job_id, "failed", error=child.final[1]))
+        for worker in list(self.busy.values()):
+            job_id = worker.job_id
+            outcomes += self._drain(worker)
+            if worker.final is None and not worker.process.is_alive():
+                outcomes += self._drain(worker)  # a last message may land as it exits
+            if worker.final is None and worker.process.is_alive():
+                continue
+            del self.busy[job_id]
+            if worker.final is None:
+                self._retire(worker)
+                reason = f"{_death_reason(worker.process.exitcode)}; see {job_id}/batch.log"
+                outcomes.append(Outcome(job_id, "lost", error=reason))
+                continue
+            kind, data = worker.final
+            worker.job_id = None
+            if self.max_jobs is not None and worker.jobs >= self.max_jobs:
+                self._retire(worker, grace=5.0)  # it leaves by itself after its last job
+            if kind == "done":
+                outcomes.append(Outcome(job_id, "done", result=data))
+            else:
+                outcomes.append(Outcome(job_id, "failed", error=data))
         return outcomes
 
-    def _drain(self, child: _Child) -> list:
+    def _drain(self, worker: _Worker) -> list:
         from magic3d.batch.job import Outcome
 
         out = []
         try:
-            while child.final is None and child.conn.poll():
-                kind, data = child.conn.recv()
+            while worker.final is None and worker.conn.poll():
+                kind, job_id, data = worker.conn.recv()
+                if job_id != worker.job_id:
+                    continue
                 if kind == "progress":
-                    out.append(Outcome(child.job_id, "progress", result=data))
+                    out.append(Outcome(job_id, "progress", result=data))
                 else:
-                    child.final = (kind, data)
+                    worker.final = (kind, data)
         except (EOFError, OSError):
             pass
         return out
 
-    def _reap(self, child: _Child) -> None:
-        self.children.pop(child.job_id, None)
-        child.process.join(timeout=5)
-        if child.process.is_alive():
-            child.process.kill()
-            child.process.join(timeout=5)
-        child.conn.close()
+    def _retire(self, worker: _Worker, grace: float = 0.0) -> None:
+        """Stop ``worker`` (asked first when idle and ``grace`` allows, else killed) and forget it."""
+        if self.workers.get(worker.slot) is worker:
+            del self.workers[worker.slot]
+        if grace and worker.job_id is None and worker.process.is_alive():
+            with contextlib.suppress(OSError):
+                worker.conn.send(("stop", None, None))
+            worker.process.join(timeout=grace)
+        if worker.process.is_alive():
+            worker.process.kill()
+        worker.process.join(timeout=5)
+        worker.conn.close()
 
     def cancel(self, job_id: str, reason: str) -> Any:
+        """Kill the worker running ``job_id`` (a timeout, an interrupt); the slot gets a new one."""
         from magic3d.batch.job import Outcome
 
-        child = self.children.get(job_id)
-        if child is not None:
-            child.process.kill()
-            self._reap(child)
+        worker = self.busy.pop(job_id, None)
+        if worker is not None:
+            self._retire(worker)
         return Outcome(job_id, "failed", error=reason)
 
     def close(self) -> None:
-        for job_id in list(self.children):
+        for job_id in list(self.busy):
             self.cancel(job_id, "closed")
+        for worker in list(self.workers.values()):
+            self._retire(worker, grace=2.0)
 
 
 def _death_reason(code: int | None) -> str:
@@ -214,5 +184,5 @@ def _death_reason(code: int | None) -> str:
             name = signal.Signals(-code).name
         except ValueError:
             name = f"signal {-code}"
-        return f"the job's process was killed ({name})"
-    return f"the job's process exited with code {code} before reporting a result"
+        return f"the job's worker process was killed ({name})"
+    return f"the job's worker process exited with code {code} before reporting a result"

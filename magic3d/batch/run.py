@@ -1,8 +1,9 @@
 """Many prompts to many assets: a manifest-driven queue run locally or on a Ray cluster.
 
-Each job runs in its own process (a child here, a Ray worker there), so a prompt that raises,
-produces NaNs, crashes its process or runs past ``--timeout`` is marked failed with its reason
-while the others finish. Re-running the same command skips done jobs, retries failed ones and
+Jobs run in worker processes (local ones here, Ray actors there) that keep the prior loaded from
+one job to the next; a prompt that raises or produces NaNs is marked failed with its reason and
+its worker goes on, one that crashes its process or runs past ``--timeout`` takes its worker
+down and is marked (and retried) while a new worker runs the rest. Re-running the same command skips done jobs, retries failed ones and
 resumes interrupted ones from their checkpoints; leases in the manifest keep two batch processes
 on one folder from running the same job twice. ``--restart`` (every job) and ``--restart-job NAME``
 (one run folder) start jobs over, ignoring their checkpoints, as ``generate --restart`` does.
@@ -60,6 +61,7 @@ class BatchOptions:
     restart: bool = False  # start every job over, ignoring its checkpoints (done jobs too)
     restart_jobs: tuple[str, ...] = ()  # the run-folder names of the jobs to start over
     lease_s: float = 60.0
+    jobs_per_worker: int | None = None  # a worker is replaced after this many jobs; None: never; 1: a process per job
     job_fn: str | None = None  # None: $MAGIC3D_BATCH_JOB or the pipeline
 
     def defaults(self) -> RunDefaults:
@@ -91,6 +93,7 @@ LIMITS: dict[str, Limit] = {
     "num_gpus": Limit("--num-gpus", 0, 1024),
     "seed": Limit("--seed", SEED_MIN, SEED_MAX, integer=True),
     "lease_s": Limit("lease_s", 1, 24 * 3600),
+    "jobs_per_worker": Limit("jobs_per_worker", 1, 10**9, integer=True),
 }
 
 

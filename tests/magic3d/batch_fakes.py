@@ -4,7 +4,9 @@
 FAKE_STEP_S seconds, keeps a checkpoint so an interrupted run resumes, and writes a small USD
 asset, a preview PNG, a GLB and run.json, every file through a temporary name. Words in the
 prompt make it misbehave: "fail" raises, "nan" reports a NaN loss, "hang" never ends, "die"
-kills its own process the first time. Every completion appends a line to <out>/fake-log.txt.
+kills its own process the first time, "segv" makes it segfault the first time. Every completion
+appends a line to <out>/fake-log.txt. It keeps a fake prior in the worker's cache
+(``magic3d.batch.job.PRIORS``) whose every load appends the process id to <out>/prior-loads.txt.
 Like the pipeline, it refuses a run folder whose run.json holds another prompt, seed or set of
 overrides unless the job asks to restart, and then starts over from step 0.
 """
@@ -74,8 +76,17 @@ def _glb() -> bytes:
     return struct.pack("<III", 0x46546C67, 2, 12 + 8 + len(doc)) + struct.pack("<II", len(doc), 0x4E4F534A) + doc
 
 
+def fake_prior(out: Path) -> dict[str, int]:
+    with open(out / "prior-loads.txt", "a") as fh:
+        fh.write(f"{os.getpid()}\n")
+    return {"pid": os.getpid()}
+
+
 def fake_job(job: dict[str, Any], options: dict[str, Any], progress: Any) -> dict[str, Any]:
+    from magic3d.batch.job import PRIORS
+
     out = Path(options["out"])
+    prior = PRIORS.get(("fake", str(out)), lambda: fake_prior(out))
     run_dir = out / job["id"]
     ckpt = run_dir / "checkpoints"
     ckpt.mkdir(parents=True, exist_ok=True)
@@ -96,6 +107,9 @@ def fake_job(job: dict[str, Any], options: dict[str, Any], progress: Any) -> dic
     if "die" in prompt and not (run_dir / "died-once").exists():
         (run_dir / "died-once").write_text("x")
         os.kill(os.getpid(), signal.SIGKILL)
+    if "segv" in prompt and not (run_dir / "crashed-once").exists():
+        (run_dir / "crashed-once").write_text("x")
+        os.kill(os.getpid(), signal.SIGSEGV)
     if "hang" in prompt:
         time.sleep(3600)
     print(f"fake job {job['id']} starting")  # must land in the job's log, never in --json output
@@ -115,7 +129,7 @@ def fake_job(job: dict[str, Any], options: dict[str, Any], progress: Any) -> dic
     record = {**made_by, "status": "done", "timings": {"coarse": steps * step_s}}
     _atomic(record_path, json.dumps(record).encode())
     with open(out / "fake-log.txt", "a") as fh:
-        fh.write(f"{job['id']} {os.getpid()} {start}\n")
+        fh.write(f"{job['id']} {os.getpid()} {start} {prior['pid']}\n")
     loss = float("nan") if "nan" in prompt else 0.1
     files = {"usdc": run_dir / "asset.usdc", "glb": run_dir / "asset.glb", "preview": run_dir / "preview.png"}
     return {"run_dir": str(run_dir), "files": {k: str(v) for k, v in files.items()},

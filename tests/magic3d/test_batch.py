@@ -391,3 +391,75 @@ def test_plain_progress_lines_carry_the_eta(tmp_path: Path) -> None:
     assert len(done_lines) == 3 and all("eta " in line for line in done_lines)
     assert "eta -:--:--" not in done_lines[0]  # one finished job is enough to estimate
 
+
+
+# --- warm workers: one prior load per worker, failures still kept apart --------------------------
+
+
+def prior_loads(out: Path) -> list[str]:
+    return (out / "prior-loads.txt").read_text().split()
+
+
+def test_a_raise_a_segfault_and_a_hang_are_marked_while_replaced_workers_finish_the_rest(tmp_path: Path) -> None:
+    f = write(tmp_path / "p.txt", ["a red cube", "please fail now", "a blue ball", "segv once please",
+                                   "a green cone", "hang forever", "a gold ring"])
+    out = tmp_path / "out"
+    rep = Reporter(quiet=True)
+    summary = run_batch(f, BatchOptions(out=out, workers=1, retries=0, timeout=5.0), rep)
+    assert summary.done == ["a-red-cube", "a-blue-ball", "segv-once-please", "a-green-cone", "a-gold-ring"]
+    assert sorted(summary.failed) == ["hang-forever", "please-fail-now"]
+    assert "asked to fail" in summary.failed["please-fail-now"]
+    assert "timed out after 5 s" in summary.failed["hang-forever"]
+    lost = [e for e in rep.events if e["event"] == "job_failed" and e["lost"]]
+    assert [e["job"] for e in lost] == ["segv-once-please"] and lost[0]["retry"]
+    assert "killed (SIGSEGV)" in lost[0]["error"]
+    assert "will retry after: the job's worker process was killed (SIGSEGV)" in (
+        out / "segv-once-please" / "batch.log").read_text()
+    pid = {r[0]: r[1] for r in log_lines(out)}
+    # the raise left its worker running; the segfault and the hang each took theirs down
+    assert pid["a-red-cube"] == pid["a-blue-ball"] != pid["segv-once-please"] == pid["a-green-cone"] != pid["a-gold-ring"]
+    assert len({pid["a-red-cube"], pid["a-green-cone"], pid["a-gold-ring"]}) == 3
+    assert prior_loads(out) == [pid["a-red-cube"], pid["a-green-cone"], pid["a-gold-ring"]]  # once each
+    assert all(r[1] == r[3] for r in log_lines(out))  # every job used its own worker's prior
+
+
+def test_the_prior_loads_once_per_worker_or_once_per_job_with_fresh_workers(tmp_path: Path) -> None:
+    prompts = [p.replace("please fail now", "a pink cup") for p in SIX]
+    f = write(tmp_path / "p.txt", prompts)
+    warm = tmp_path / "warm"
+    summary = run_batch(f, BatchOptions(out=warm, workers=2), Reporter(quiet=True))
+    assert len(summary.done) == 6
+    pids = [r[1] for r in log_lines(warm)]
+    assert sorted(prior_loads(warm)) == sorted(set(pids)) and len(set(pids)) == 2  # two workers, one load each
+    fresh = tmp_path / "fresh"
+    summary = run_batch(f, BatchOptions(out=fresh, workers=2, jobs_per_worker=1), Reporter(quiet=True))
+    assert len(summary.done) == 6
+    pids = [r[1] for r in log_lines(fresh)]
+    assert sorted(prior_loads(fresh)) == sorted(pids) and len(set(pids)) == 6  # a process per job
+
+
+def test_a_batch_process_never_imports_torch(tmp_path: Path) -> None:
+    f = write(tmp_path / "p.txt", ["a red cube", "a blue ball"])
+    code = ("import sys; from magic3d.batch import BatchOptions, run_batch; "
+            f"run_batch({str(f)!r}, BatchOptions(out={str(tmp_path / 'out')!r}, workers=2, device='auto')); "
+            "print(sorted(m for m in ('torch', 'magic3d.pipeline', 'diffusers') if m in sys.modules))")
+    r = subprocess.run([sys.executable, "-c", code], env=_env(), capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]"  # only the workers import them
+    assert len(log_lines(tmp_path / "out")) == 2
+
+
+def test_a_run_with_a_second_prior_for_the_fine_stage_does_not_keep_the_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    import magic3d.pipeline as pipeline
+    from magic3d.batch.job import PRIORS, warm_prior
+    from magic3d.config import load_config
+
+    loads: list[str] = []
+    monkeypatch.setattr(pipeline, "load_first_prior", lambda cfg, device: loads.append(cfg.prior.id) or object())
+    PRIORS.clear()
+    one = load_config("builtin")
+    assert warm_prior(one, "cpu") is warm_prior(one, "cpu") and loads == ["builtin"]
+    assert warm_prior(one, "cuda:1") is not warm_prior(one, "cpu") and len(loads) == 3  # one model at a time
+    two = load_config("builtin", ["prior.fine_id=\"elsewhere\""])
+    assert warm_prior(two, "cpu") is not warm_prior(two, "cpu") and PRIORS.value is None  # freed for the fine one
+    PRIORS.clear()
