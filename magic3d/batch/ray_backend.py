@@ -1,8 +1,11 @@
-"""The Ray batch backend: one Ray task per prompt, for many GPUs and machines.
+"""The Ray batch backend: one actor per worker slot (a GPU each where there are GPUs), for many
+GPUs and machines.
 
-The manifest stays with the driver (this process): Ray only runs jobs. A task whose worker dies
-(killed process, lost node) comes back as ``lost`` and the job is retried, not lost; a task past
-``--timeout`` is cancelled with its worker killed. Ray is an optional extra: ``magic3d[dist]``.
+An actor runs job after job and keeps the prior its first job loaded (``job.PRIORS`` lives in
+its process). The manifest stays with the driver (this process): Ray only runs jobs. A job whose
+actor dies (killed process, lost node) comes back as ``lost`` and is retried, not lost; a job
+past ``--timeout`` has its actor killed. Either way the slot gets a new actor for its next job.
+Ray is an optional extra: ``magic3d[dist]``.
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ from magic3d.errors import InputError
 # Errors that say the worker or its node went away, not that the job itself failed.
 _LOST_ERRORS = (
     "WorkerCrashedError", "NodeDiedError", "OwnerDiedError", "ObjectLostError", "ObjectReconstructionFailedError",
-    "LocalRayletDiedError", "RaySystemError", "ActorDiedError", "OutOfMemoryError",
+    "LocalRayletDiedError", "RaySystemError", "RayActorError", "ActorDiedError", "ActorUnavailableError",
+    "OutOfMemoryError",
 )
 # Passed on to the workers so they find the same job function and code as the driver.
 _FORWARD_ENV = ("PYTHONPATH", "MAGIC3D_BATCH_JOB", "MAGIC3D_DEBUG")
@@ -34,6 +38,13 @@ def ray_job(spec: str, job: dict, options: dict) -> dict:
                 "seconds": time.time() - started}
     except Exception as exc:
         return {"ok": False, "error": describe(exc)}
+
+
+class JobActor:
+    """A Ray worker process that stays: its jobs share the prior the first one loaded."""
+
+    def run(self, spec: str, job: dict, options: dict) -> dict:
+        return ray_job(spec, job, options)
 
 
 def import_ray() -> Any:
@@ -76,16 +87,35 @@ class RayBackend:
             )
         slots = resources.get("GPU", 0) / num_gpus if num_gpus else resources.get("CPU", 0) / options.num_cpus
         self.capacity = options.workers or max(1, int(slots))
-        # max_retries=0: a crashed worker is reported to us, and the manifest decides about the retry.
-        self.remote = ray.remote(ray_job).options(num_cpus=options.num_cpus, num_gpus=num_gpus, max_retries=0)
-        self.refs: dict[Any, str] = {}
+        # No restarts or task retries: a dead actor is reported to us, and the manifest decides about the retry.
+        self.actor_class = ray.remote(JobActor).options(num_cpus=options.num_cpus, num_gpus=num_gpus,
+                                                        max_restarts=0, max_task_retries=0)
+        self.max_jobs = options.jobs_per_worker
+        self.actors: dict[int, Any] = {}  # slot -> its live actor, busy or idle
+        self.jobs_run: dict[int, int] = {}  # slot -> jobs its actor was given
+        self.refs: dict[Any, tuple[str, int]] = {}  # a running job's result -> (job id, slot)
         self.by_job: dict[str, Any] = {}
 
     def start(self, job: Job, payload: dict, options: dict) -> int:
-        ref = self.remote.remote(self.spec, payload, options)
-        self.refs[ref] = job.id
+        taken = {slot for _, slot in self.refs.values()}
+        # An idle actor first: its prior is loaded.
+        slot = min((i for i in range(self.capacity) if i not in taken), key=lambda i: (i not in self.actors, i))
+        if slot not in self.actors:
+            self.actors[slot] = self.actor_class.remote()
+            self.jobs_run[slot] = 0
+        self.jobs_run[slot] += 1
+        ref = self.actors[slot].run.remote(self.spec, payload, options)
+        self.refs[ref] = (job.id, slot)
         self.by_job[job.id] = ref
-        return len(self.by_job) - 1
+        return slot
+
+    def _retire(self, slot: int) -> None:
+        actor = self.actors.pop(slot, None)
+        if actor is not None:
+            try:
+                self.ray.kill(actor, no_restart=True)
+            except Exception:  # already dead: nothing left to stop
+                pass
 
     def wait(self, timeout: float) -> list:
         from magic3d.batch.job import Outcome
@@ -96,18 +126,21 @@ class RayBackend:
         ready, _ = self.ray.wait(list(self.refs), num_returns=len(self.refs), timeout=timeout)
         outcomes = []
         for ref in ready:
-            job_id = self.refs.pop(ref)
+            job_id, slot = self.refs.pop(ref)
             self.by_job.pop(job_id, None)
             try:
                 value = self.ray.get(ref)
-            except Exception as exc:  # the task never returned: decide whether its worker died
+            except Exception as exc:  # the job never returned: decide whether its actor died
                 names = {c.__name__ for c in type(exc).__mro__}
                 text = " ".join(str(exc).split())[:300]
                 if names & set(_LOST_ERRORS):
+                    self._retire(slot)
                     outcomes.append(Outcome(job_id, "lost", error=f"the Ray worker died ({type(exc).__name__})"))
                 else:
                     outcomes.append(Outcome(job_id, "failed", error=f"{type(exc).__name__}: {text}"))
                 continue
+            if self.max_jobs is not None and self.jobs_run.get(slot, 0) >= self.max_jobs:
+                self._retire(slot)
             if value.get("ok"):
                 outcomes.append(Outcome(job_id, "done", result=value["result"]))
             else:
@@ -115,19 +148,20 @@ class RayBackend:
         return outcomes
 
     def cancel(self, job_id: str, reason: str) -> Any:
+        """Kill the actor running ``job_id`` (Ray cannot stop one call of an actor); the slot gets a new one."""
         from magic3d.batch.job import Outcome
 
         ref = self.by_job.pop(job_id, None)
         if ref is not None:
-            self.refs.pop(ref, None)
-            try:
-                self.ray.cancel(ref, force=True)
-            except Exception:  # already finished or gone: nothing left to stop
-                pass
+            _, slot = self.refs.pop(ref, (None, None))
+            if slot is not None:
+                self._retire(slot)
         return Outcome(job_id, "failed", error=reason)
 
     def close(self) -> None:
         for job_id in list(self.by_job):
             self.cancel(job_id, "closed")
+        for slot in list(self.actors):
+            self._retire(slot)
         if self.started_ray:
             self.ray.shutdown()

@@ -38,7 +38,7 @@ def test_ray_address_without_a_cluster_is_an_input_error(tmp_path: Path, monkeyp
 
 
 @pytest.mark.slow
-def test_ray_runs_every_prompt_and_retries_a_killed_worker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_ray_actors_keep_the_prior_and_a_killed_or_hung_one_is_replaced(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     ray = pytest.importorskip("ray")
     # The workers inherit this environment from the Ray instance started below.
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), str(HERE)]))
@@ -48,7 +48,7 @@ def test_ray_runs_every_prompt_and_retries_a_killed_worker(tmp_path: Path, monke
     monkeypatch.setenv("FAKE_STEP_S", "0.05")
     monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
     f = tmp_path / "p.txt"
-    f.write_text("a red cube\ndie once please\na blue ball\nplease fail\nhang forever\n")
+    f.write_text("a red cube\ndie once please\na blue ball\nplease fail\nhang forever\na green cone\na gold ring\n")
     out = tmp_path / "out"
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
@@ -58,7 +58,8 @@ def test_ray_runs_every_prompt_and_retries_a_killed_worker(tmp_path: Path, monke
         summary = run_batch(f, BatchOptions(out=out, backend="ray", retries=0, num_gpus=0, timeout=25), rep)
     finally:
         ray.shutdown()
-    assert sorted(summary.done) == ["a-blue-ball", "a-red-cube", "die-once-please"], summary.failed
+    assert sorted(summary.done) == ["a-blue-ball", "a-gold-ring", "a-green-cone", "a-red-cube", "die-once-please"], (
+        summary.failed)
     assert sorted(summary.failed) == ["hang-forever", "please-fail"]
     assert "asked to fail" in summary.failed["please-fail"]
     assert "timed out after 25 s" in summary.failed["hang-forever"]
@@ -67,7 +68,11 @@ def test_ray_runs_every_prompt_and_retries_a_killed_worker(tmp_path: Path, monke
     assert "WorkerCrashedError" in lost[0]["error"] or "died" in lost[0]["error"]
     start = next(e for e in rep.events if e["event"] == "batch_start")
     assert start["workers"] == 2  # capacity from the cluster's 2 CPUs
-    completed = (out / "fake-log.txt").read_text().split("\n")
-    assert sorted(x.split()[0] for x in completed if x) == sorted(summary.done)
+    completed = [line.split() for line in (out / "fake-log.txt").read_text().splitlines()]
+    assert sorted(x[0] for x in completed) == sorted(summary.done)
+    loads = (out / "prior-loads.txt").read_text().split()
+    # Two actors at first, one more for each the crash and the timeout took down: each loaded the prior once.
+    assert len(loads) == len(set(loads)) <= 4 and all(x[1] == x[3] and x[1] in loads for x in completed)
+    assert len({x[1] for x in completed}) < len(completed)  # some actor ran more than one job
     assert (out / "world.usda").is_file()
 
