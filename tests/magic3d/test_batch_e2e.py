@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from magic3d.batch import BatchOptions, run_batch
 from magic3d.batch.report import Reporter
@@ -85,3 +86,42 @@ def test_six_prompts_one_made_to_fail_then_rerun(tmp_path: Path, monkeypatch: py
     second = run_batch(f, options, rep)
     assert [e["job"] for e in rep.events if e["event"] == "job_start"] == ["a-green-torus"]
     assert sorted(second.done) == sorted(s.replace(" ", "-") for s in PROMPTS) and not second.failed
+
+
+def _prior_tensors(prior: object) -> dict[str, torch.Tensor]:
+    """Every weight and buffer the prior holds, by name."""
+    found: dict[str, torch.Tensor] = {}
+    for name, value in vars(prior).items():
+        if isinstance(value, torch.nn.Module):
+            found |= {f"{name}.{k}": v for k, v in value.state_dict().items()}
+        elif isinstance(value, torch.Tensor):
+            found[name] = value
+    return found
+
+
+@pytest.mark.slow
+def test_a_warm_worker_s_jobs_share_one_prior_that_no_run_changes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    reason = pipeline_missing()
+    if reason:
+        pytest.skip(reason)
+    import magic3d.pipeline as pipeline
+    from magic3d.batch.job import PRIORS, run_job
+
+    loads: list[str] = []
+    real = pipeline.load_first_prior
+    monkeypatch.setattr(pipeline, "load_first_prior", lambda cfg, device: loads.append(cfg.prior.id) or real(cfg, device))
+    PRIORS.clear()
+    options = {"out": str(tmp_path), "prior": "builtin", "overrides": list(TINY), "device": "cpu", "seed": 3}
+    try:
+        first = run_job({"id": "first", "prompt": "a red cube", "seed": None}, options)
+        prior = PRIORS.value
+        before = {k: v.clone() for k, v in _prior_tensors(prior).items()}
+        run_job({"id": "between", "prompt": "a blue sphere", "seed": 5}, options)
+        again = run_job({"id": "again", "prompt": "a red cube", "seed": None}, options)
+        assert loads == ["builtin"] and PRIORS.value is prior  # loaded once for three jobs
+        after = _prior_tensors(prior)
+    finally:
+        PRIORS.clear()
+    assert before.keys() == after.keys() and len(before) > 10
+    assert [k for k in before if not torch.equal(before[k], after[k])] == []
+    assert first["metrics"]["coarse"] and again["metrics"] == first["metrics"]  # nothing of an earlier job carried over
