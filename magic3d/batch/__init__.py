@@ -6,7 +6,8 @@ The flow, one module per step:
     manifest.py    batch.sqlite: each job's state, leases, results (a killed driver loses nothing)
     run.py         the driver: options, retries, timeouts, a backend, the summary
     job.py         one job as every backend runs it (the real pipeline, or a hook)
-    local_backend.py / ray_backend.py   where jobs run: worker processes here, or Ray tasks
+    local_backend.py / ray_backend.py   where jobs run: warm worker processes here, or Ray actors
+    worker.py      a local worker: job after job in one process, the prior kept loaded
     report.py      what the watcher sees: JSON events (magic3d/events.schema.json) or bars
     gallery.py     world.usda and index.html over the finished assets
     cli.py         the typer command
