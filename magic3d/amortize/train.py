@@ -1,0 +1,167 @@
+"""``magic3d amortize``: plan (torch-free checks), then train one conditioned field on a prompt set.
+
+The model folder holds ``model.json`` (the prior, the prompt set, the preset and overrides it
+was trained with, its status), ``prompts.safetensors`` (each prompt's pooled conditioning),
+the loop's checkpoints and the prompts' embedding cache. Run again, the same command resumes
+from the newest checkpoint; a folder trained with another prior, prompt set or config is
+refused before any work.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from magic3d.amortize.config import AmortizedConfig, load_amortized_config
+from magic3d.errors import ConfigError, InputError
+from magic3d.progress import Notice, ProgressFn, silent
+
+RECORD = "model.json"
+CONDITIONING = "prompts.safetensors"
+STAGE = "amortize"
+
+
+@dataclass
+class TrainPlan:
+    texts: list[str]
+    cfg: AmortizedConfig
+    model_dir: Path
+    preset: str | None
+    overrides: list[str]
+
+
+@dataclass
+class TrainResult:
+    model_dir: Path
+    steps: int
+    metrics: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def run_overrides(prior: str | None, seed: int | None, device: str | None, overrides: tuple[str, ...] | list[str]) -> list[str]:
+    extra = [f"prior.id={json.dumps(prior)}"] if prior is not None else []
+    extra += list(overrides)
+    if seed is not None:
+        extra.append(f"runtime.seed={int(seed)}")
+    if device is not None:
+        extra.append(f"runtime.device={json.dumps(device)}")
+    return extra
+
+
+def read_prompt_set(path: str | Path, prior_id: str) -> list[str]:
+    """The prompts of a text or JSONL file as ``batch`` reads it, each checked against the prior, once each."""
+    from magic3d.batch.input import RunDefaults, load_batch
+    from magic3d.guidance import validate_prompt_for_prior
+
+    def check(prompt: str, **_: Any) -> None:
+        validate_prompt_for_prior(prompt, prior_id)
+
+    parsed = load_batch(path, RunDefaults(prior=prior_id), plan=check)
+    return list(dict.fromkeys(item.prompt for item in parsed.items))
+
+
+def read_model_record(model_dir: Path) -> dict | None:
+    from magic3d.storage import read_record
+
+    return read_record(Path(model_dir) / RECORD)
+
+
+def check_same_prior(record: dict, prior_id: str, model_dir: Path) -> None:
+    if record.get("prior") != prior_id:
+        raise ConfigError(f"{str(model_dir)!r} holds a model trained with prior {record.get('prior')!r}, not "
+                          f"{prior_id!r}; use --prior {record.get('prior')} or another --out.")
+
+
+def plan_training(
+    prompts_file: str | Path, out: str | Path, prior: str | None = None, preset: str | None = None,
+    overrides: tuple[str, ...] | list[str] = (), seed: int | None = None, device: str | None = None,
+    restart: bool = False,
+) -> TrainPlan:
+    """Everything checked before any work (no torch): config, prior, prompt file, model folder."""
+    from magic3d.guidance import check_prior_available
+    from magic3d.storage import check_run_folder
+
+    if not str(out).strip():
+        raise InputError("--out is empty; give the model folder to write, e.g. --out models/shapes.")
+    extra = run_overrides(prior, seed, device, overrides)
+    cfg = load_amortized_config(preset, extra)
+    prior_id = cfg.run.prior.id
+    check_prior_available(prior_id, cfg.run.prior)
+    texts = read_prompt_set(prompts_file, prior_id)
+    model_dir = Path(out)
+    check_run_folder(model_dir)
+    record = read_model_record(model_dir)
+    if record and not restart:
+        check_same_prior(record, prior_id, model_dir)
+        if record.get("prompts") != texts or record.get("config") != cfg.to_dict():
+            raise ConfigError(f"{str(model_dir)!r} holds a model of another prompt set or config; pass --restart "
+                              "to replace it or choose another --out.")
+    if cfg.run.runtime.device.startswith("cuda"):
+        from magic3d.plan import resolve_device
+
+        resolve_device(cfg.run.runtime.device)
+    return TrainPlan(texts, cfg, model_dir, preset, extra)
+
+
+def train(
+    prompts_file: str | Path, out: str | Path, prior: str | None = None, preset: str | None = None,
+    overrides: tuple[str, ...] | list[str] = (), seed: int | None = None, device: str | None = None,
+    restart: bool = False, progress: ProgressFn = silent, notice: Notice | None = None,
+) -> TrainResult:
+    """Train (or resume) the amortized model of every prompt in ``prompts_file`` into ``out``."""
+    plan = plan_training(prompts_file, out, prior, preset, overrides, seed, device, restart)
+    return run_training(plan, restart, progress, notice or (lambda message: None))
+
+
+def run_training(plan: TrainPlan, restart: bool, progress: ProgressFn, notice: Notice) -> TrainResult:
+    import torch
+    from safetensors.torch import save_file
+
+    from magic3d.amortize.model import AmortizedModel, PromptSet
+    from magic3d.checkpoint import foreign_checkpoints, made_by_message, resume_notice, run_identity
+    from magic3d.pipeline import clear_checkpoints, load_first_prior, versions
+    from magic3d.plan import resolve_device
+    from magic3d.stages.loop import LoopSpec, autocast_dtype, run_loop
+    from magic3d.storage import atomic_path, atomic_write_text, confined, ensure_writable_dir
+
+    cfg, model_dir = plan.cfg, plan.model_dir
+    config = cfg.to_dict()
+    made_by = run_identity("\n".join(plan.texts), config)
+    if not restart and foreign_checkpoints(model_dir / "checkpoints", made_by):
+        raise ConfigError(made_by_message(model_dir / "checkpoints"))
+    runtime = cfg.run.runtime
+    device = resolve_device(runtime.device)
+    if runtime.threads:
+        torch.set_num_threads(runtime.threads)
+    prior = load_first_prior(cfg.run, device)  # before anything is written: a prior that fails leaves no folder
+    ensure_writable_dir(model_dir.parent if str(model_dir.parent) else Path("."))
+    clock = time.perf_counter()
+    with confined(model_dir.parent):
+        ensure_writable_dir(model_dir)
+        if restart:
+            clear_checkpoints(model_dir)
+        record: dict[str, Any] = {
+            "prior": cfg.run.prior.id, "prompts": plan.texts, "preset": plan.preset, "overrides": plan.overrides,
+            "config": config, "seed": runtime.seed, "device": str(device), "status": "training",
+            "versions": versions(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        atomic_write_text(model_dir / RECORD, json.dumps(record, indent=2))
+        prompts = PromptSet.build(plan.texts, prior, cfg, model_dir / "cache")
+        with atomic_path(model_dir / CONDITIONING) as tmp:
+            save_file({"cond": prompts.conditioning.detach().cpu().contiguous()}, str(tmp))
+        with torch.random.fork_rng(devices=[]):  # the grid's initial values, the caller's RNG untouched
+            torch.manual_seed(runtime.seed)
+            model = AmortizedModel(cfg, prior, prompts, device, runtime.seed)
+        steps = cfg.amortize.steps
+        spec = LoopSpec(STAGE, steps, cfg.amortize.checkpoint_every, steps, device_type=device.type,
+                        autocast=autocast_dtype(runtime.precision, device), made_by=made_by)
+        if not restart and (line := resume_notice(model_dir, {STAGE: steps})):
+            notice(line)
+        result = run_loop(model, spec, model_dir, torch.Generator().manual_seed(runtime.seed), progress, not restart)
+        record.update(status="done", steps=result.steps, metrics=result.metrics,
+                      finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+        atomic_write_text(model_dir / RECORD, json.dumps(record, indent=2))
+    return TrainResult(model_dir, result.steps, result.metrics, time.perf_counter() - clock)
