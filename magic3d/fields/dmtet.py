@@ -30,6 +30,8 @@ import torch.nn.functional as F
 from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
 
+from magic3d.fields.tunnels import seal_tunnels
+
 # Holes in a hollow NeRF's shell up to this wide (world units; 4 cells of a resolution-64 grid) are sealed
 # while looking for the hollow behind them (see fill_hidden_space); the holes themselves stay open.
 SEALED_HOLE_WIDTH = 0.25
@@ -232,6 +234,14 @@ class DMTet(nn.Module):
 
     def extract(self) -> tuple[Float[Tensor, "M 3"], Int[Tensor, "F 3"]]:
         return marching_tetrahedra(self.vertices(), self.tets, self.effective_sdf())
+
+    @torch.no_grad()
+    def extract_sealed(self, seal_width: float) -> tuple[Float[Tensor, "M 3"], Int[Tensor, "F 3"], int]:
+        """The mesh with tunnels up to ``seal_width`` (world units) wide sealed (see
+        ``magic3d.fields.tunnels``), and how many were; for the final mesh, not for training."""
+        iterations = max(1, round(0.5 * seal_width / self.cell)) if seal_width > 0 else 0
+        sdf, sealed = seal_tunnels(self.effective_sdf(), self.tets, self.cells, iterations, 0.05 * self.cell)
+        return (*marching_tetrahedra(self.vertices(), self.tets, sdf), sealed)
 
     @torch.no_grad()
     def init_from_sdf(self, sdf_fn: Callable[[Tensor], Tensor]) -> None:

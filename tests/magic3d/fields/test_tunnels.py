@@ -1,0 +1,78 @@
+"""Tunnels narrower than the seal width are closed before the final mesh; wide holes and concave
+corners keep their shape."""
+
+from __future__ import annotations
+
+import torch
+
+from magic3d.fields.dmtet import DMTet, marching_tetrahedra
+from magic3d.fields.tunnels import seal_tunnels
+from magic3d.surface import surface_report
+
+
+def grid() -> DMTet:
+    return DMTet(64)  # 32 cells of 0.0625 per side of [-1, 1]^3
+
+
+def torus_sdf(points: torch.Tensor, major: float, minor: float) -> torch.Tensor:
+    ring = torch.stack([points[:, [0, 2]].norm(dim=-1) - major, points[:, 1]], -1)
+    return ring.norm(dim=-1) - minor
+
+
+def genus(dmtet: DMTet, sdf: torch.Tensor) -> tuple[int, int]:
+    v, f = marching_tetrahedra(dmtet.grid_vertices, dmtet.tets, sdf)
+    report = surface_report(v.numpy(), f.numpy())
+    assert report.watertight
+    return report.genus, report.bodies
+
+
+def test_a_torus_whose_hole_is_a_slit_is_sealed_to_a_ball():
+    d = grid()
+    sdf = torus_sdf(d.grid_vertices, major=0.34, minor=0.3)  # hole 0.08 across: about one cell
+    assert genus(d, sdf) == (1, 1)
+    sealed, count = seal_tunnels(sdf, d.tets, d.cells, iterations=1, depth=0.003)
+    assert count == 1 and genus(d, sealed) == (0, 1)
+    changed = sealed != sdf
+    assert 0 < int(changed.sum()) < 40  # a membrane across the slit, nothing else
+    assert (d.grid_vertices[changed][:, [0, 2]].norm(dim=-1) < 0.1).all()
+    assert (sealed[changed] == -0.003).all()
+
+
+def test_a_wide_hole_stays_open():
+    d = grid()
+    sdf = torus_sdf(d.grid_vertices, major=0.6, minor=0.25)
+    sealed, count = seal_tunnels(sdf, d.tets, d.cells, iterations=2, depth=0.003)
+    assert count == 0 and sealed is sdf and genus(d, sealed) == (1, 1)
+
+
+def test_concave_corners_and_a_cup_are_not_filled():
+    d = grid()
+    p = d.grid_vertices
+    box = lambda centre, half: ((p - torch.tensor(centre)).abs() - torch.tensor(half)).amax(-1)  # noqa: E731
+    l_shape = torch.minimum(box([0, 0, 0], [0.5, 0.1, 0.5]), box([-0.4, 0.4, 0], [0.1, 0.4, 0.5]))
+    cup = torch.maximum(box([0, 0, 0], [0.5, 0.5, 0.5]), -box([0, 0.3, 0], [0.4, 0.5, 0.4]))
+    for sdf in (l_shape, cup):
+        sealed, count = seal_tunnels(sdf, d.tets, d.cells, iterations=1, depth=0.003)
+        assert count == 0 and sealed is sdf
+
+
+def test_two_slits_are_both_sealed_and_counted():
+    d = grid()
+    p = d.grid_vertices
+    left = torus_sdf(p - torch.tensor([-0.5, 0.0, 0.0]), major=0.22, minor=0.18)
+    right = torus_sdf(p - torch.tensor([0.5, 0.0, 0.0]), major=0.22, minor=0.18)
+    bar = ((p - torch.tensor([0.0, 0.0, 0.0])).abs() - torch.tensor([0.4, 0.1, 0.1])).amax(-1)
+    sdf = torch.minimum(torch.minimum(left, right), bar)
+    assert genus(d, sdf) == (2, 1)
+    sealed, count = seal_tunnels(sdf, d.tets, d.cells, iterations=1, depth=0.003)
+    assert count == 2 and genus(d, sealed) == (0, 1)
+
+
+def test_extract_sealed_reports_the_seal_and_zero_width_turns_it_off():
+    d = grid()
+    d.sdf.data.copy_(torus_sdf(d.grid_vertices, major=0.34, minor=0.3))
+    v, f, sealed = d.extract_sealed(0.1)
+    assert sealed == 1 and surface_report(v.numpy(), f.numpy()).genus == 0
+    v, f, sealed = d.extract_sealed(0.0)
+    assert sealed == 0 and surface_report(v.numpy(), f.numpy()).genus == 1
+    assert torch.equal(f, d.extract()[1])
