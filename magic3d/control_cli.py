@@ -1,0 +1,84 @@
+"""``magic3d texture`` and ``magic3d edit``: typer commands over ``magic3d.control_plan``.
+
+``magic3d.cli`` calls ``register(app)``. Nothing here imports torch: bad input is refused by the
+planner before the pipeline is imported.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from magic3d.control_plan import EDIT_LR_SCALE, EDIT_STEPS
+
+OutOpt = Annotated[str, typer.Option("--out", "-o", help="Output folder; the run goes in a folder under it.")]
+PresetOpt = Annotated[str | None, typer.Option("--preset", "-p", help="Preset name or a YAML file.")]
+PriorOpt = Annotated[str | None, typer.Option("--prior", help="Diffusion prior: 'builtin', a hub id or a folder.")]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="Config override KEY=VALUE. Repeatable.")]
+SeedOpt = Annotated[int | None, typer.Option("--seed", help="Random seed (default: runtime.seed).")]
+DeviceOpt = Annotated[str | None, typer.Option("--device", help="cpu, cuda, cuda:N or auto.")]
+RestartOpt = Annotated[bool, typer.Option("--restart", help="Ignore checkpoints and start over.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars; print only result paths.")]
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``texture`` and ``edit`` commands to ``app``."""
+    app.command("texture")(texture)
+    app.command("edit")(edit)
+
+
+def texture(
+    file: Annotated[str, typer.Argument(help="A closed mesh: .glb/.gltf/.obj/.ply/.stl/.usd/.usda/.usdc/.usdz.")],
+    prompt: Annotated[str, typer.Argument(help="What it should look like, e.g. \"a red cube\".")],
+    out: OutOpt = "outputs",
+    preset: PresetOpt = None,
+    prior: PriorOpt = None,
+    overrides: SetOpt = None,
+    seed: SeedOpt = None,
+    device: DeviceOpt = None,
+    size_m: Annotated[float | None, typer.Option("--size", help="Largest side in metres (default: the mesh's own).")] = None,
+    restart: RestartOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Texture the mesh in FILE from PROMPT, keeping its geometry exactly (the fine stage's texture only)."""
+    from magic3d.control_plan import plan_texture
+
+    planned = plan_texture(file, prompt, out, preset, prior, overrides or [], seed, device, size_m)
+    run(planned, out, restart, quiet)
+
+
+def edit(
+    run_dir: Annotated[str, typer.Argument(help="A finished run folder (holding run.json).")],
+    prompt: Annotated[str, typer.Argument(help="The new prompt, e.g. \"a red torus\".")],
+    out: OutOpt = "outputs",
+    keep: Annotated[str, typer.Option("--keep", help="geometry: only the appearance changes; none: shape too.")] = "none",
+    steps: Annotated[int, typer.Option("--steps", help="Coarse steps of fine-tuning the source's field.")] = EDIT_STEPS,
+    lr_scale: Annotated[float, typer.Option("--lr-scale", help="Of the source's coarse learning rate.")] = EDIT_LR_SCALE,
+    overrides: SetOpt = None,
+    seed: SeedOpt = None,
+    device: DeviceOpt = None,
+    restart: RestartOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Edit the finished run in RUN_DIR with PROMPT (Magic3D's prompt editing); the source is never modified."""
+    from magic3d.control_plan import plan_edit
+
+    planned = plan_edit(run_dir, prompt, out, keep, steps, lr_scale, overrides or [], seed, device)
+    run(planned, out, restart, quiet)
+
+
+def run(planned: tuple, out: str, restart: bool, quiet: bool) -> None:
+    from pathlib import Path
+
+    from magic3d.progress import console_progress
+    from magic3d.storage import ensure_writable_dir
+
+    ensure_writable_dir(Path(out))
+    from magic3d.pipeline import run_planned
+
+    with console_progress(quiet) as progress:
+        result = run_planned(*planned, restart=restart, progress=progress,
+                             notice=None if quiet else (lambda message: typer.echo(message, err=True)))
+    for fmt, path in result.files.items():
+        typer.echo(f"{fmt}: {path}")

@@ -1,0 +1,33 @@
+"""The ``control`` config section: a run that starts from the user's shape, textures the user's
+mesh, or edits a finished run (issue 23). No torch: ``magic3d.config`` checks it before any work.
+
+Paths live in the config so that they reach run.json and the run's identity; the planner adds
+the SHA-256 of what they point at, so a file changed since is another run, never resumed into.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+
+@dataclass
+class ControlConfig:
+    # ``generate --init-shape``: the coarse density starts from this mesh instead of the blob.
+    init_shape: str = ""
+    # ``magic3d texture``: this mesh is kept exactly and only a texture is optimised on it.
+    texture_mesh: str = ""
+    # ``magic3d edit``: the finished run folder this run starts from, and what it keeps.
+    edit_from: str = ""
+    edit_keep: Literal["geometry", "none"] = "none"
+    # Set by the planner, not by hand: SHA-256 of the mesh file (or of the source run's run.json).
+    source_sha256: str = ""
+    # Half the largest side of the user's mesh once placed in the scene, in scene units: about
+    # what the built-in prior's objects span (canonical half-sides 0.45 to 0.85).
+    extent: float = 0.6
+    # Steps of regressing the coarse field's density onto the mesh's before SDS starts.
+    init_fit_steps: int = 150
+    # Width (scene units) of the band of signed distance over which the target density goes from
+    # full inside to empty outside: a few voxels of the finest grid level, so the fit can follow it.
+    init_width: float = 0.04
+    init_points: int = 4096  # points per fitting step
