@@ -89,3 +89,79 @@ def test_resumed_training_matches_uninterrupted(tmp_path):
     assert got.keys() == expected.keys()
     for key in expected:
         assert torch.equal(got[key], expected[key]), key
+
+
+def test_generate_from_seen_and_unseen_prompts(model, tmp_path):
+    from pxr import Usd
+
+    out = tmp_path / "out"
+    seen = cli("generate", "a red cube", "--from", str(model), "--out", str(out), "--quiet")
+    assert seen.returncode == 0, seen.stderr
+    unseen = cli("generate", "a blue cube", "--from", str(model), "--out", str(out), "--quiet")
+    assert unseen.returncode == 0, unseen.stderr
+    for slug, flag in (("a-red-cube", False), ("a-blue-cube", True)):
+        record = json.loads((out / slug / "run.json").read_text())
+        assert record["unseen"] is flag and record["from"] == str(model) and record["prior"] == "builtin"
+        assert record["timings"]["forward"] >= 0 and record["metrics"]["faces"] > 0
+        assert Usd.Stage.Open(str(out / slug / "asset.usda")).GetDefaultPrim()
+        assert (out / slug / "asset.glb").stat().st_size > 0
+    assert f"glb: {out / 'a-red-cube' / 'asset.glb'}" in seen.stdout
+
+
+def test_interpolate_writes_frames_gif_and_one_usd(model, tmp_path):
+    from PIL import Image
+    from pxr import Usd
+
+    out = tmp_path / "morph"
+    done = cli("interpolate", str(model), "a red cube", "a blue sphere", "--frames", "3", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.parent.name for p in (out / "frames").glob("*/asset.glb")) == ["frame-00", "frame-01", "frame-02"]
+    assert Image.open(out / "morph.gif").n_frames == 3
+    stage = Usd.Stage.Open(str(out / "sequence.usda"))
+    variants = stage.GetDefaultPrim().GetVariantSets().GetVariantSet("frame")
+    assert variants.GetVariantNames() == ["frame_00", "frame_01", "frame_02"]
+    variants.SetVariantSelection("frame_02")
+    assert stage.GetDefaultPrim().GetChild("Geometry").IsValid()  # the reference resolves to the frame's asset
+    record = json.loads((out / "interpolation.json").read_text())
+    assert [f["s"] for f in record["frames"]] == [0.0, 0.5, 1.0]
+
+
+def one_error(result: subprocess.CompletedProcess) -> str:
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    return lines[0]
+
+
+def test_bad_input_is_one_line_before_any_work(model, tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("# nothing here\n\n")
+    assert "holds no prompts" in one_error(cli("amortize", str(empty), "--out", str(tmp_path / "m1")))
+    refused = tmp_path / "refused.txt"
+    refused.write_text("a red cube\na flying spaghetti monster\n")
+    assert "line 2" in one_error(cli("amortize", str(refused), "--out", str(tmp_path / "m2")))
+    assert not (tmp_path / "m1").exists() and not (tmp_path / "m2").exists()
+    # A model folder of another prior: refused by amortize (resume) and by generate --from.
+    other = tmp_path / "other"
+    other.mkdir()
+    record = json.loads((model / "model.json").read_text())
+    (other / "model.json").write_text(json.dumps({**record, "prior": "stabilityai/stable-diffusion-2-1-base"}))
+    prompts = tmp_path / "p.txt"
+    prompts.write_text(PROMPTS)
+    assert "trained with prior" in one_error(cli("amortize", str(prompts), "--out", str(other), "--prior", "builtin",
+                                                 *sets(TINY)))
+    assert "trained with prior" in one_error(cli("generate", "a red cube", "--from", str(model), "--prior",
+                                                 "stabilityai/stable-diffusion-2-1-base", "--out", str(tmp_path / "g")))
+    assert "does not know" in one_error(cli("generate", "a purple dragon", "--from", str(model), "--out", str(tmp_path / "g")))
+    assert "not an amortized model" in one_error(cli("generate", "a red cube", "--from", str(tmp_path), "--out",
+                                                     str(tmp_path / "g")))
+    assert "--frames" in one_error(cli("interpolate", str(model), "a red cube", "a blue cube", "--frames", "1",
+                                       "--out", str(tmp_path / "i")))
+    assert not (tmp_path / "g").exists() and not (tmp_path / "i").exists()
+
+
+def test_commands_import_no_torch():
+    code = "import sys, magic3d.amortize.cli, magic3d.amortize.generate, magic3d.amortize.interpolate; " \
+           "print('torch' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert done.stdout.strip() == "False"
