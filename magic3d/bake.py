@@ -20,6 +20,7 @@ from jaxtyping import Float
 from PIL import Image
 from torch import Tensor
 
+from magic3d.config_sections import BakeConfig
 from magic3d.errors import RunError
 from magic3d.surface import close_holes, surface_report, untangle
 
@@ -28,21 +29,6 @@ ColorFn = Callable[[Float[Tensor, "N 3"]], Float[Tensor, "N 3"]]
 # Texels this close to a chart get their own colour query (at the nearest point of the nearest
 # triangle), so bilinear lookups at chart borders read the surface, not a copy of its neighbour.
 EXACT_GUTTER_PX = 2.0
-
-
-@dataclass
-class BakeConfig:
-    texture_size: int = 1024  # 2048 is the most AR Quick Look accepts
-    face_budget: int = 100_000  # decimate above this; xatlas takes ~1-2 min per 100k faces on a CPU; 0 keeps all
-    normal_map: bool = True  # when decimation removed detail, bake it back as a tangent-space normal map
-    merge_distance: float = 1e-5  # vertices closer than this (scene units) become one
-    min_component_fraction: float = 0.01  # drop floating pieces with fewer faces than this share
-    dilate_px: int = 16  # colour grown this far outside charts; beyond it the mean colour
-    padding_px: int = 4  # empty texels between charts in the atlas
-    atlas_piece_faces: int = 20_000  # larger meshes are unwrapped in spatial pieces (xatlas is superlinear)
-    roughness: float = 0.8
-    metallic: float = 0.0
-    query_chunk: int = 262_144  # points per texture-field call
 
 
 @dataclass

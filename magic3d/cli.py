@@ -60,36 +60,48 @@ def generate(
                                               "magic3d/events.schema.json), ending with the result; no bars.")] = False,
 ) -> None:
     """Optimise a 3D asset for PROMPT and write it in the configured formats."""
-    from magic3d.pipeline import generate as run_generate
     from magic3d.progress import console_progress
 
+    options = dict(preset=preset, prior=prior, overrides=overrides or [], seed=seed, device=device)
     if json_events:
-        generate_json(prompt, out, dict(preset=preset, prior=prior, overrides=overrides or [], seed=seed,
-                                        device=device, restart=restart))
+        generate_json(prompt, out, options, restart)
         return
+    planned = plan_generate(prompt, out, options)
+    from magic3d.pipeline import run_planned
+
     with console_progress(quiet) as progress:
-        result = run_generate(
-            prompt, out=out, preset=preset, prior=prior, overrides=overrides or [], seed=seed,
-            device=device, restart=restart, progress=progress,
-            notice=None if quiet else (lambda message: typer.echo(message, err=True)),
-        )
+        result = run_planned(*planned, restart=restart, progress=progress,
+                             notice=None if quiet else (lambda message: typer.echo(message, err=True)))
     for fmt, path in result.files.items():
         typer.echo(f"{fmt}: {path}")
 
 
-def generate_json(prompt: str, out: str, options: dict) -> None:
+def plan_generate(prompt: str, out: str, options: dict) -> tuple:
+    """Every check of ``generate`` (``magic3d.plan``, no torch): bad input is refused in well
+    under a second, and the pipeline is imported only for a run that will happen."""
+    from magic3d.plan import plan_run
+    from magic3d.storage import ensure_writable_dir
+
+    planned = plan_run(prompt, out=out, **options)
+    ensure_writable_dir(Path(out))
+    return planned
+
+
+def generate_json(prompt: str, out: str, options: dict, restart: bool) -> None:
     """``generate --json``: the run as events (batch's Reporter, one schema for both commands)."""
     import time
 
     from magic3d.batch.report import Reporter
-    from magic3d.pipeline import generate as run_generate
 
     reporter = Reporter(json_mode=True)
     clock = time.perf_counter()
     reporter.emit("run_start", prompt=prompt, out=str(out))
     try:
-        result = run_generate(
-            prompt, out=out, **options,
+        planned = plan_generate(prompt, out, options)
+        from magic3d.pipeline import run_planned
+
+        result = run_planned(
+            *planned, restart=restart,
             progress=lambda stage, step, total, loss: reporter.emit("progress", stage=stage, step=int(step),
                                                                     total=int(total), loss=float(loss)),
             notice=lambda message: reporter.emit("notice", message=message),

@@ -19,11 +19,9 @@ from typing import Any, Literal
 
 import yaml
 
-from magic3d.bake import BakeConfig
+from magic3d.config_sections import BakeConfig, CoarseConfig, FineConfig
 from magic3d.errors import ConfigError, InputError
 from magic3d.guidance import PriorConfig
-from magic3d.stages.coarse import CoarseConfig
-from magic3d.stages.fine import FineConfig
 from magic3d.storage import read_input_text
 
 PRESET_DIR = Path(__file__).parent / "presets"

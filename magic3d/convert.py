@@ -28,13 +28,14 @@ MAX_SIZE_M = 1e6
 
 
 def parse_formats(formats: str | None) -> list[str]:
-    from exporters import FORMATS
-    from magic3d.config import shown
+    # EXPORT_FORMATS, not exporters.FORMATS (the same list): the writers (trimesh, USD) are
+    # imported only once the input is checked.
+    from magic3d.config import EXPORT_FORMATS, shown
 
     chosen = [f.strip().lower() for f in (formats or "usdz").split(",") if f.strip()]
-    unknown = [f for f in chosen if f not in FORMATS]
+    unknown = [f for f in chosen if f not in EXPORT_FORMATS]
     if unknown or not chosen:
-        raise InputError(f"Unknown format {shown(unknown or formats)}; choose from {', '.join(FORMATS)}.")
+        raise InputError(f"Unknown format {shown(unknown or formats)}; choose from {', '.join(EXPORT_FORMATS)}.")
     return list(dict.fromkeys(chosen))
 
 
@@ -43,7 +44,6 @@ def convert_file(
     size_m: float = 1.0,
 ) -> dict[str, Path]:
     """Write ``<out>/asset.<format>`` for each format (``out`` defaults to ``<stem>/`` beside the file)."""
-    from exporters import AssetInfo, export_asset
     from magic3d.config import shown
     from magic3d.info import package_versions
     from magic3d.preview import READABLE, read_parts
@@ -66,6 +66,8 @@ def convert_file(
     for fmt in chosen:
         if (out_dir / f"asset.{fmt}").resolve() == source.resolve():
             raise InputError(f"Converting {str(source)!r} into {str(out_dir)!r} would overwrite it; choose another --out.")
+    from exporters import AssetInfo, export_asset
+
     parts = read_parts(source)
     mesh = one_mesh(parts)
     if len(mesh.faces) == 0:

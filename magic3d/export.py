@@ -89,7 +89,6 @@ def reexport(
     run_dir: Path, formats: str | None = None, up_axis: str | None = None, size_m: float | None = None
 ) -> dict[str, Path]:
     """Write ``formats`` (comma-separated) for a finished run; defaults come from its run.json."""
-    from exporters import load_asset
     from magic3d.config import EXPORT_FORMATS, shown
     from magic3d.storage import check_run_folder, confined, read_record
 
@@ -116,6 +115,7 @@ def reexport(
     size = size_m if size_m is not None else export_cfg.get("size_m", 1.0)
     if isinstance(size, bool) or not isinstance(size, int | float) or not math.isfinite(size) or not size > 0:
         raise InputError(f"--size must be a positive, finite number of metres, not {shown(size)}.")
+    from exporters import load_asset  # the writers (trimesh, USD) only once the input is checked
 
     try:
         mesh = load_asset(baked)

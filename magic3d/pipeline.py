@@ -18,9 +18,9 @@ from typing import Any
 import torch
 
 from magic3d.checkpoint import foreign_checkpoints, made_by_message, resume_notice, run_identity
-from magic3d.config import Config, load_config, to_dict
-from magic3d.errors import ConfigError, InputError, RunError
-from magic3d.naming import clean_prompt, slugify
+from magic3d.config import Config, to_dict
+from magic3d.errors import ConfigError, RunError
+from magic3d.plan import plan_config, plan_run, resolve_device  # noqa: F401  (plan_config: re-exported)
 from magic3d.progress import Notice, ProgressFn, silent
 from magic3d.storage import (
     atomic_write_text,
@@ -29,7 +29,6 @@ from magic3d.storage import (
     ensure_writable_dir,
     read_record,
 )
-
 
 # (config, device) -> the run's first prior; the pipeline only reads it, so it may serve many runs.
 PriorLoader = Callable[[Config, "torch.device"], Any]
@@ -41,57 +40,6 @@ class RunResult:
     files: dict[str, Path]
     metrics: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage of the run that made it
-
-
-def plan_run(
-    prompt: str,
-    out: str | Path = "outputs",
-    preset: str | None = None,
-    prior: str | None = None,
-    overrides: list[str] | tuple[str, ...] = (),
-    seed: int | None = None,
-    device: str | None = None,
-    name: str | None = None,
-) -> tuple[str, Config, Path]:
-    """Check everything cheap to check and return (prompt, config, run folder). Writes nothing."""
-    from magic3d.guidance import validate_prompt_for_prior
-
-    if not str(out).strip():
-        raise InputError("--out is empty; give the folder to write into, e.g. --out outputs.")
-    text = clean_prompt(prompt)
-    cfg = plan_config(preset, prior, tuple(overrides), seed, device)
-    for model in dict.fromkeys((cfg.prior.id, cfg.prior.fine_id or cfg.prior.id)):
-        validate_prompt_for_prior(text, model)
-    run_dir = Path(out) / (name or slugify(text))
-    check_run_folder(run_dir)
-    return text, cfg, run_dir
-
-
-def plan_config(
-    preset: str | None = None,
-    prior: str | None = None,
-    overrides: tuple[str, ...] = (),
-    seed: int | None = None,
-    device: str | None = None,
-) -> Config:
-    """The checked config of a run (priors found, device present): the prompt-independent half of
-    ``plan_run``, which a batch of many lines with the same settings needs only once."""
-    from magic3d.guidance import check_prior_available
-
-    extra = list(overrides)
-    if prior is not None:
-        extra = [f"prior.id={json.dumps(prior)}", *extra]
-    if seed is not None:
-        extra.append(f"runtime.seed={int(seed)}")
-    if device is not None:
-        extra.append(f"runtime.device={json.dumps(device)}")
-    if preset is None:
-        preset = "builtin" if (prior or "builtin") == "builtin" else "fast"
-    cfg = load_config(preset, extra)
-    for model in dict.fromkeys((cfg.prior.id, cfg.prior.fine_id or cfg.prior.id)):
-        check_prior_available(model, cfg.prior)
-    resolve_device(cfg.runtime.device)
-    return cfg
 
 
 def generate(
@@ -206,14 +154,6 @@ def clear_checkpoints(run_dir: Path) -> None:
         for p in ckpt.iterdir():
             if p.is_file():
                 p.unlink()
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu.")
-    return torch.device(name)
 
 
 def versions() -> dict[str, str | None]:

@@ -31,7 +31,6 @@ def read_parts(asset: Path) -> list:
 def preview_file(asset: Path, out: Path | None = None, frames: int = 24, resolution: int = 256) -> Path:
     """Render ``frames`` views around ``asset`` into a GIF (default: ``<asset stem>.gif`` beside it)."""
     from magic3d.storage import atomic_path, ensure_writable_dir, path_kind, require_file
-    from renderers.turntable import render_turntable, write_gif
 
     asset = Path(asset)
     if asset.suffix.lower() not in READABLE:
@@ -46,6 +45,9 @@ def preview_file(asset: Path, out: Path | None = None, frames: int = 24, resolut
         raise InputError(f"The preview is a GIF; give --out a .gif path, not {out.name!r}.")
     if path_kind(out) not in ("nothing", "a file"):
         raise InputError(f"--out {str(out)!r} is {path_kind(out)}, not a GIF file; choose another path.")
+    # The renderer imports torch: only once the input is checked.
+    from renderers.turntable import render_turntable, write_gif
+
     parts = read_parts(asset)
     ensure_writable_dir(out.parent)
     images = render_turntable(parts, frames=frames, resolution=resolution)

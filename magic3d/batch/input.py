@@ -166,10 +166,10 @@ def pipeline_check(defaults: RunDefaults) -> LineCheck | None:
     """
     try:
         from magic3d.guidance import validate_prompt_for_prior
-        from magic3d.pipeline import plan_config
+        from magic3d.plan import plan_config
     except ImportError:  # a pipeline without the split: plan_run per line, or only clean and name
         try:
-            from magic3d.pipeline import plan_run
+            from magic3d.plan import plan_run
         except ImportError:
             return None
         return hook_check(plan_run, defaults)

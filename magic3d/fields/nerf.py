@@ -6,33 +6,13 @@ object instead of empty space; the background is a small MLP of the view directi
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor, nn
 
+from magic3d.config_sections import FieldConfig
 from magic3d.fields.encoding import hash_encoding
-
-
-@dataclass
-class FieldConfig:
-    levels: int = 16
-    features_per_level: int = 2
-    log2_hashmap_size: int = 19
-    min_res: int = 16
-    max_res: int = 2048
-    hidden: int = 64
-    bound: float = 1.0  # the field lives in the sphere/cube of this radius
-    # Magic3D's initial density bump at the centre, added to the raw density before the activation.
-    # "magic3d": blob_density * (1 - |x| / blob_radius), solid inside the radius and strongly empty
-    # outside it; "gaussian": blob_density * exp(-|x|^2 / (2 blob_radius^2)) (DreamFusion's shape).
-    blob: str = "magic3d"
-    blob_density: float = 10.0
-    blob_radius: float = 0.5
-    density_bias: float = 0.0  # added before softplus; the Gaussian blob wants about -1 to keep empty space empty
-    background: str = "learned"  # "learned" (MLP of view direction) or "white"
 
 
 class NeRFField(nn.Module):

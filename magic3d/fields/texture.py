@@ -7,27 +7,13 @@ re-extraction of the DMTet surface; baking samples the same field at the final m
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
+from magic3d.config_sections import TextureConfig
 from magic3d.fields.encoding import hash_encoding
-
-
-@dataclass
-class TextureConfig:
-    # Sized for CPU runs: the paper-sized grid (16 levels, 2^19 entries, max_res 2048) has 16M
-    # parameters and nerfstudio's PyTorch hash grid gives dense gradients, so every Adam step
-    # touches all of them (seconds per step on CPU). GPU presets should set the paper sizes.
-    levels: int = 12
-    features_per_level: int = 2
-    log2_hashmap_size: int = 15
-    min_res: int = 16
-    max_res: int = 512
-    hidden: int = 32
-    bound: float = 1.0
 
 
 class TextureField(nn.Module):

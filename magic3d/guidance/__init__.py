@@ -3,17 +3,23 @@
 A prior is named by ``builtin``, a hub id (``stabilityai/stable-diffusion-2-1-base``,
 ``DeepFloyd/IF-I-XL-v1.0``) or a local folder in diffusers layout (fine-tuned and DreamBooth
 checkpoints load the same way). The model family is read from ``model_index.json``.
+
+Importing this package imports no torch: the checks (``check_prior_available``,
+``validate_prompt_for_prior``) run before any work, and torch comes with ``load_prior``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import torch
-
+from magic3d.config_sections import SDSConfig
 from magic3d.errors import PriorError
-from magic3d.guidance.base import Prior, SDSConfig, SDSOutput, TextEmbeddings
+
+if TYPE_CHECKING:
+    import torch
+
+    from magic3d.guidance.base import Prior
 
 BUILTIN = "builtin"
 
@@ -41,6 +47,8 @@ def load_prior(id_or_path: str, cfg: PriorConfig, device: torch.device, offload:
     (``runtime.offload``) also keeps Stable Diffusion's VAE decoder, which SDS never runs, on
     the CPU. The built-in prior is a few MB and ignores it.
     """
+    import torch
+
     if id_or_path == BUILTIN:
         from magic3d.guidance.builtin import load_builtin_prior
 
@@ -72,7 +80,7 @@ def check_prior_available(id_or_path: str, cfg: PriorConfig) -> None:
     cover their files and JSON that parses; a hub id not cached needs a writable cache folder and
     a hub that answers, with no pickle-only component in its listing."""
     if id_or_path == BUILTIN:
-        from magic3d.guidance.builtin import WEIGHTS_DIR, weights_available
+        from magic3d.guidance.builtin_words import WEIGHTS_DIR, weights_available
 
         if not weights_available():
             raise PriorError(f"The built-in prior's weights are missing from {str(WEIGHTS_DIR)!r}; reinstall magic3d.")
@@ -85,9 +93,19 @@ def check_prior_available(id_or_path: str, cfg: PriorConfig) -> None:
 def validate_prompt_for_prior(prompt: str, id_or_path: str) -> None:
     """Prompts any open-vocabulary prior accepts; the built-in prior checks its vocabulary."""
     if id_or_path == BUILTIN:
-        from magic3d.guidance.builtin import validate_prompt
+        from magic3d.guidance.builtin_words import validate_prompt
 
         validate_prompt(prompt)
+
+
+def __getattr__(name: str) -> Any:
+    """The prior contract's tensor types (``Prior``, ``SDSOutput``, ``TextEmbeddings``), imported
+    with torch on first use."""
+    if name in ("Prior", "SDSOutput", "TextEmbeddings"):
+        from magic3d.guidance import base
+
+        return getattr(base, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = [

@@ -3,27 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Protocol
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
-Weighting = Literal["uniform", "sds", "dreamfusion"]
-
-
-@dataclass
-class SDSConfig:
-    """How one stage distils a prior. Each stage holds its own (Magic3D's differ per stage)."""
-
-    guidance_scale: float = 100.0
-    t_min: float = 0.02
-    t_max: float = 0.98
-    # Linear annealing of t_max over the stage: None keeps t_max fixed.
-    t_max_end: float | None = None
-    weighting: Weighting = "sds"
-    # Clip the per-element SDS gradient to [-grad_clip, grad_clip]; None disables.
-    grad_clip: float | None = None
+from magic3d.config_sections import SDSConfig
 
 
 @dataclass

@@ -13,20 +13,19 @@ import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor
 
-from magic3d.errors import InputError, PriorError
+from magic3d.errors import PriorError
 from magic3d.guidance.base import SDSConfig, SDSOutput, TextEmbeddings
-from magic3d.guidance.builtin_model import (
-    RESOLUTION,
+from magic3d.guidance.builtin_model import RESOLUTION, load_camera_encoder, load_text_encoder
+from magic3d.guidance.builtin_words import (
     VOCABULARY,
-    load_camera_encoder,
-    load_text_encoder,
-    tokenize,
+    WEIGHTS_DIR,
+    validate_prompt,
+    weights_available,
 )
-from magic3d.guidance.builtin_world import COLOURS, KINDS, ORBIT
+from magic3d.guidance.builtin_world import COLOURS, ORBIT
 from magic3d.guidance.sds import guided_noise, sample_timesteps, sds_loss, sds_weight
 from renderers.cameras import OrbitRange
 
-WEIGHTS_DIR = Path(__file__).parent / "builtin_weights"
 # The training cameras stay below 50 degrees of elevation, so "overhead" never appeared in a
 # caption: its embedding is untrained noise, and it is dropped from prompts rather than fed in.
 UNSEEN_WORDS = ("overhead",)
@@ -35,28 +34,6 @@ UNSEEN_WORDS = ("overhead",)
 TRAINING_ORBIT = OrbitRange(**ORBIT)
 
 __all__ = ["TRAINING_ORBIT", "VOCABULARY", "WEIGHTS_DIR", "BuiltinPrior", "load_builtin_prior", "validate_prompt", "weights_available"]
-
-
-def weights_available(folder: Path = WEIGHTS_DIR) -> bool:
-    return (folder / "unet" / "diffusion_pytorch_model.safetensors").is_file() and (
-        folder / "text_encoder" / "model.safetensors"
-    ).is_file()
-
-
-def validate_prompt(prompt: str) -> None:
-    """Refuse prompts the built-in prior cannot draw, naming the unknown words."""
-    known, unknown = tokenize(prompt)
-    hint = "for open-vocabulary prompts use a real prior, e.g. --prior stabilityai/stable-diffusion-2-1-base"
-    if unknown:
-        # One short line whatever the prompt (CLI errors fit 300 characters): at most two unknown
-        # words of at most 12 characters each, and the vocabulary space-separated.
-        words = sorted(set(unknown))
-        shown = ", ".join(w if len(w) <= 12 else w[:12] + "…" for w in words[:2]) + (", …" if len(words) > 2 else "")
-        raise InputError(
-            f"The built-in prior does not know {shown}; it knows {' '.join(VOCABULARY)}; or use --prior with a hub model."
-        )
-    if not any(w in KINDS for w in known):
-        raise InputError(f"The built-in prior needs an object kind in the prompt ({', '.join(KINDS)}); {hint}.")
 
 
 class BuiltinPrior:

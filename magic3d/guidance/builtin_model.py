@@ -11,7 +11,6 @@ and the field settles on their average, a blob.
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,23 +22,11 @@ from torch import Tensor, nn
 if TYPE_CHECKING:
     from diffusers import UNet2DModel
 
-from magic3d.guidance.builtin_world import COLOURS, KINDS, SIZES
+from magic3d.guidance.builtin_words import VOCABULARY, tokenize
 
-VIEW_WORDS = ("front", "side", "back", "overhead", "view")
-# Words that carry nothing for this world; accepted so natural prompts ("a photo of a red cube") work.
-STOPWORDS = ("a", "an", "the", "of", "photo", "dslr", "3d", "model", "render", "object", "one")
-VOCABULARY = (*KINDS, *COLOURS, *SIZES, *VIEW_WORDS)
 RESOLUTION = 32
 BASE_CHANNELS = 64
 TIME_DIM = BASE_CHANNELS * 4
-
-
-def tokenize(text: str) -> tuple[list[str], list[str]]:
-    """Known words of ``text`` and the unknown ones (stopwords are neither)."""
-    words = [w for w in re.split(r"[^a-z0-9]+", text.lower()) if w]
-    known = [w for w in words if w in VOCABULARY]
-    unknown = [w for w in words if w not in VOCABULARY and w not in STOPWORDS]
-    return known, unknown
 
 
 class BagOfWordsEncoder(nn.Module):

@@ -11,23 +11,8 @@ import math
 import numpy as np
 import trimesh
 
-KINDS = (
-    "sphere", "cube", "cylinder", "cone", "torus", "capsule", "pyramid",
-    "mushroom", "snowman", "table", "lamp", "tree", "house",
-)
-COLOURS = {
-    "red": (0.85, 0.12, 0.10),
-    "orange": (0.95, 0.50, 0.08),
-    "yellow": (0.95, 0.85, 0.12),
-    "green": (0.15, 0.65, 0.20),
-    "blue": (0.12, 0.25, 0.85),
-    "purple": (0.50, 0.18, 0.70),
-    "pink": (0.95, 0.50, 0.70),
-    "brown": (0.45, 0.28, 0.12),
-    "black": (0.08, 0.08, 0.08),
-    "gray": (0.55, 0.55, 0.55),
-}
-SIZES = {"small": 0.72, "big": 1.0}
+from magic3d.guidance.builtin_words import COLOURS, KINDS, SIZES
+
 DEFAULT_SCALE = 0.85
 # Genus of each kind's surface, for checks on meshes made from it.
 GENUS = {kind: 0 for kind in KINDS} | {"torus": 1}

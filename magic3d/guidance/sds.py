@@ -11,7 +11,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from magic3d.guidance.base import SDSConfig, Weighting
+from magic3d.config_sections import SDSConfig, Weighting
 
 
 def timestep_range(step_ratio: float, cfg: SDSConfig) -> tuple[float, float]:

@@ -7,7 +7,6 @@ regularisers: opacity sparsity and orientation (normals must not face away from 
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,61 +16,17 @@ import torch
 from torch import Tensor
 
 from magic3d.checkpoint import load_latest_checkpoint
+from magic3d.config_sections import CoarseConfig
 from magic3d.errors import RunError
-from magic3d.fields.nerf import FieldConfig, NeRFField
-from magic3d.guidance.base import SDSConfig
+from magic3d.fields.nerf import NeRFField
 from magic3d.progress import ProgressFn, silent
 from magic3d.stages.loop import LoopSpec, LossFn, Precision, autocast_dtype, run_loop
 from magic3d.stages.losses import scheduled_weight
-from renderers.cameras import Cameras, OrbitRange, sample_orbit_cameras, turntable_cameras
+from renderers.cameras import Cameras, sample_orbit_cameras, turntable_cameras
 from renderers.shading import SHADING_MODES, random_lights
 from renderers.volume import OccupancyGrid, render_rays
 
 CameraSampler = Callable[[int, torch.Generator], Cameras]
-
-
-@dataclass
-class OrbitConfig:
-    elevation: tuple[float, float] = (-10.0, 45.0)
-    azimuth: tuple[float, float] = (-180.0, 180.0)
-    distance: tuple[float, float] = (3.0, 3.5)
-    fov_y: tuple[float, float] = (40.0, 70.0)
-
-    def range(self) -> OrbitRange:
-        return OrbitRange(self.elevation, self.azimuth, self.distance, self.fov_y)
-
-
-@dataclass
-class CoarseConfig:
-    steps: int = 1000
-    batch_size: int = 1
-    resolution: int = 64
-    samples_per_ray: int = 64
-    lr: float = 1e-2  # hash grid
-    mlp_lr_scale: float = 1.0  # density/albedo and background MLPs learn at lr * this
-    field: FieldConfig = dataclasses.field(default_factory=FieldConfig)
-    sds: SDSConfig = dataclasses.field(default_factory=SDSConfig)
-    orbit: OrbitConfig = dataclasses.field(default_factory=OrbitConfig)
-    # Probabilities of albedo / diffuse / textureless renders once the albedo-only warm-up is over.
-    shading: tuple[float, float, float] = (0.2, 0.5, 0.3)
-    albedo_warmup: int = 100
-    ambient: float = 0.3
-    # Regulariser weights are relative to the stage loss: SDS is 0.5 * ||grad||^2 summed over the
-    # batch (threestudio's divides by the batch size, so at batch 1 these mean what its lambdas mean;
-    # at batch B they weigh 1/B as much against SDS). Opacity sparsity and orientation are means
-    # over rays (threestudio's orientation averages over rays with opacity > 0 instead).
-    opacity_weight: float = 1e-3
-    orientation_weight: float = 1e-2
-    # (step, weight) points for the orientation weight, linear in between and flat beyond the ends
-    # (threestudio's lambda_orient [0, 10, 1000, 5000] is ((0, 10), (5000, 1000))); empty:
-    # orientation_weight throughout.
-    orientation_schedule: tuple[tuple[float, float], ...] = ()
-    occupancy_every: int = 16
-    occupancy_resolution: int = 32
-    occupancy_threshold: float = 0.5
-    checkpoint_every: int = 100
-    preview_every: int = 0  # 0: only a final preview
-    preview_views: int = 4
 
 
 @dataclass

@@ -21,56 +21,17 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from magic3d.checkpoint import load_latest_checkpoint
+from magic3d.config_sections import FineConfig
 from magic3d.errors import RunError
 from magic3d.fields.dmtet import DMTet, laplacian_smoothness, normal_consistency
-from magic3d.fields.texture import TextureConfig, TextureField, sample_surface
-from magic3d.guidance.base import SDSConfig
+from magic3d.fields.texture import TextureField, sample_surface
 from magic3d.progress import ProgressFn, silent
-from magic3d.stages.coarse import CameraSampler, OrbitConfig
+from magic3d.stages.coarse import CameraSampler
 from magic3d.stages.loop import LoopSpec, LossFn, Precision, autocast_dtype, run_loop
 from renderers.cameras import Cameras, sample_orbit_cameras, turntable_cameras
 from renderers.mesh_render import MeshRender, render_mesh
 from renderers.raster import get_rasterizer
 from renderers.shading import SHADING_MODES, random_lights
-
-
-def _fine_sds() -> SDSConfig:
-    # Magic3D samples t in [0.02, 0.5] for the fine stage: detail, not new structure.
-    return SDSConfig(t_min=0.02, t_max=0.5)
-
-
-@dataclass
-class FineConfig:
-    steps: int = 300  # 0 skips optimisation: the mesh is extracted from the coarse density as is
-    batch_size: int = 1
-    resolution: int = 64  # render side in pixels (512 in the paper)
-    # Tet grid size N as threestudio's isosurface_resolution counts it (its Magic3D refine uses 128):
-    # N/2 cells per side of [-bound, bound]^3, (N/2 + 1)^3 vertices, 6 (N/2)^3 tets; even.
-    # See magic3d.fields.dmtet.
-    tet_resolution: int = 64
-    bound: float = 1.0
-    density_threshold: float | None = None  # None: automatic (see magic3d.fields.dmtet.auto_density_threshold)
-    keep_largest_component: bool = True  # floaters of the coarse NeRF do not become meshes
-    fill_hidden: bool = True  # hollows inside the coarse NeRF do not become inner shells
-    lr: float = 1e-2  # texture hash grid (its MLP gets a tenth)
-    sdf_lr: float = 1e-2  # the SDF is roughly in world units, so this is ~the surface's move per step
-    deform_lr: float = 1e-2
-    texture: TextureConfig = dataclasses.field(default_factory=TextureConfig)
-    texture_init_steps: int = 150  # regression onto the coarse albedo before the first step
-    texture_init_points: int = 20000
-    sds: SDSConfig = dataclasses.field(default_factory=_fine_sds)
-    orbit: OrbitConfig = dataclasses.field(default_factory=OrbitConfig)
-    shading: tuple[float, float, float] = (0.2, 0.5, 0.3)  # probabilities of albedo / diffuse / textureless
-    ambient: float = 0.3
-    smooth_normals: bool = True
-    background: tuple[float, float, float] = (1.0, 1.0, 1.0)
-    # Scaled for SDS losses summed over the prior's input (as threestudio's Magic3D refine: 1e4 normal
-    # consistency); image-loss fits want ~1e-3. Stable with the built-in prior at 1e4 (tet 32, 64 px).
-    normal_consistency_weight: float = 1e4
-    laplacian_weight: float = 1e4
-    checkpoint_every: int = 100
-    preview_every: int = 0  # 0: only a final preview
-    preview_views: int = 4
 
 
 @dataclass

@@ -209,17 +209,17 @@ def test_a_link_in_out_is_refused_and_never_written_through(tmp_path: Path, case
 # --- validation plans each distinct config once ----------------------------------------------------
 
 def test_ten_thousand_lines_plan_the_config_once_per_setting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import magic3d.pipeline as pipeline
+    import magic3d.plan as plan
 
     monkeypatch.delenv("MAGIC3D_BATCH_PLAN")
     calls: list[tuple] = []
-    real = pipeline.plan_config
+    real = plan.plan_config
 
     def counting(*args):
         calls.append(args)
         return real(*args)
 
-    monkeypatch.setattr(pipeline, "plan_config", counting)
+    monkeypatch.setattr(plan, "plan_config", counting)
     rows = []
     for i in range(10_000):
         row = {"prompt": "a red cube" if i % 500 else "a purple dragon", "seed": i}
@@ -235,7 +235,7 @@ def test_ten_thousand_lines_plan_the_config_once_per_setting(tmp_path: Path, mon
     assert len(parsed.items) == 10_000 - 20
     # the per-line result is plan_run's, word for word
     with pytest.raises(InputError) as err:
-        pipeline.plan_run("a purple dragon", out=tmp_path / "out", prior="builtin", seed=0, device="cpu")
+        plan.plan_run("a purple dragon", out=tmp_path / "out", prior="builtin", seed=0, device="cpu")
     assert parsed.problems[0][1] == str(err.value).rstrip(".")
 
     calls.clear()
