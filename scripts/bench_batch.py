@@ -138,12 +138,15 @@ def main() -> None:
     prompts = default_prompts(args.prompts)
     counts = [int(w) for w in args.workers.split(",")]
     modes = [m.strip() for m in args.modes.split(",")]
-    runs = []
+    runs: list[dict] = []
     for w in counts:
         for mode in modes:
-            run = one_batch(prompts, w, mode, args)
-            print(json.dumps({k: v for k, v in run.items() if k != "jobs"}), flush=True)
-            runs.append(run)
+            runs.append(one_batch(prompts, w, mode, args))
+            print(json.dumps(runs[-1]), flush=True)
+            write_result(runs, prompts, counts, args)  # after each batch: a run cut short keeps what it measured
+
+
+def write_result(runs: list[dict], prompts: list[str], counts: list[int], args: argparse.Namespace) -> None:
     table = {f"{r['mode']} x{r['workers']}": {"assets_per_minute": r["assets_per_minute"],
                                              "median_overhead_seconds": r["median_overhead_seconds"]} for r in runs}
     speedup = {}
@@ -175,7 +178,6 @@ def main() -> None:
     tmp = out.with_name(f".{out.name}.tmp")
     tmp.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
     os.replace(tmp, out)
-    print(json.dumps({"summary": table, "warm_over_fresh_throughput": speedup}))
 
 
 if __name__ == "__main__":
