@@ -1,4 +1,7 @@
-"""The coarse field: a multi-resolution hash grid (nerfstudio's) with small MLPs for density and albedo.
+"""The coarse field: a multi-resolution grid encoding with small MLPs for density and albedo.
+
+The encoding is Instant-NGP's hash grid (nerfstudio's), as in the paper, or for CPU presets a
+dense multi-resolution grid (``encoding: dense``, see magic3d.fields.encoding).
 
 Magic3D adds a density blob at the centre at initialisation so that SDS starts from a solid
 object instead of empty space; the background is a small MLP of the view direction.
@@ -12,15 +15,15 @@ from jaxtyping import Float
 from torch import Tensor, nn
 
 from magic3d.config_sections import FieldConfig
-from magic3d.fields.encoding import hash_encoding
+from magic3d.fields.encoding import grid_encoding
 
 
 class NeRFField(nn.Module):
     def __init__(self, cfg: FieldConfig, device: torch.device | str = "cpu") -> None:
         super().__init__()
         self.cfg = cfg
-        self.encoding = hash_encoding(cfg.levels, cfg.features_per_level, cfg.log2_hashmap_size, cfg.min_res,
-                                      cfg.max_res, device)
+        self.encoding = grid_encoding(cfg.encoding, cfg.levels, cfg.features_per_level, cfg.log2_hashmap_size,
+                                      cfg.min_res, cfg.max_res, device)
         dim = cfg.levels * cfg.features_per_level
         self.mlp = nn.Sequential(nn.Linear(dim, cfg.hidden), nn.ReLU(), nn.Linear(cfg.hidden, 4))
         self.background_mlp = nn.Sequential(nn.Linear(3, 32), nn.ReLU(), nn.Linear(32, 3))
