@@ -34,13 +34,18 @@ def to_screen(clip: Float[Tensor, "V 4"], height: int, width: int) -> Float[Tens
 
 
 def _visible_faces(
-    clip: Float[Tensor, "V 4"], faces: Int[Tensor, "F 3"], height: int, width: int
-) -> Int[Tensor, "H W"]:
-    """Index of the nearest covering triangle per pixel, -1 where empty (no gradients)."""
+    clip: Float[Tensor, "B V 4"], faces: Int[Tensor, "F 3"], height: int, width: int
+) -> Int[Tensor, "B H W"]:
+    """Index of the nearest covering triangle per pixel of every image, -1 where empty (no gradients).
+
+    All images are done at once: image b's copy of face f is candidate b * F + f and its pixels
+    are b * H * W onwards, so a batch costs one pass over its (triangle, pixel) pairs, not one per image.
+    """
     device = clip.device
-    screen = to_screen(clip, height, width)
-    tri = screen[faces]  # F 3 3
-    w = clip[:, 3][faces]
+    batch, n_faces = clip.shape[0], faces.shape[0]
+    screen = to_screen(clip.reshape(-1, 4), height, width).view(batch, -1, 3)
+    tri = screen[:, faces].reshape(-1, 3, 3)  # B*F 3 3
+    w = clip[:, :, 3][:, faces].reshape(-1, 3)
     ok = (w > EPS).all(dim=1)
     ok &= (tri[..., 2] >= -1.0).all(dim=1) & (tri[..., 2] <= 1.0).any(dim=1)
     x0 = torch.ceil(tri[..., 0].min(1).values - 0.5).clamp(0, width - 1).long()
@@ -50,32 +55,35 @@ def _visible_faces(
     nx = (x1 - x0 + 1).clamp(min=0)
     ny = (y1 - y0 + 1).clamp(min=0)
     plane, area = _pixel_planes(tri, x0, y0)
+    plane = plane.reshape(-1, 12)
     ok &= area.abs() >= EPS
     count = torch.where(ok, nx * ny, torch.zeros_like(nx))
     ids = torch.nonzero(count > 0).squeeze(1)
+    # Pixel index of each candidate's box corner, its image's offset included.
+    corner = (ids // n_faces) * (height * width) + y0[ids] * width + x0[ids]
 
-    depth = torch.full((height * width,), float("inf"), device=device, dtype=clip.dtype)
-    winner = torch.full((height * width,), -1, dtype=torch.long, device=device)
+    depth = torch.full((batch * height * width,), float("inf"), device=device, dtype=clip.dtype)
+    winner = torch.full((batch * height * width,), -1, dtype=torch.long, device=device)
     if ids.numel() == 0:
-        return winner.view(height, width)
-    cum = torch.cumsum(count[ids], 0)
+        return winner.view(batch, height, width)
+    n_all, nx_ids = count[ids], nx[ids]
+    cum = torch.cumsum(n_all, 0)
     start = 0
     while start < ids.numel():
         base = cum[start - 1] if start > 0 else torch.tensor(0, device=device)
         end = int(torch.searchsorted(cum, base + PAIRS_PER_CHUNK, right=True).clamp(min=start + 1))
-        chunk = ids[start:end]
-        n = count[chunk]
-        face = torch.repeat_interleave(chunk, n)
+        n = n_all[start:end]
+        local = torch.repeat_interleave(torch.arange(end - start, device=device), n)  # candidate within chunk
         offset = torch.arange(int(n.sum()), device=device) - torch.repeat_interleave(torch.cumsum(n, 0) - n, n)
-        dx = offset % nx[face]
-        dy = offset // nx[face]
-        p = plane[face]  # N 4 3
+        row_len = nx_ids[start:end].index_select(0, local)
+        dy = torch.div(offset, row_len, rounding_mode="floor")
+        dx = offset - dy * row_len
+        face = ids[start:end].index_select(0, local)
+        p = plane.index_select(0, face).view(-1, 4, 3)
         vals = p[..., 0] * dx.unsqueeze(-1).to(p.dtype) + p[..., 1] * dy.unsqueeze(-1).to(p.dtype) + p[..., 2]
         z = vals[:, 3]
         inside = (vals[:, :3] >= 0).all(-1) & (z >= -1.0) & (z <= 1.0)
-        px = x0[face] + dx
-        py = y0[face] + dy
-        pix = (py * width + px)[inside]
+        pix = (corner[start:end].index_select(0, local) + dy * width + dx)[inside]
         z, face = z[inside], face[inside]
         before = depth.clone()
         depth.scatter_reduce_(0, pix, z, reduce="amin")
@@ -87,7 +95,7 @@ def _visible_faces(
         take = (best != torch.iinfo(torch.long).max) & ((depth < before) | (winner < 0))
         winner = torch.where(take, best, winner)
         start = end
-    return winner.view(height, width)
+    return torch.where(winner >= 0, winner % n_faces, winner).view(batch, height, width)
 
 
 def _pixel_planes(
@@ -145,26 +153,26 @@ class TorchRasterizer:
     ) -> Float[Tensor, "B H W 4"]:
         height, width = resolution
         faces = faces.long()
-        out = []
+        batch = clip_pos.shape[0]
         ys, xs = torch.meshgrid(
             torch.arange(height, device=clip_pos.device, dtype=clip_pos.dtype) + 0.5,
             torch.arange(width, device=clip_pos.device, dtype=clip_pos.dtype) + 0.5,
             indexing="ij",
         )
-        for clip in clip_pos:
-            with torch.no_grad():
-                winner = _visible_faces(clip.detach(), faces, height, width)
-            hit = winner >= 0
-            face = winner[hit]
-            tri = to_screen(clip, height, width)[faces[face]]
-            b, _ = _screen_barycentrics(tri, xs[hit], ys[hit])
-            z = (b * tri[..., 2]).sum(-1)
-            b = _perspective(b, clip[:, 3][faces[face]])
-            rast = torch.zeros(height, width, 4, device=clip.device, dtype=clip.dtype)
-            values = torch.stack([b[:, 0], b[:, 1], z, (face + 1).to(clip.dtype)], dim=-1)
-            rast = rast.index_put((hit,), values)
-            out.append(rast)
-        return torch.stack(out)
+        with torch.no_grad():
+            winner = _visible_faces(clip_pos.detach(), faces, height, width)
+        hit = winner >= 0
+        face = winner[hit]
+        image = torch.arange(batch, device=clip_pos.device).view(batch, 1, 1).expand_as(winner)[hit]
+        corners = faces[face]  # N 3
+        screen = to_screen(clip_pos.reshape(-1, 4), height, width).view(batch, -1, 3)
+        tri = screen[image[:, None], corners]  # N 3 3
+        b, _ = _screen_barycentrics(tri, xs.expand_as(winner)[hit], ys.expand_as(winner)[hit])
+        z = (b * tri[..., 2]).sum(-1)
+        b = _perspective(b, clip_pos[:, :, 3][image[:, None], corners])
+        rast = torch.zeros(batch, height, width, 4, device=clip_pos.device, dtype=clip_pos.dtype)
+        values = torch.stack([b[:, 0], b[:, 1], z, (face + 1).to(clip_pos.dtype)], dim=-1)
+        return rast.index_put((hit,), values)
 
     def interpolate(
         self, attr: Float[Tensor, "B V C"] | Float[Tensor, "V C"], rast: Float[Tensor, "B H W 4"],
@@ -190,12 +198,16 @@ def interpolate(
     """Barycentric interpolation of per-vertex attributes; zero where no triangle covers a pixel."""
     batch = rast.shape[0]
     if attr.dim() == 2:
-        attr = attr.unsqueeze(0).expand(batch, -1, -1)
+        attr = attr.unsqueeze(0)
     tri_id = rast[..., 3].long() - 1
     hit = (tri_id >= 0).unsqueeze(-1)
     corner = faces.long()[tri_id.clamp(min=0)]  # B H W 3
-    b_idx = torch.arange(batch, device=rast.device).view(batch, 1, 1, 1)
-    values = attr[b_idx, corner]  # B H W 3 C
+    if attr.shape[0] == 1 or attr.stride(0) == 0:  # one set of attributes for every image
+        values = attr[0][corner]  # B H W 3 C
+    else:
+        # Image b's vertices are rows b * V onwards of the flattened attributes: one plain gather.
+        rows = corner + (torch.arange(batch, device=rast.device) * attr.shape[1]).view(batch, 1, 1, 1)
+        values = attr.reshape(-1, attr.shape[-1])[rows]
     u, v = rast[..., 0:1], rast[..., 1:2]
     out = u * values[..., 0, :] + v * values[..., 1, :] + (1.0 - u - v) * values[..., 2, :]
     return out * hit
@@ -230,17 +242,28 @@ def antialias(
     horizontal pairs alone. The crossing is a function of the vertices, which is what gives
     silhouettes their gradients.
     """
-    out = color
-    height, width = rast.shape[1:3]
+    batch, height, width, channels = color.shape
     faces = faces.long()
+    n_faces, n_verts = faces.shape[0], clip_pos.shape[1]
     neighbours = edge_neighbours(faces)
-    for b in range(color.shape[0]):
-        screen = to_screen(clip_pos[b], height, width)
-        delta = torch.zeros_like(color[b])
-        for axis in (0, 1):
-            delta = delta + _edge_blend(color[b], rast[b], screen, faces, neighbours, axis)
-        out = out.index_put((torch.tensor([b], device=color.device),), (color[b] + delta).unsqueeze(0))
-    return out
+    # The images stacked top to bottom as one tall image of B copies of the mesh (copy b: faces
+    # b * F onwards, its screen moved down b * H rows), so one pass blends every image; pixel
+    # pairs across two images' seam are left out.
+    screen = to_screen(clip_pos.reshape(-1, 4), height, width).view(batch, n_verts, 3)
+    down = torch.arange(batch, device=color.device, dtype=screen.dtype) * height
+    screen = torch.stack([screen[..., 0], screen[..., 1] + down.view(batch, 1), screen[..., 2]], dim=-1)
+    image = torch.arange(batch, device=color.device).view(batch, 1, 1)
+    all_faces = (faces.unsqueeze(0) + image * n_verts).reshape(-1, 3)
+    all_neighbours = torch.where(neighbours >= 0, neighbours.unsqueeze(0) + image * n_faces, -1).reshape(-1, 3)
+    tri_id = rast[..., 3]
+    stacked_id = torch.where(tri_id > 0, tri_id + (image * n_faces).to(tri_id.dtype), tri_id)
+    tall = torch.cat([rast[..., :3], stacked_id.unsqueeze(-1)], dim=-1).reshape(batch * height, width, 4)
+    flat_color = color.reshape(batch * height, width, channels)
+    delta = torch.zeros_like(flat_color)
+    for axis in (0, 1):
+        delta = delta + _edge_blend(flat_color, tall, screen.reshape(-1, 3), all_faces, all_neighbours, axis,
+                                    rows_per_image=height)
+    return color + delta.view(batch, height, width, channels)
 
 
 def edge_neighbours(faces: Int[Tensor, "F 3"]) -> Int[Tensor, "F 3"]:
@@ -260,7 +283,7 @@ def edge_neighbours(faces: Int[Tensor, "F 3"]) -> Int[Tensor, "F 3"]:
 
 def _edge_blend(
     color: Float[Tensor, "H W C"], rast: Float[Tensor, "H W 4"], screen: Float[Tensor, "V 3"],
-    faces: Int[Tensor, "F 3"], neighbours: Int[Tensor, "F 3"], axis: int,
+    faces: Int[Tensor, "F 3"], neighbours: Int[Tensor, "F 3"], axis: int, rows_per_image: int = 0,
 ) -> Float[Tensor, "H W C"]:
     tri_id = rast[..., 3].long() - 1
     depth = rast[..., 2]
@@ -271,6 +294,8 @@ def _edge_blend(
         a_id, b_id = tri_id[:-1, :], tri_id[1:, :]
         a_z, b_z = depth[:-1, :], depth[1:, :]
     differ = a_id != b_id
+    if axis == 0 and rows_per_image:
+        differ[rows_per_image - 1 :: rows_per_image] = False  # the seam between two stacked images
     if not differ.any():
         return torch.zeros_like(color)
     rows, cols = torch.nonzero(differ, as_tuple=True)
