@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 import yaml
 
-from magic3d.config_sections import BakeConfig, CoarseConfig, FineConfig
+from magic3d.config_sections import DENSE_MAX_PARAMS, BakeConfig, CoarseConfig, FineConfig, dense_values
 from magic3d.errors import ConfigError, InputError
 from magic3d.guidance import PriorConfig
 from magic3d.storage import read_input_text
@@ -275,6 +275,7 @@ def validate(cfg: Config) -> None:
             raise ConfigError(
                 f"Config key '{stage}.resolution' must be a multiple of 8 between 16 and 1024, not {res}."
             )
+    _check_dense_field(cfg.coarse.field)
     bad = [f for f in cfg.export.formats if f not in EXPORT_FORMATS]
     if bad:
         raise ConfigError(f"Config key 'export.formats' has unknown {bad}; choose from {', '.join(EXPORT_FORMATS)}.")
@@ -283,6 +284,18 @@ def validate(cfg: Config) -> None:
     device = cfg.runtime.device
     if not (device in ("auto", "cpu", "cuda") or device.startswith("cuda:")):
         raise ConfigError(f"Config key 'runtime.device' must be auto, cpu, cuda or cuda:N, not {device!r}.")
+
+
+def _check_dense_field(field_cfg: Any) -> None:
+    """A dense encoding's memory is cubic in max_res: refuse one that would not fit before any work."""
+    if field_cfg.encoding != "dense" or min(field_cfg.min_res, field_cfg.max_res, field_cfg.levels) < 1:
+        return
+    values = dense_values(field_cfg.levels, field_cfg.features_per_level, field_cfg.min_res, field_cfg.max_res)
+    if values > DENSE_MAX_PARAMS:
+        raise ConfigError(
+            f"Config key 'coarse.field.max_res' {field_cfg.max_res} makes the dense encoding {values:,} values "
+            f"(at most {DENSE_MAX_PARAMS:,}); lower coarse.field.max_res or levels, or set coarse.field.encoding=hashgrid."
+        )
 
 
 def _check_schedule(key: str, points: Any) -> None:
