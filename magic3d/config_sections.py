@@ -144,6 +144,9 @@ class FineConfig:
     density_threshold: float | None = None  # None: automatic (see magic3d.fields.dmtet.auto_density_threshold)
     keep_largest_component: bool = True  # floaters of the coarse NeRF do not become meshes
     fill_hidden: bool = True  # hollows inside the coarse NeRF do not become inner shells
+    # Tunnels up to this wide (world units) are sealed in the final mesh: a slit SDS never sees
+    # becomes a hole through the object otherwise (see magic3d.fields.tunnels). 0 keeps them.
+    seal_tunnels: float = 0.1
     lr: float = 1e-2  # texture hash grid (its MLP gets a tenth)
     sdf_lr: float = 1e-2  # the SDF is roughly in world units, so this is ~the surface's move per step
     deform_lr: float = 1e-2

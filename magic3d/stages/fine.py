@@ -66,7 +66,9 @@ class FineModel:
         return metrics
 
     def mesh(self) -> tuple[Tensor, Tensor]:
-        vertices, faces = self.dmtet.extract()
+        return self._nonempty(*self.dmtet.extract())
+
+    def _nonempty(self, vertices: Tensor, faces: Tensor) -> tuple[Tensor, Tensor]:
         if faces.shape[0] == 0:
             raise RunError(
                 f"The fine stage's surface is empty (density threshold {self.threshold:.4g}); set "
@@ -144,8 +146,8 @@ class FineModel:
         return (torch.cat(rows, dim=0).clamp(0, 1) * 255).round().byte().cpu().numpy()
 
     def result(self, metrics: dict[str, float]) -> FineResult:
-        with torch.no_grad():
-            vertices, faces = self.mesh()
+        vertices, faces, sealed = self.dmtet.extract_sealed(self.cfg.seal_tunnels)
+        vertices, faces = self._nonempty(vertices, faces)
         texture = self.texture.eval()
 
         def color_fn(points: Tensor) -> Tensor:
@@ -154,7 +156,7 @@ class FineModel:
                                   for i in range(0, points.shape[0], 65536)]) if points.shape[0] else \
                     points.new_zeros(0, 3)
 
-        full = {**metrics, "density_threshold": self.threshold,
+        full = {**metrics, "density_threshold": self.threshold, "sealed_tunnels": float(sealed),
                 "vertices": float(vertices.shape[0]), "faces": float(faces.shape[0])}
         return FineResult(vertices.detach(), faces.detach(), color_fn, full)
 
@@ -194,8 +196,7 @@ def extract_mesh(coarse_field, cfg: FineConfig, device: torch.device | str) -> F
     device = torch.device(device)
     dmtet = DMTet(cfg.tet_resolution, cfg.bound).to(device)
     threshold = _init_from_density(dmtet, coarse_field, cfg)
-    with torch.no_grad():
-        vertices, faces = dmtet.extract()
+    vertices, faces, sealed = dmtet.extract_sealed(cfg.seal_tunnels)
     if faces.shape[0] == 0:
         raise RunError(
             f"The coarse density gives an empty surface at threshold {threshold:.4g}; set "
@@ -206,7 +207,8 @@ def extract_mesh(coarse_field, cfg: FineConfig, device: torch.device | str) -> F
         with torch.no_grad():
             return coarse_field.albedo(points.to(device)).clamp(0.0, 1.0)
 
-    metrics = {"density_threshold": threshold, "vertices": float(vertices.shape[0]), "faces": float(faces.shape[0])}
+    metrics = {"density_threshold": threshold, "sealed_tunnels": float(sealed), "vertices": float(vertices.shape[0]),
+               "faces": float(faces.shape[0])}
     return FineResult(vertices.detach(), faces.detach(), color_fn, metrics)
 
 

@@ -76,3 +76,29 @@ def test_extract_sealed_reports_the_seal_and_zero_width_turns_it_off():
     v, f, sealed = d.extract_sealed(0.0)
     assert sealed == 0 and surface_report(v.numpy(), f.numpy()).genus == 1
     assert torch.equal(f, d.extract()[1])
+
+
+def test_a_fine_stage_skipped_exports_the_sealed_surface_and_the_key_is_checked():
+    import pytest
+
+    from magic3d.config import load_config
+    from magic3d.errors import ConfigError
+    from magic3d.stages.fine import extract_mesh
+
+    class SlitRing:  # a coarse field whose density is a torus with a one-cell hole
+        def density(self, points: torch.Tensor) -> torch.Tensor:
+            return 10.0 * (torus_sdf(points, major=0.34, minor=0.3) < 0).float()
+
+        def albedo(self, points: torch.Tensor) -> torch.Tensor:
+            return torch.full_like(points, 0.5)
+
+    cfg = load_config(overrides=["fine.steps=0"]).fine
+    result = extract_mesh(SlitRing(), cfg, "cpu")
+    assert result.metrics["sealed_tunnels"] == 1
+    assert surface_report(result.vertices.numpy(), result.faces.numpy()).genus == 0
+    kept = extract_mesh(SlitRing(), load_config(overrides=["fine.seal_tunnels=0"]).fine, "cpu")
+    assert kept.metrics["sealed_tunnels"] == 0
+    assert surface_report(kept.vertices.numpy(), kept.faces.numpy()).genus == 1
+    for bad in ("fine.seal_tunnels=2", "fine.seal_tunnels=-0.1", "fine.seal_tunnels=.nan"):
+        with pytest.raises(ConfigError, match="seal_tunnels"):
+            load_config(overrides=[bad])
