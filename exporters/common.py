@@ -30,11 +30,13 @@ class AssetInfo:
     version: str = "0"
     prior: str = ""
     label: str = ""  # what the object is, one word ("mushroom"): USD's semantic class label
+    edited_from: str = ""  # an edited asset's source: "<run folder> (<prompt>, seed <seed>)"
 
     def provenance(self) -> dict[str, str | int]:
         """What every format records of where the asset came from (USD customData, glTF extras, OBJ header)."""
         made = {"prompt": self.prompt, "seed": int(self.seed), "generator": f"{self.generator} {self.version}"}
-        return {**made, "prior": self.prior} if self.prior else made
+        made = {**made, "prior": self.prior} if self.prior else made
+        return {**made, "edited_from": self.edited_from} if self.edited_from else made
 
 
 def weld(vertices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 
 from magic3d.batch.cli import register as register_batch
+from magic3d.control_cli import register as register_control
 from magic3d.console import run_app
 from magic3d.errors import Magic3DError
 
@@ -58,11 +59,17 @@ def generate(
     quiet: QuietOpt = False,
     json_events: Annotated[bool, typer.Option("--json", help="One JSON event per line on stdout (the schema: "
                                               "magic3d/events.schema.json), ending with the result; no bars.")] = False,
+    init_shape: Annotated[str | None, typer.Option("--init-shape", help="A closed mesh file the coarse density "
+                                                   "starts from instead of the blob.")] = None,
 ) -> None:
     """Optimise a 3D asset for PROMPT and write it in the configured formats."""
     from magic3d.progress import console_progress
 
+    import json
+
     options = dict(preset=preset, prior=prior, overrides=overrides or [], seed=seed, device=device)
+    if init_shape is not None:
+        options["overrides"] = [*options["overrides"], f"control.init_shape={json.dumps(init_shape)}"]
     if json_events:
         generate_json(prompt, out, options, restart)
         return
@@ -176,6 +183,7 @@ def info() -> None:
 
 
 register_batch(app)
+register_control(app)
 
 
 def main() -> None:

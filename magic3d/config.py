@@ -20,6 +20,7 @@ from typing import Any, Literal
 import yaml
 
 from magic3d.config_sections import DENSE_MAX_PARAMS, BakeConfig, CoarseConfig, FineConfig, dense_values
+from magic3d.control_config import ControlConfig
 from magic3d.errors import ConfigError, InputError
 from magic3d.guidance import PriorConfig
 from magic3d.storage import read_input_text
@@ -63,6 +64,7 @@ class Config:
     bake: BakeConfig = field(default_factory=BakeConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    control: ControlConfig = field(default_factory=ControlConfig)  # user's shape, mesh or run to start from
 
 
 def available_presets() -> list[str]:
@@ -214,7 +216,7 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "occupancy_resolution": (1, 512), "texture_size": (16, 8192), "face_budget": (4, 10_000_000),
     "texture_init_points": (1, 10_000_000), "preview_frames": (1, 720), "preview_resolution": (16, 2048),
     "preview_views": (1, 64), "levels": (1, 32), "log2_hashmap_size": (8, 24), "hidden": (1, 1024),
-    "seed": (0, 2**63 - 1), "threads": (1, 1024), "density": (1.0, 25_000.0), "seal_tunnels": (0.0, 0.5),
+    "seed": (0, 2**63 - 1), "threads": (1, 1024), "density": (1.0, 25_000.0),
 }
 
 
@@ -276,6 +278,9 @@ def validate(cfg: Config) -> None:
                 f"Config key '{stage}.resolution' must be a multiple of 8 between 16 and 1024, not {res}."
             )
     _check_dense_field(cfg.coarse.field)
+    from magic3d.user_mesh import resolve_sources
+
+    resolve_sources(cfg.control)  # the user's mesh or run read and checked, its SHA-256 recorded
     bad = [f for f in cfg.export.formats if f not in EXPORT_FORMATS]
     if bad:
         raise ConfigError(f"Config key 'export.formats' has unknown {bad}; choose from {', '.join(EXPORT_FORMATS)}.")

@@ -20,6 +20,9 @@ class ControlConfig:
     # ``magic3d edit``: the finished run folder this run starts from, and what it keeps.
     edit_from: str = ""
     edit_keep: Literal["geometry", "none"] = "none"
+    # Set by the edit planner from the source's run.json: what the new run and its asset record.
+    edit_prompt: str = ""
+    edit_seed: int = 0
     # Set by the planner, not by hand: SHA-256 of the mesh file (or of the source run's run.json).
     source_sha256: str = ""
     # Half the largest side of the user's mesh once placed in the scene, in scene units: about
@@ -31,3 +34,9 @@ class ControlConfig:
     # full inside to empty outside: a few voxels of the finest grid level, so the fit can follow it.
     init_width: float = 0.04
     init_points: int = 4096  # points per fitting step
+
+    def edited_from(self) -> dict[str, str | int] | None:
+        """What an edit run records of its source (run.json's ``edited_from``, the asset's provenance)."""
+        if not self.edit_from:
+            return None
+        return {"run": self.edit_from, "prompt": self.edit_prompt, "seed": self.edit_seed, "keep": self.edit_keep}

@@ -16,6 +16,27 @@ EDIT_STEPS = 200  # coarse steps of an edit: an edit, not a restart (the builtin
 EDIT_LR_SCALE = 0.3  # of the source's coarse learning rates
 
 
+def finished_run(run_dir: str | Path) -> dict:
+    """The record of a finished run folder with its coarse checkpoint and baked mesh, or one line."""
+    from magic3d.export import BAKED_MESH
+    from magic3d.storage import check_run_folder, path_kind, read_record
+
+    run_dir = Path(run_dir)
+    if path_kind(run_dir) != "a folder":
+        raise InputError(f"The run folder {str(run_dir)!r} is {path_kind(run_dir)}; give a finished run's folder.")
+    check_run_folder(run_dir)
+    record = read_record(run_dir / "run.json")
+    if record is None:
+        raise InputError(f"{str(run_dir)!r} is not a magic3d run folder (no readable run.json).")
+    coarse = sorted((run_dir / "checkpoints").glob("coarse-*.safetensors"))
+    if record.get("status") != "done" or not (run_dir / BAKED_MESH).is_file() or not coarse:
+        raise InputError(f"The run in {str(run_dir)!r} has not finished (or has no coarse checkpoint); "
+                         "run `magic3d generate` on it again first.")
+    if not isinstance(record.get("config"), dict) or not isinstance(record.get("prompt"), str):
+        raise InputError(f"{str(run_dir / 'run.json')!r} is damaged (no prompt or config); make the run again.")
+    return record
+
+
 def plan_texture(
     mesh_file: str | Path, prompt: str, out: str | Path = "outputs", preset: str | None = None,
     prior: str | None = None, overrides: list[str] | tuple[str, ...] = (), seed: int | None = None,
@@ -54,7 +75,6 @@ def plan_edit(
     from magic3d.guidance import check_prior_available, validate_prompt_for_prior
     from magic3d.naming import clean_prompt, slugify
     from magic3d.storage import check_run_folder
-    from magic3d.user_mesh import finished_run
 
     if keep not in KEEPS:
         raise InputError(f"--keep must be one of {', '.join(KEEPS)}, not {keep!r}.")
@@ -74,7 +94,9 @@ def plan_edit(
     except ConfigError as exc:
         raise InputError(f"{str(source / 'run.json')!r} holds a config this magic3d cannot read ({exc}).") from None
     extra = [f"coarse.steps={steps}", f"coarse.lr={edited.coarse.lr * lr_scale!r}",
-             f"control.edit_from={json.dumps(str(source))}", f"control.edit_keep={keep}", *overrides]
+             f"control.edit_from={json.dumps(str(source))}", f"control.edit_keep={keep}",
+             f"control.edit_prompt={json.dumps(record['prompt'])}",
+             f"control.edit_seed={int(record.get('seed') or 0)}", *overrides]
     if seed is not None:
         extra.append(f"runtime.seed={int(seed)}")
     if device is not None:
@@ -97,17 +119,6 @@ def plan_edit(
         raise InputError(f"The edit would overwrite its source run {str(source)!r}; choose another --out.")
     check_run_folder(target)
     return text, edited, target
-
-
-def edited_from(cfg: Any) -> dict[str, Any] | None:
-    """What an edit run records of its source (run.json's ``edited_from``, the asset's provenance)."""
-    if not cfg.control.edit_from:
-        return None
-    from magic3d.storage import read_record
-
-    record = read_record(Path(cfg.control.edit_from) / "run.json") or {}
-    return {"run": str(cfg.control.edit_from), "prompt": record.get("prompt", ""), "seed": record.get("seed", 0),
-            "keep": cfg.control.edit_keep}
 
 
 def texture(mesh_file: str | Path, prompt: str, out: str | Path = "outputs", restart: bool = False,

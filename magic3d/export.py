@@ -6,6 +6,7 @@ other formats, axes or sizes later without optimising again.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -34,8 +35,11 @@ def write_outputs(mesh: trimesh.Trimesh, run_dir: Path, prompt: str, cfg: Config
     frames = render_turntable(mesh, frames=export.preview_frames if export.preview else 1,
                               resolution=export.preview_resolution)
     prior = ", ".join(dict.fromkeys((cfg.prior.id, cfg.prior.fine_id or cfg.prior.id)))
-    files = write_formats(mesh, run_dir, export.formats, asset_info(run_dir, prompt, cfg.runtime.seed, prior),
-                          export.up_axis, export.size_m, physics_of(export), frames[0])
+    info = asset_info(run_dir, prompt, cfg.runtime.seed, prior)
+    if source := cfg.control.edited_from():
+        info = dataclasses.replace(info, edited_from=f"{source['run']} ({source['prompt']}, seed {source['seed']})")
+    files = write_formats(mesh, run_dir, export.formats, info, export.up_axis, export.size_m, physics_of(export),
+                          frames[0])
     if export.preview:
         files["preview"] = write_gif_file(frames, run_dir / "preview.gif")
     return files

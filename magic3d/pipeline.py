@@ -55,10 +55,14 @@ def generate(
     name: str | None = None,
     notice: Notice | None = None,
     prior_loader: PriorLoader | None = None,
+    init_shape: str | Path | None = None,
 ) -> RunResult:
     """Run every stage for ``prompt`` and write the assets under ``out/<slug>/``.
 
-    ``prior_loader`` replaces ``load_first_prior``: a batch worker's keeps the prior between jobs."""
+    ``prior_loader`` replaces ``load_first_prior``: a batch worker's keeps the prior between jobs.
+    ``init_shape``: a mesh file the coarse density starts from (``magic3d.init_shape``)."""
+    if init_shape is not None:
+        overrides = [*overrides, f"control.init_shape={json.dumps(str(init_shape))}"]
     text, cfg, run_dir = plan_run(prompt, out, preset, prior, overrides, seed, device, name)
     ensure_writable_dir(Path(out))
     return run_planned(text, cfg, run_dir, restart=restart, progress=progress or silent, notice=notice,
@@ -126,6 +130,8 @@ def run_confined(
         "versions": versions(),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+    if source := cfg.control.edited_from():  # an edit names its source run (which it never writes to)
+        record["edited_from"] = source
     atomic_write_text(record_path, json.dumps(record, indent=2))
     files, metrics, timings = run_stages(text, cfg, run_dir, device, prior, resume=not restart, progress=progress,
                                          made_by=made_by)
@@ -171,11 +177,16 @@ def run_stages(
     from magic3d.bake import bake
     from magic3d.export import write_outputs
     from magic3d.guidance import load_prior
+    from magic3d.init_shape import coarse_start
     from magic3d.prompts import ViewPrompts
     from magic3d.stages.coarse import run_coarse
     from magic3d.stages.fine import extract_mesh, run_fine
     from magic3d.stages.losses import SDSLoss
 
+    if cfg.control.texture_mesh or (cfg.control.edit_from and cfg.control.edit_keep == "geometry"):
+        from magic3d.texture_mesh import texture_stages  # the user's (or source run's) mesh kept as it is
+
+        return texture_stages(text, cfg, run_dir, device, prior, resume, progress, made_by)
     seed = cfg.runtime.seed
     timings: dict[str, float] = {}
     metrics: dict[str, Any] = {}
@@ -191,7 +202,7 @@ def run_stages(
     with out_of_memory_advice("coarse", cfg):
         coarse = run_coarse(
             SDSLoss(prior, prompts, cfg.coarse.sds), cfg.coarse, run_dir, device, seed, progress=progress,
-            resume=resume, precision=cfg.runtime.precision, made_by=made_by,
+            resume=resume, precision=cfg.runtime.precision, made_by=made_by, init=coarse_start(cfg, device),
         )
     timings["coarse"] = time.perf_counter() - clock
     metrics["coarse"] = coarse.metrics

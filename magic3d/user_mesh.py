@@ -90,27 +90,6 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def finished_run(run_dir: str | Path) -> dict:
-    """The record of a finished run folder with its coarse checkpoint and baked mesh, or one line."""
-    from magic3d.export import BAKED_MESH
-    from magic3d.storage import check_run_folder, path_kind, read_record
-
-    run_dir = Path(run_dir)
-    if path_kind(run_dir) != "a folder":
-        raise InputError(f"The run folder {str(run_dir)!r} is {path_kind(run_dir)}; give a finished run's folder.")
-    check_run_folder(run_dir)
-    record = read_record(run_dir / "run.json")
-    if record is None:
-        raise InputError(f"{str(run_dir)!r} is not a magic3d run folder (no readable run.json).")
-    coarse = sorted((run_dir / "checkpoints").glob("coarse-*.safetensors"))
-    if record.get("status") != "done" or not (run_dir / BAKED_MESH).is_file() or not coarse:
-        raise InputError(f"The run in {str(run_dir)!r} has not finished (or has no coarse checkpoint); "
-                         "run `magic3d generate` on it again first.")
-    if not isinstance(record.get("config"), dict) or not isinstance(record.get("prompt"), str):
-        raise InputError(f"{str(run_dir / 'run.json')!r} is damaged (no prompt or config); make the run again.")
-    return record
-
-
 def resolve_sources(control: ControlConfig) -> None:
     """Check what ``control`` points at and record its SHA-256 (config validation calls this)."""
     from magic3d.errors import ConfigError
@@ -124,9 +103,10 @@ def resolve_sources(control: ControlConfig) -> None:
         raise InputError(f"Give at most one of control.{', control.'.join(given)}: a run starts from one source.")
     if not given:
         return
-    if given[0] == "edit_from":
-        finished_run(control.edit_from)
-        control.source_sha256 = file_sha256(Path(control.edit_from) / "run.json")
+    if given[0] == "edit_from":  # ``control_plan.finished_run`` checks the rest of the source run
+        from magic3d.storage import require_file
+
+        control.source_sha256 = file_sha256(require_file(Path(control.edit_from) / "run.json", "source run record"))
         return
     path = Path(getattr(control, given[0]))
     read_user_mesh(path, "init shape" if given[0] == "init_shape" else "mesh to texture")

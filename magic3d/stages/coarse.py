@@ -128,16 +128,23 @@ def run_coarse(
     loss_fn: LossFn, cfg: CoarseConfig, run_dir: Path, device: torch.device | str, seed: int,
     progress: ProgressFn = silent, resume: bool = True, camera_sampler: CameraSampler | None = None,
     precision: Precision = "fp32", made_by: str = "",
+    init: Callable[[CoarseModel, torch.Generator], dict[str, float]] | None = None,
 ) -> CoarseResult:
+    """``init(model, generator)``, when given, sets the field up before the first step (the user's
+    shape, an edited run's field) unless a usable checkpoint will replace it anyway."""
     device = torch.device(device)
     with torch.random.fork_rng(devices=[]):  # the hash table's initial values, without touching the caller's RNG
         torch.manual_seed(seed)
         model = CoarseModel(cfg, loss_fn, device, camera_sampler)
+    init_metrics: dict[str, float] = {}
+    if init is not None and not (resume and load_latest_checkpoint(
+            Path(run_dir) / "checkpoints", "coarse", "cpu", model.state_tensors(), cfg.steps) is not None):
+        init_metrics = init(model, torch.Generator().manual_seed(seed))  # its own stream: the loop's is untouched
     generator = torch.Generator().manual_seed(seed)
     spec = LoopSpec("coarse", cfg.steps, cfg.checkpoint_every, cfg.preview_every or cfg.steps,
                     device_type=device.type, autocast=autocast_dtype(precision, device), made_by=made_by)
     result = run_loop(model, spec, Path(run_dir), generator, progress, resume)
-    return CoarseResult(field=model.field.eval(), metrics=result.metrics)
+    return CoarseResult(field=model.field.eval(), metrics={**init_metrics, **result.metrics})
 
 
 def load_coarse_field(run_dir: Path, cfg: CoarseConfig, device: torch.device | str) -> NeRFField:
