@@ -28,6 +28,9 @@ from magic3d.guidance.builtin_world import COLOURS, KINDS
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "samples" / "benchmarks" / "amortized.json"
 WORK = ROOT / "outputs" / "amortized-eval"
+# Generation as measured: the USD and the GLB the recogniser reads, no turntable GIF (most of export's
+# time on this CPU), at most 5000 faces (xatlas's unwrap is superlinear in them).
+GENERATE_OVERRIDES = ["export.formats=[usdc,glb]", "export.preview=false", "bake.face_budget=5000"]
 
 
 def held_out_pairs() -> list[tuple[str, str]]:
@@ -103,20 +106,188 @@ def phase_train(report: dict, args: argparse.Namespace) -> None:
     save_report(args.out, report)
 
 
-PHASES = {"train": phase_train}
+def seen_sample(count: int = 20) -> list[str]:
+    """``count`` training prompts covering every kind and every colour: each pick adds a kind or a
+    colour not yet picked while any is left, then the set fills up in a fixed stride."""
+    pool = training_prompts()
+    picked: list[str] = []
+    for n in range(len(pool)):
+        kinds, colours = {p.split()[2] for p in picked}, {p.split()[1] for p in picked}
+        text = next((p for p in pool if p not in picked and p.split()[2] not in kinds and p.split()[1] not in colours),
+                    None) or next((p for p in pool if p not in picked and (p.split()[2] not in kinds
+                                                                        or p.split()[1] not in colours)), None)
+        if text is None:
+            text = pool[(7 * n) % len(pool)]
+            if text in picked:
+                continue
+        picked.append(text)
+        if len(picked) == count:
+            break
+    return picked
+
+
+def recognise(texts: list[str], args: argparse.Namespace, label: str) -> list[dict]:
+    """``generate --from`` each prompt (in process, the model loaded per call as the CLI does) and read the mesh back."""
+    from exporters import load_asset
+    from magic3d.amortize.generate import generate_from
+    from magic3d.guidance.builtin_world import dominant_colour, recognise_kind
+
+    rows = []
+    for text in texts:
+        colour, kind = text.split()[1:3]
+        clock = time.perf_counter()
+        result = generate_from(text, args.work / "model", out=args.work / label, overrides=args.generate_overrides)
+        seconds = time.perf_counter() - clock
+        mesh = load_asset(result.files["glb"])
+        seen_kind, scores = recognise_kind(mesh)
+        seen_colour = dominant_colour(mesh)
+        row = {"prompt": text, "kind": seen_kind, "colour": seen_colour, "kind_ok": seen_kind == kind,
+               "colour_ok": seen_colour == colour, "iou": round(scores[kind], 3), "seconds": round(seconds, 2),
+               "forward_seconds": round(result.timings["forward"], 5),
+               "stage_seconds": {k: round(v, 3) for k, v in result.timings.items()}, "faces": len(mesh.faces)}
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    return rows
+
+
+def accuracy(rows: list[dict]) -> dict:
+    return {"prompts": len(rows), "kind_accuracy": sum(r["kind_ok"] for r in rows) / len(rows),
+            "colour_accuracy": sum(r["colour_ok"] for r in rows) / len(rows),
+            "median_seconds": sorted(r["seconds"] for r in rows)[len(rows) // 2], "rows": rows}
+
+
+def phase_seen(report: dict, args: argparse.Namespace) -> None:
+    report["phases"]["seen"] = {"status": "done", "targets": {"kind": 0.7, "colour": 0.9},
+                                **accuracy(recognise(seen_sample(), args, "seen"))}
+
+
+def phase_held_out(report: dict, args: argparse.Namespace) -> None:
+    texts = [prompt(k, c) for k, c in held_out_pairs()]
+    report["phases"]["held_out"] = {"status": "done", "targets": {"kind": 0.6, "colour": 0.85},
+                                    **accuracy(recognise(texts, args, "held-out"))}
+
+
+def phase_latency(report: dict, args: argparse.Namespace) -> None:
+    """``magic3d generate PROMPT --from MODEL`` as a user runs it: a fresh process, prompt to USD."""
+    import sys
+
+    rows = []
+    for text in seen_sample(3):
+        clock = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "magic3d", "generate", text, "--from", str(args.work / "model"),
+                        "--out", str(args.work / "latency"), "--quiet",
+                        *[x for o in args.generate_overrides for x in ("--set", o)]],
+                       cwd=ROOT, check=True, capture_output=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+        seconds = time.perf_counter() - clock
+        record = json.loads((args.work / "latency" / text.replace(" ", "-") / "run.json").read_text())
+        rows.append({"prompt": text, "command_seconds": round(seconds, 2),
+                     "forward_seconds": round(record["timings"]["forward"], 5),
+                     "stage_seconds": {k: round(v, 3) for k, v in record["timings"].items()}})
+        print(json.dumps(rows[-1]), flush=True)
+    report["phases"]["latency"] = {"status": "done", "target_seconds": 10.0, "rows": rows,
+                                   "median_command_seconds": sorted(r["command_seconds"] for r in rows)[1]}
+
+
+def phase_compute(report: dict, args: argparse.Namespace) -> None:
+    """The builtin preset once per prompt, measured on a sample and multiplied by the set's size,
+    against the amortized training plus one generation per prompt (the seen phase's median)."""
+    from magic3d.pipeline import generate
+
+    rows = []
+    for text in seen_sample(args.compute_sample):
+        clock = time.perf_counter()
+        generate(text, out=args.work / "builtin", prior="builtin", preset="builtin", seed=0, device="cpu", restart=True)
+        rows.append({"prompt": text, "seconds": round(time.perf_counter() - clock, 1)})
+        print(json.dumps(rows[-1]), flush=True)
+    count = len(training_prompts())
+    per_prompt = sum(r["seconds"] for r in rows) / len(rows)
+    train_seconds = report["phases"]["train"]["seconds"]
+    generate_seconds = report["phases"]["seen"]["median_seconds"]
+    amortized = train_seconds + generate_seconds * count
+    report["phases"]["compute"] = {
+        "status": "done", "prompts": count, "builtin_sample": rows, "builtin_seconds_per_prompt": round(per_prompt, 1),
+        "builtin_total_seconds": round(per_prompt * count, 1), "stated_as": "builtin per prompt (sample mean) x prompts",
+        "amortized_train_seconds": train_seconds, "amortized_generate_seconds_per_prompt": generate_seconds,
+        "amortized_total_seconds": round(amortized, 1), "ratio": round(amortized / (per_prompt * count), 3),
+        "target_ratio": round(1 / 3, 3)}
+
+
+def mean_rgb(mesh) -> list[float]:
+    import numpy as np
+
+    colours = np.asarray(mesh.visual.to_color().vertex_colors, dtype=np.float64)[:, :3] / 255.0
+    area = np.zeros(len(mesh.vertices))
+    np.add.at(area, mesh.faces.ravel(), np.repeat(mesh.area_faces / 3.0, 3))
+    return (colours * area[:, None]).sum(0) / area.sum()
+
+
+def hue_distance(a, b) -> float:
+    import colorsys
+
+    ha, hb = colorsys.rgb_to_hsv(*a)[0], colorsys.rgb_to_hsv(*b)[0]
+    d = abs(ha - hb)
+    return min(d, 1.0 - d)
+
+
+def monotonic(values: list[float], rising: bool, slack: float = 0.0) -> bool:
+    return all((b >= a - slack) if rising else (b <= a + slack) for a, b in zip(values, values[1:]))
+
+
+def phase_interpolation(report: dict, args: argparse.Namespace) -> None:
+    import shutil
+
+    import trimesh
+
+    from exporters import load_asset
+    from magic3d.amortize.interpolate import plan_interpolation, run_interpolation
+    from magic3d.guidance.builtin_world import recognise_kind
+
+    out = args.work / "morph"
+    shutil.rmtree(out, ignore_errors=True)
+    files = run_interpolation(*plan_interpolation(args.work / "model", "a red cube", "a blue sphere", args.frames, out))
+    rows = []
+    for path in files["frames"]:
+        mesh = load_asset(path)
+        body = trimesh.Trimesh(mesh.vertices, mesh.faces, process=True)
+        body.merge_vertices(merge_tex=True, merge_norm=True)
+        rgb = mean_rgb(mesh)
+        rows.append({"frame": path.parent.name, "bodies": len(body.split(only_watertight=False)),
+                     "watertight": bool(body.is_watertight), "iou_cube": round(recognise_kind(mesh)[1]["cube"], 3),
+                     "hue_to_red": round(hue_distance(rgb, COLOURS["red"]), 3),
+                     "hue_to_blue": round(hue_distance(rgb, COLOURS["blue"]), 3)})
+        print(json.dumps(rows[-1]), flush=True)
+    gif = ROOT / "samples" / "amortized_morph.gif"
+    shutil.copyfile(files["gif"], gif)
+    report["phases"]["interpolation"] = {
+        "status": "done", "frames": rows, "gif": str(gif.relative_to(ROOT)),
+        "one_watertight_body_each": all(r["bodies"] == 1 and r["watertight"] for r in rows),
+        "colour_monotonic": monotonic([r["hue_to_red"] for r in rows], True)
+        and monotonic([r["hue_to_blue"] for r in rows], False),
+        "cube_iou_falls_monotonically": monotonic([r["iou_cube"] for r in rows], False)}
+
+
+PHASES = {"train": phase_train, "seen": phase_seen, "held_out": phase_held_out, "latency": phase_latency,
+          "compute": phase_compute, "interpolation": phase_interpolation}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--phase", action="append", choices=list(PHASES), help="run only these (default: all, in order)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="amortize/run config override")
+    parser.add_argument("--generate-set", dest="generate_overrides", action="append", default=None,
+                        help="config override for generate --from only (bake, export); default: "
+                        + " ".join(GENERATE_OVERRIDES))
+    parser.add_argument("--compute-sample", type=int, default=3, help="prompts the builtin preset runs for the comparison")
+    parser.add_argument("--frames", type=int, default=8)
     parser.add_argument("--work", type=Path, default=WORK)
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
+    args.generate_overrides = GENERATE_OVERRIDES if args.generate_overrides is None else args.generate_overrides
     import torch
 
     torch.set_num_threads(1)
     report = load_report(args.out)
+    report["generate_overrides"] = args.generate_overrides
     report["machine"] = {"platform": platform.platform(), "device": "cpu", "threads": 1, "gpu": "none lent"}
     report.setdefault("phases", {})
     for name in args.phase or list(PHASES):
