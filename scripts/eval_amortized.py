@@ -291,7 +291,7 @@ def main() -> None:
     report["machine"] = {"platform": platform.platform(), "device": "cpu", "threads": 1, "gpu": "none lent"}
     report.setdefault("phases", {})
     for name in args.phase or list(PHASES):
-        if name != "train" and report["phases"].get(name, {}).get("status") == "done":
+        if report["phases"].get(name, {}).get("status") == "done":
             continue
         PHASES[name](report, args)
         report["commit"] = commit()
