@@ -43,6 +43,14 @@ class AmortizedConfig:
     def to_dict(self) -> dict:
         return {"run": to_dict(self.run), SECTION: dataclasses.asdict(self.amortize)}
 
+    def identity(self) -> dict:
+        """What shapes the trained model: the prior, the coarse section, this one, seed and precision.
+        Extraction, bake and export settings (and sections added later) are read at generation time,
+        so changing them never makes a model folder refuse to resume."""
+        runtime = self.run.runtime
+        return {"prior": to_dict(self.run.prior), "coarse": to_dict(self.run.coarse),
+                SECTION: dataclasses.asdict(self.amortize), "seed": runtime.seed, "precision": runtime.precision}
+
 
 def available_amortize_presets() -> list[str]:
     return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))

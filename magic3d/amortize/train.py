@@ -96,7 +96,7 @@ def plan_training(
     record = read_model_record(model_dir)
     if record and not restart:
         check_same_prior(record, prior_id, model_dir)
-        if record.get("prompts") != texts or record.get("config") != cfg.to_dict():
+        if record.get("prompts") != texts or record.get("identity") != cfg.identity():
             raise ConfigError(f"{str(model_dir)!r} holds a model of another prompt set or config; pass --restart "
                               "to replace it or choose another --out.")
     if cfg.run.runtime.device.startswith("cuda"):
@@ -129,7 +129,7 @@ def run_training(plan: TrainPlan, restart: bool, progress: ProgressFn, notice: N
 
     cfg, model_dir = plan.cfg, plan.model_dir
     config = cfg.to_dict()
-    made_by = run_identity("\n".join(plan.texts), config)
+    made_by = run_identity("\n".join(plan.texts), cfg.identity())
     if not restart and foreign_checkpoints(model_dir / "checkpoints", made_by):
         raise ConfigError(made_by_message(model_dir / "checkpoints"))
     runtime = cfg.run.runtime
@@ -145,7 +145,7 @@ def run_training(plan: TrainPlan, restart: bool, progress: ProgressFn, notice: N
             clear_checkpoints(model_dir)
         record: dict[str, Any] = {
             "prior": cfg.run.prior.id, "prompts": plan.texts, "preset": plan.preset, "overrides": plan.overrides,
-            "config": config, "seed": runtime.seed, "device": str(device), "status": "training",
+            "identity": cfg.identity(), "config": config, "seed": runtime.seed, "device": str(device), "status": "training",
             "versions": versions(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
         atomic_write_text(model_dir / RECORD, json.dumps(record, indent=2))
