@@ -18,7 +18,7 @@ import os
 import re
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -211,17 +211,35 @@ def make_backend(options: BatchOptions) -> Any:
 
 
 @contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM ends the batch like Ctrl-C: children stopped, jobs handed back for the next run."""
+def _sigterm_as_interrupt() -> Iterator[Callable[[], None]]:
+    """SIGTERM ends the batch like Ctrl-C: children stopped, jobs handed back for the next run.
+
+    Yields a check for the run loop: a library that catches BaseException (trimesh's optional
+    imports do, and the batch process first imports it mid-run) swallows the KeyboardInterrupt
+    either signal raises, so the loop raises it again from the record the handler keeps.
+    """
+    asked: list[int] = []
+
+    def interrupt(signum: int, frame: Any) -> None:
+        asked.append(signum)
+        raise KeyboardInterrupt
+
+    def check() -> None:
+        if asked:
+            raise KeyboardInterrupt
+
     try:
-        previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+        previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, interrupt)}
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not where Ctrl-C is ignored
+            previous[signal.SIGINT] = signal.signal(signal.SIGINT, interrupt)
     except ValueError:  # not the main thread
-        yield
+        yield check
         return
     try:
-        yield
+        yield check
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def run_batch(path: str | Path, options: BatchOptions, reporter: Reporter | None = None) -> BatchSummary:
@@ -243,7 +261,7 @@ def run_batch(path: str | Path, options: BatchOptions, reporter: Reporter | None
     clock = time.monotonic()
     owner = new_owner()
     ran: list[str] = []
-    with Manifest(out) as manifest, _sigterm_as_interrupt():
+    with Manifest(out) as manifest, _sigterm_as_interrupt() as interrupted:
         manifest.sync(parsed.items, replace=restart)
         manifest.restart(restart, owner)
         manifest.reset_failed(ids)
@@ -257,6 +275,7 @@ def run_batch(path: str | Path, options: BatchOptions, reporter: Reporter | None
         beat = time.monotonic()
         try:
             while True:
+                interrupted()
                 while len(running) < backend.capacity:
                     job = manifest.claim(owner, ids, options.lease_s)
                     if job is None:
@@ -266,6 +285,7 @@ def run_batch(path: str | Path, options: BatchOptions, reporter: Reporter | None
                     # worker must not meet the old run folder it was asked to replace.
                     slot = backend.start(job, *job_payload(job, options, restart=job.id in restart))
                     reporter.emit("job_start", job=job.id, prompt=job.prompt, attempt=job.attempts, worker=slot)
+                    publish(out, manifest, world=False)  # the gallery shows the job as running now
                 if not running:
                     if manifest.held_elsewhere(ids, owner) == 0:
                         break
