@@ -11,7 +11,9 @@ from typing import Annotated
 
 import typer
 
+from magic3d.amortize.cli import register as register_amortize
 from magic3d.batch.cli import register as register_batch
+from magic3d.batch.gallery_cli import register as register_gallery
 from magic3d.control_cli import register as register_control
 from magic3d.console import run_app
 from magic3d.errors import Magic3DError
@@ -61,12 +63,20 @@ def generate(
                                               "magic3d/events.schema.json), ending with the result; no bars.")] = False,
     init_shape: Annotated[str | None, typer.Option("--init-shape", help="A closed mesh file the coarse density "
                                                    "starts from instead of the blob.")] = None,
+    from_model: Annotated[str | None, typer.Option("--from", help="An amortized model folder (magic3d amortize): "
+                                                   "one forward pass instead of optimising.")] = None,
+    refine_steps: Annotated[int, typer.Option("--refine-steps", help="With --from: SDS steps on this prompt "
+                                              "alone before extraction.")] = 0,
 ) -> None:
     """Optimise a 3D asset for PROMPT and write it in the configured formats."""
     from magic3d.progress import console_progress
 
     import json
 
+    if from_model is not None:
+        from magic3d.amortize.cli import generate_from_model
+
+        return generate_from_model(prompt, from_model, out, refine_steps, prior, device, overrides, quiet)
     options = dict(preset=preset, prior=prior, overrides=overrides or [], seed=seed, device=device)
     if init_shape is not None:
         options["overrides"] = [*options["overrides"], f"control.init_shape={json.dumps(init_shape)}"]
@@ -183,6 +193,8 @@ def info() -> None:
 
 
 register_batch(app)
+register_gallery(app)
+register_amortize(app)
 register_control(app)
 
 

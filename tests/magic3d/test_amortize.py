@@ -21,10 +21,9 @@ TINY = ["amortize.steps=4", "amortize.prompts_per_step=2", "amortize.checkpoint_
 PROMPTS = "a red cube\na blue sphere\n# a comment\na red cube\n"
 
 
-def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+def cli(*args: str, module: str = "magic3d.amortize.cli") -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    return subprocess.run([sys.executable, "-m", "magic3d.amortize.cli", *args], env=env, capture_output=True,
-                          text=True, timeout=600, cwd=cwd)
+    return subprocess.run([sys.executable, "-m", module, *args], env=env, capture_output=True, text=True, timeout=600)
 
 
 def sets(overrides: list[str]) -> list[str]:
@@ -95,7 +94,7 @@ def test_generate_from_seen_and_unseen_prompts(model, tmp_path):
     from pxr import Usd
 
     out = tmp_path / "out"
-    seen = cli("generate", "a red cube", "--from", str(model), "--out", str(out), "--quiet")
+    seen = cli("generate", "a red cube", "--from", str(model), "--out", str(out), "--quiet", module="magic3d")
     assert seen.returncode == 0, seen.stderr
     unseen = cli("generate", "a blue cube", "--from", str(model), "--out", str(out), "--quiet")
     assert unseen.returncode == 0, unseen.stderr
