@@ -1,4 +1,5 @@
-"""A batch folder's front pages: ``index.html`` (a gallery of previews) and ``world.usda``.
+"""A batch folder's front pages: ``index.html`` (a card per job, each done asset in an
+interactive 3D viewer), ``world.html`` (every asset at once) and ``world.usda``.
 
 Both are rebuilt from the manifest as jobs finish, written to a temporary name and renamed, and
 under a file lock so two batch processes on one folder never interleave their rewrites.
@@ -15,11 +16,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import magic3d.batch.viewer as viewer
 from magic3d.batch.manifest import Job
 from magic3d.storage import atomic_write_text
 
 GALLERY_NAME = "index.html"
 WORLD_NAME = "world.usda"
+WORLD_PAGE = "world.html"
 LOCK_NAME = ".batch-publish.lock"
 _LINKS = (("usdz", "USDZ"), ("usdc", "USD"), ("usda", "USDA"), ("usd", "USD"), ("glb", "GLB"), ("obj", "OBJ"))
 _PREVIEW_KEYS = ("preview", "preview_gif", "preview_png", "gif", "png")
@@ -29,6 +32,7 @@ body { font-family: system-ui, sans-serif; margin: 2rem; background: #fafafa; co
 h1 { font-size: 1.4rem; } .summary { color: #555; }
 .grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(220px, 1fr)); gap: 1rem; }
 figure { margin: 0; background: #fff; border: 1px solid #ddd; border-radius: 6px; padding: .6rem; }
+figure { position: relative; }
 figure img { width: 100%; aspect-ratio: 1; object-fit: contain; background: #eee; }
 figure .missing { width: 100%; aspect-ratio: 1; display: grid; place-items: center; background: #eee; color: #888; }
 figcaption .prompt { font-weight: 600; } figcaption .meta { color: #666; font-size: .85rem; }
@@ -62,7 +66,10 @@ def _card(out: Path, job: Job) -> str:
     record = _run_record(out, job) if job.state == "done" else {}
     seed = job.seed if job.seed is not None else job.metrics.get("seed", record.get("seed", "default"))
     preview = next((job.outputs[k] for k in _PREVIEW_KEYS if k in job.outputs), None)
-    if preview:
+    model = viewer.viewer_tag(out, job, preview)
+    if model:
+        image = model
+    elif preview:
         image = f'<img src="{_href(preview)}" alt="{esc(job.prompt, quote=True)}" loading="lazy">'
     else:
         image = f'<div class="missing">{esc(job.state)}</div>'
@@ -94,18 +101,54 @@ def render_gallery(out: Path, jobs: Sequence[Job]) -> str:
     cards = "\n".join(_card(out, j) for j in jobs)
     world = f' · <a href="{WORLD_NAME}">{WORLD_NAME}</a>' if (out / WORLD_NAME).exists() else ""
     stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+    links = f'<a href="{WORLD_PAGE}">all assets in 3D</a>{world}'
+    return _page(out, "magic3d batch", f"{summary or 'no jobs'} · updated {stamp} · {links}", cards)
+
+
+def render_world_page(out: Path, jobs: Sequence[Job]) -> str:
+    """Every done asset's viewer in one grid, in world.usda's order; orbiting one turns them all,
+    so they are compared from the same side."""
+    tiles = []
+    for j in jobs:
+        preview = next((j.outputs[k] for k in _PREVIEW_KEYS if k in j.outputs), None)
+        tag = viewer.viewer_tag(out, j, preview)
+        if tag:
+            tiles.append(f'<figure id="{html.escape(j.id, quote=True)}" data-state="done">{tag}'
+                         f'<figcaption>{html.escape(j.prompt)}</figcaption></figure>')
+    summary = f'{len(tiles)} assets · <a href="{GALLERY_NAME}">gallery</a>'
+    return _page(out, "magic3d world", summary, "\n".join(tiles), _SYNC_SCRIPT)
+
+
+# Orbiting one viewer by hand turns every other to the same angles.
+_SYNC_SCRIPT = """
+for (const mv of document.querySelectorAll('model-viewer')) {
+  mv.addEventListener('camera-change', e => {
+    if (e.detail.source !== 'user-interaction') return;
+    const o = mv.getCameraOrbit();
+    for (const other of document.querySelectorAll('model-viewer'))
+      if (other !== mv) other.cameraOrbit = `${o.theta}rad ${o.phi}rad auto`;
+  });
+}
+"""
+
+
+def _page(out: Path, title: str, summary: str, body: str, script: str = "") -> str:
     return (
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
         "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
-        f"<title>magic3d batch · {html.escape(out.name)}</title><style>{_STYLE}</style></head>\n<body>"
-        f"<h1>magic3d batch</h1><p class=\"summary\">{summary or 'no jobs'} · updated {stamp}{world}</p>"
-        f"<div class=\"grid\">\n{cards}\n</div><script>{_SCRIPT}</script></body></html>\n"
+        f"<title>{title} · {html.escape(out.name)}</title><style>{_STYLE}</style>{viewer.head_tags()}</head>\n"
+        f"<body><h1>{title}</h1><p class=\"summary\">{summary}</p>"
+        f"<div class=\"grid\">\n{body}\n</div><script>{_SCRIPT}{viewer.VIEWER_SCRIPT}{script}</script></body></html>\n"
     )
 
 
 def write_gallery(out: Path, jobs: Sequence[Job]) -> Path:
-    path = Path(out) / GALLERY_NAME
-    atomic_write_text(path, render_gallery(Path(out), jobs))
+    """``index.html`` and ``world.html``, after the viewer files they load."""
+    out = Path(out)
+    viewer.write_viewer_files(out, jobs)
+    atomic_write_text(out / WORLD_PAGE, render_world_page(out, jobs))
+    path = out / GALLERY_NAME
+    atomic_write_text(path, render_gallery(out, jobs))
     return path
 
 
