@@ -215,7 +215,10 @@ def test_sds_reads_the_camera_in_both_halves_of_guidance(prior):
 
     front, turned = grad_for(torch.tensor([[10.0, 0.0]])), grad_for(torch.tensor([[10.0, 40.0]]))
     assert not torch.allclose(front, turned)
-    assert torch.allclose(grad_for(torch.tensor([[10.0, 400.0]])), turned, atol=1e-5)
+    # 400 and 40 degrees differ by float32 rounding of the angle, which the UNet carries into the
+    # gradient at up to ~1e-4 (seen on one build VM, not on another); a camera the prior did not
+    # read as periodic would differ by O(1).
+    assert torch.allclose(grad_for(torch.tensor([[10.0, 400.0]])), turned, atol=1e-4, rtol=1e-4)
     with_text = prior.with_camera(emb.cond, torch.tensor([[10.0, 40.0]]))
     assert torch.allclose(with_text - emb.cond, prior.with_camera(emb.uncond, torch.tensor([[10.0, 40.0]])) - emb.uncond,
                           atol=1e-5)
