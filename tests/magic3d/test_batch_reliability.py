@@ -346,8 +346,12 @@ def test_batch_advice_names_the_job() -> None:
 # --- every option an error can advise exists in `magic3d batch` ------------------------------------
 
 # Messages of commands that batch never runs: `magic3d preview` and `magic3d export`'s re-export.
+# Messages of other commands (their own options), and the gallery's HTML (a CSS --custom-property).
 NOT_REACHED_FROM_BATCH = {("magic3d/preview.py", "*"), ("magic3d/convert.py", "*"),
-                          ("exporters/validate.py", "*"), ("magic3d/export.py", "reexport")}
+                          ("exporters/validate.py", "*"), ("magic3d/export.py", "reexport"),
+                          ("magic3d/amortize/generate.py", "plan_generation"), ("magic3d/amortize/interpolate.py", "*"),
+                          ("magic3d/batch/gallery_cli.py", "*"), ("magic3d/batch/viewer.py", "*"),
+                          ("magic3d/control_plan.py", "plan_edit")}
 
 
 def batch_flags() -> set[str]:
