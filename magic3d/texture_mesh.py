@@ -49,6 +49,9 @@ class FixedMeshModel(FineModel):
     def mesh(self) -> tuple[Tensor, Tensor]:
         return self.vertices, self.faces
 
+    def final_mesh(self) -> tuple[Tensor, Tensor, int]:
+        return self.vertices, self.faces, 0  # the user's mesh exactly: nothing sealed
+
     def param_groups(self) -> list[dict]:
         return [{"params": list(self.texture.encoding.parameters()), "lr": self.cfg.lr},
                 {"params": list(self.texture.mlp.parameters()), "lr": self.cfg.lr * 0.1}]

@@ -145,9 +145,13 @@ class FineModel:
             rows.append(torch.cat(list(out.rgb), dim=1))
         return (torch.cat(rows, dim=0).clamp(0, 1) * 255).round().byte().cpu().numpy()
 
-    def result(self, metrics: dict[str, float]) -> FineResult:
+    def final_mesh(self) -> tuple[Tensor, Tensor, int]:
+        """The mesh the result carries, with tunnels up to ``seal_tunnels`` sealed, and how many were."""
         vertices, faces, sealed = self.dmtet.extract_sealed(self.cfg.seal_tunnels)
-        vertices, faces = self._nonempty(vertices, faces)
+        return (*self._nonempty(vertices, faces), sealed)
+
+    def result(self, metrics: dict[str, float]) -> FineResult:
+        vertices, faces, sealed = self.final_mesh()
         texture = self.texture.eval()
 
         def color_fn(points: Tensor) -> Tensor:
