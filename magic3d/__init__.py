@@ -11,14 +11,14 @@ def generate(*args, **kwargs):
 
 
 def texture(*args, **kwargs):
-    """Texture the user's mesh from a prompt, keeping its geometry; see ``magic3d.control_plan.texture``."""
-    from magic3d.control_plan import texture as _texture
+    """Texture the user's mesh from a prompt, keeping its geometry; see ``magic3d.control.plan.texture``."""
+    from magic3d.control.plan import texture as _texture
 
     return _texture(*args, **kwargs)
 
 
 def edit(*args, **kwargs):
-    """Edit a finished run with a new prompt; see ``magic3d.control_plan.edit``."""
-    from magic3d.control_plan import edit as _edit
+    """Edit a finished run with a new prompt; see ``magic3d.control.plan.edit``."""
+    from magic3d.control.plan import edit as _edit
 
     return _edit(*args, **kwargs)

@@ -14,7 +14,7 @@ import typer
 from magic3d.amortize.cli import register as register_amortize
 from magic3d.batch.cli import register as register_batch
 from magic3d.batch.gallery_cli import register as register_gallery
-from magic3d.control_cli import register as register_control
+from magic3d.control.cli import register as register_control
 from magic3d.console import run_app
 from magic3d.errors import Magic3DError
 

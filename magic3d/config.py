@@ -26,7 +26,7 @@ from magic3d.config_sections import (
     FineConfig,
     dense_values,
 )
-from magic3d.control_config import ControlConfig
+from magic3d.control.config import ControlConfig
 from magic3d.errors import ConfigError, InputError
 from magic3d.guidance import PriorConfig
 from magic3d.storage import read_input_text
@@ -284,7 +284,7 @@ def validate(cfg: Config) -> None:
                 f"Config key '{stage}.resolution' must be a multiple of 8 between 16 and 1024, not {res}."
             )
     _check_dense_field(cfg.coarse.field)
-    from magic3d.user_mesh import resolve_sources
+    from magic3d.control.user_mesh import resolve_sources
 
     resolve_sources(cfg.control)  # the user's mesh or run read and checked, its SHA-256 recorded
     bad = [f for f in cfg.export.formats if f not in EXPORT_FORMATS]

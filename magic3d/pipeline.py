@@ -60,7 +60,7 @@ def generate(
     """Run every stage for ``prompt`` and write the assets under ``out/<slug>/``.
 
     ``prior_loader`` replaces ``load_first_prior``: a batch worker's keeps the prior between jobs.
-    ``init_shape``: a mesh file the coarse density starts from (``magic3d.init_shape``)."""
+    ``init_shape``: a mesh file the coarse density starts from (``magic3d.control.init_shape``)."""
     if init_shape is not None:
         overrides = [*overrides, f"control.init_shape={json.dumps(str(init_shape))}"]
     text, cfg, run_dir = plan_run(prompt, out, preset, prior, overrides, seed, device, name)
@@ -177,14 +177,14 @@ def run_stages(
     from magic3d.bake import bake
     from magic3d.export import write_outputs
     from magic3d.guidance import load_prior
-    from magic3d.init_shape import coarse_start
+    from magic3d.control.init_shape import coarse_start
     from magic3d.prompts import ViewPrompts
     from magic3d.stages.coarse import run_coarse
     from magic3d.stages.fine import extract_mesh, run_fine
     from magic3d.stages.losses import SDSLoss
 
     if cfg.control.texture_mesh or (cfg.control.edit_from and cfg.control.edit_keep == "geometry"):
-        from magic3d.texture_mesh import texture_stages  # the user's (or source run's) mesh kept as it is
+        from magic3d.control.texture_mesh import texture_stages  # the user's (or source run's) mesh kept as it is
 
         return texture_stages(text, cfg, run_dir, device, prior, resume, progress, made_by)
     seed = cfg.runtime.seed

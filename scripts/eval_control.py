@@ -71,7 +71,7 @@ def case(name: str, work: Path) -> dict:
 
     torch.set_num_threads(1)
     from exporters import load_asset
-    from magic3d.control_plan import edit, texture
+    from magic3d.control.plan import edit, texture
     from magic3d.pipeline import generate
 
     work.mkdir(parents=True, exist_ok=True)

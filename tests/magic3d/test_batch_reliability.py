@@ -351,7 +351,7 @@ NOT_REACHED_FROM_BATCH = {("magic3d/preview.py", "*"), ("magic3d/convert.py", "*
                           ("exporters/validate.py", "*"), ("magic3d/export.py", "reexport"),
                           ("magic3d/amortize/generate.py", "plan_generation"), ("magic3d/amortize/interpolate.py", "*"),
                           ("magic3d/batch/gallery_cli.py", "*"), ("magic3d/batch/viewer.py", "*"),
-                          ("magic3d/control_plan.py", "plan_edit")}
+                          ("magic3d/control/plan.py", "plan_edit")}
 
 
 def batch_flags() -> set[str]:

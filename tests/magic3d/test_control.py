@@ -83,7 +83,7 @@ def test_init_shape_fit_puts_the_mesh_in_the_coarse_density(tmp_path):
     import torch
 
     from magic3d.config import load_config
-    from magic3d.init_shape import coarse_start
+    from magic3d.control.init_shape import coarse_start
     from magic3d.stages.coarse import CoarseModel
 
     cfg = load_config("builtin", [f"control.init_shape={cone_file(tmp_path / 'cone.obj')}",

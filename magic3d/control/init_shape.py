@@ -24,7 +24,7 @@ from torch import Tensor
 
 from magic3d.config import Config
 from magic3d.fields.texture import sample_surface
-from magic3d.user_mesh import read_user_mesh, scene_frame
+from magic3d.control.user_mesh import read_user_mesh, scene_frame
 
 SDF_RESOLUTION = 96  # voxels per side of the signed-distance grid over [-bound, bound]^3
 

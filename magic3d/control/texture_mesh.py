@@ -1,6 +1,6 @@
 """``magic3d texture FILE "prompt"``: the user's geometry kept exactly, only a texture optimised on it.
 
-The mesh is placed in the scene (``magic3d.user_mesh.scene_frame``) and a texture field, the fine
+The mesh is placed in the scene (``magic3d.control.user_mesh.scene_frame``) and a texture field, the fine
 stage's, is trained by SDS on renders of that fixed mesh: albedo views for the first quarter of
 the steps, then albedo and diffuse ones (textureless renders carry no gradient to a texture).
 The field is baked into the mesh's own UVs when they are a usable atlas (one per vertex, finite,
@@ -31,7 +31,7 @@ from torch import Tensor
 from magic3d.config import Config
 from magic3d.progress import ProgressFn
 from magic3d.stages.fine import FineModel
-from magic3d.user_mesh import SceneFrame, read_user_mesh, scene_frame
+from magic3d.control.user_mesh import SceneFrame, read_user_mesh, scene_frame
 from renderers.shading import SHADING_MODES
 
 

@@ -47,7 +47,7 @@ def plan_texture(
 
     from magic3d.naming import clean_prompt, slugify
     from magic3d.plan import plan_run
-    from magic3d.user_mesh import read_user_mesh
+    from magic3d.control.user_mesh import read_user_mesh
 
     mesh = read_user_mesh(mesh_file, "mesh to texture")
     own_size = float(np.ptp(np.asarray(mesh.vertices), axis=0).max())

@@ -1,4 +1,4 @@
-"""``magic3d texture`` and ``magic3d edit``: typer commands over ``magic3d.control_plan``.
+"""``magic3d texture`` and ``magic3d edit``: typer commands over ``magic3d.control.plan``.
 
 ``magic3d.cli`` calls ``register(app)``. Nothing here imports torch: bad input is refused by the
 planner before the pipeline is imported.
@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from magic3d.control_plan import EDIT_LR_SCALE, EDIT_STEPS
+from magic3d.control.plan import EDIT_LR_SCALE, EDIT_STEPS
 
 OutOpt = Annotated[str, typer.Option("--out", "-o", help="Output folder; the run goes in a folder under it.")]
 PresetOpt = Annotated[str | None, typer.Option("--preset", "-p", help="Preset name or a YAML file.")]
@@ -42,7 +42,7 @@ def texture(
     quiet: QuietOpt = False,
 ) -> None:
     """Texture the mesh in FILE from PROMPT, keeping its geometry exactly (the fine stage's texture only)."""
-    from magic3d.control_plan import plan_texture
+    from magic3d.control.plan import plan_texture
 
     planned = plan_texture(file, prompt, out, preset, prior, overrides or [], seed, device, size_m)
     run(planned, out, restart, quiet)
@@ -62,7 +62,7 @@ def edit(
     quiet: QuietOpt = False,
 ) -> None:
     """Edit the finished run in RUN_DIR with PROMPT (Magic3D's prompt editing); the source is never modified."""
-    from magic3d.control_plan import plan_edit
+    from magic3d.control.plan import plan_edit
 
     planned = plan_edit(run_dir, prompt, out, keep, steps, lr_scale, overrides or [], seed, device)
     run(planned, out, restart, quiet)

@@ -24,7 +24,7 @@ from magic3d.errors import InputError
 if TYPE_CHECKING:
     import trimesh
 
-    from magic3d.control_config import ControlConfig
+    from magic3d.control.config import ControlConfig
 
 MAX_FACES = 1_000_000  # above this the SDF voxelisation and the rasterizer's passes stop being minutes
 MAX_FILE_BYTES = 2 << 30
