@@ -40,9 +40,10 @@ def finished_run(run_dir: str | Path) -> dict:
 def plan_texture(
     mesh_file: str | Path, prompt: str, out: str | Path = "outputs", preset: str | None = None,
     prior: str | None = None, overrides: list[str] | tuple[str, ...] = (), seed: int | None = None,
-    device: str | None = None, size_m: float | None = None,
+    device: str | None = None, size_m: float | None = None, name: str | None = None,
 ) -> tuple[str, Any, Path]:
-    """(prompt, config, run folder ``out/<file stem>-<prompt slug>``) of texturing ``mesh_file``."""
+    """(prompt, config, run folder ``out/<name>``, by default ``out/<file stem>-<prompt slug>``) of
+    texturing ``mesh_file``."""
     import numpy as np
 
     from magic3d.naming import clean_prompt, slugify
@@ -53,16 +54,17 @@ def plan_texture(
     own_size = float(np.ptp(np.asarray(mesh.vertices), axis=0).max())
     extra = [f"control.texture_mesh={json.dumps(str(mesh_file))}",
              f"export.size_m={json.dumps(float(size_m) if size_m is not None else own_size)}", *overrides]
-    name = slugify(f"{Path(mesh_file).stem} {clean_prompt(prompt)}")
+    name = name or slugify(f"{Path(mesh_file).stem} {clean_prompt(prompt)}")
     return plan_run(prompt, out, preset, prior, extra, seed, device, name)
 
 
 def plan_edit(
     run_dir: str | Path, prompt: str, out: str | Path = "outputs", keep: str = "none", steps: int = EDIT_STEPS,
     lr_scale: float = EDIT_LR_SCALE, overrides: list[str] | tuple[str, ...] = (), seed: int | None = None,
-    device: str | None = None,
+    device: str | None = None, name: str | None = None,
 ) -> tuple[str, Any, Path]:
-    """(prompt, config, run folder) of editing the finished run in ``run_dir`` with ``prompt``.
+    """(prompt, config, run folder ``out/<name>``, by default ``out/<prompt slug>``) of editing the
+    finished run in ``run_dir`` with ``prompt``.
 
     The config is the source run's (from its run.json), with the coarse stage cut to ``steps`` at
     ``lr_scale`` times its learning rate, then the ``--set`` overrides."""
@@ -114,7 +116,7 @@ def plan_edit(
     for model in dict.fromkeys((edited.prior.id, edited.prior.fine_id or edited.prior.id)):
         check_prior_available(model, edited.prior)
         validate_prompt_for_prior(text, model)
-    target = Path(out) / slugify(text)
+    target = Path(out) / (name or slugify(text))
     if target.resolve() == source.resolve():
         raise InputError(f"The edit would overwrite its source run {str(source)!r}; choose another --out.")
     check_run_folder(target)
