@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -153,7 +154,11 @@ def generate_from(
     return run_from(plan, text, run_dir, refine_steps, progress)
 
 
-def run_from(plan: ModelPlan, text: str, run_dir: Path, refine_steps: int, progress: ProgressFn) -> Any:
+def run_from(plan: ModelPlan, text: str, run_dir: Path, refine_steps: int, progress: ProgressFn,
+             model_loader: Callable[[ModelPlan, Any], Any] | None = None,
+             prior_loader: Callable[[ModelPlan, Any], Any] | None = None) -> Any:
+    """Run the planned generation. ``model_loader`` / ``prior_loader`` replace ``load_conditioned`` /
+    ``load_model_prior``: a batch worker's keep the model and prior loaded from one job to the next."""
     import torch
 
     from exporters.common import make_dirs, sweep_temp_files
@@ -168,8 +173,8 @@ def run_from(plan: ModelPlan, text: str, run_dir: Path, refine_steps: int, progr
     device = resolve_device(run.runtime.device)
     timings: dict[str, float] = {}
     clock = time.perf_counter()
-    model, table = load_conditioned(plan, device)
-    prior = load_model_prior(plan, device) if refine_steps or not plan.seen(text) else None
+    model, table = (model_loader or load_conditioned)(plan, device)
+    prior = (prior_loader or load_model_prior)(plan, device) if refine_steps or not plan.seen(text) else None
     cond, prior = conditioning_of(plan, [text], table, device, prior)
     timings["load"] = time.perf_counter() - clock
     with confined(run_dir.parent):
