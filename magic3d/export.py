@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from magic3d.errors import InputError
 from magic3d.storage import atomic_write_text
+from magic3d.timing import PhaseTimes
 
 if TYPE_CHECKING:
     import trimesh
@@ -24,16 +25,20 @@ BAKED_MESH = Path("checkpoints") / "baked.glb"
 ASSET_STEM = "asset"
 
 
-def write_outputs(mesh: trimesh.Trimesh, run_dir: Path, prompt: str, cfg: Config) -> dict[str, Path]:
-    """Write every configured format, the preview GIF and the re-export source; return the paths."""
+def write_outputs(mesh: trimesh.Trimesh, run_dir: Path, prompt: str, cfg: Config,
+                  times: PhaseTimes | None = None) -> dict[str, Path]:
+    """Write every configured format, the preview GIF and the re-export source; return the paths.
+    ``times``, when given, gets the turntable's seconds as its ``preview`` phase."""
     from exporters import write_glb
     from renderers.turntable import render_turntable
 
+    times = times or PhaseTimes()
     write_glb(mesh, run_dir / BAKED_MESH)
     export = cfg.export
     # The turntable's first frame is also the USD thumbnail, so it is rendered before the formats.
-    frames = render_turntable(mesh, frames=export.preview_frames if export.preview else 1,
-                              resolution=export.preview_resolution)
+    with times.phase("preview"):
+        frames = render_turntable(mesh, frames=export.preview_frames if export.preview else 1,
+                                  resolution=export.preview_resolution)
     prior = ", ".join(dict.fromkeys((cfg.prior.id, cfg.prior.fine_id or cfg.prior.id)))
     info = asset_info(run_dir, prompt, cfg.runtime.seed, prior)
     if source := cfg.control.edited_from():
@@ -41,7 +46,8 @@ def write_outputs(mesh: trimesh.Trimesh, run_dir: Path, prompt: str, cfg: Config
     files = write_formats(mesh, run_dir, export.formats, info, export.up_axis, export.size_m, physics_of(export),
                           frames[0])
     if export.preview:
-        files["preview"] = write_gif_file(frames, run_dir / "preview.gif")
+        with times.phase("preview"):
+            files["preview"] = write_gif_file(frames, run_dir / "preview.gif")
     return files
 
 

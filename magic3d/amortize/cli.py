@@ -59,6 +59,9 @@ def generate_from_model(
         result = run_from(plan, text, run_dir, refine_steps, progress)
     for fmt, path in result.files.items():
         typer.echo(f"{fmt}: {path}")
+    # The forward pass first: it is what the amortized model itself costs; the rest is mesh and file work.
+    rest = ", ".join(f"{k} {v:.2f}" for k, v in result.timings.items() if k != "forward")
+    typer.echo(f"seconds: forward {result.timings['forward']:.3f} ({rest})")
 
 
 def interpolate(

@@ -158,7 +158,11 @@ def run_from(plan: ModelPlan, text: str, run_dir: Path, refine_steps: int, progr
              model_loader: Callable[[ModelPlan, Any], Any] | None = None,
              prior_loader: Callable[[ModelPlan, Any], Any] | None = None) -> Any:
     """Run the planned generation. ``model_loader`` / ``prior_loader`` replace ``load_conditioned`` /
-    ``load_model_prior``: a batch worker's keep the model and prior loaded from one job to the next."""
+    ``load_model_prior``: a batch worker's keep the model and prior loaded from one job to the next.
+
+    run.json's ``timings`` (wall) and ``cpu_timings`` keep each phase's own seconds, ``forward``
+    being the model's: the mapping network and every evaluation of the conditioned field that
+    extraction and baking make (``magic3d.timing``)."""
     import torch
 
     from exporters.common import make_dirs, sweep_temp_files
@@ -168,41 +172,36 @@ def run_from(plan: ModelPlan, text: str, run_dir: Path, refine_steps: int, progr
     from magic3d.plan import resolve_device
     from magic3d.stages.fine import extract_mesh
     from magic3d.storage import atomic_write_text, confined
+    from magic3d.timing import PhaseTimes, TimedField
 
     run = plan.cfg.run
     device = resolve_device(run.runtime.device)
-    timings: dict[str, float] = {}
-    clock = time.perf_counter()
-    model, table = (model_loader or load_conditioned)(plan, device)
-    prior = (prior_loader or load_model_prior)(plan, device) if refine_steps or not plan.seen(text) else None
-    cond, prior = conditioning_of(plan, [text], table, device, prior)
-    timings["load"] = time.perf_counter() - clock
+    times = PhaseTimes()
+    with times.phase("load"):
+        model, table = (model_loader or load_conditioned)(plan, device)
+        prior = (prior_loader or load_model_prior)(plan, device) if refine_steps or not plan.seen(text) else None
+        cond, prior = conditioning_of(plan, [text], table, device, prior)
     with confined(run_dir.parent):
         make_dirs(run_dir)
         sweep_temp_files(run_dir)
         if refine_steps:
-            clock = time.perf_counter()
-            model = refine(model, plan, text, prior, run_dir, refine_steps, progress)
-            cond = model.conditioning
-            timings["refine"] = time.perf_counter() - clock
-        clock = time.perf_counter()
-        with torch.no_grad():
-            field = model.conditioned.at(cond[0]).eval()
-        timings["forward"] = time.perf_counter() - clock
-        clock = time.perf_counter()
-        fine = extract_mesh(field, run.fine, device)
-        timings["fine"] = time.perf_counter() - clock
-        clock = time.perf_counter()
-        mesh = bake(fine.vertices, fine.faces, fine.color_fn, run.bake)
-        timings["bake"] = time.perf_counter() - clock
-        clock = time.perf_counter()
-        files = write_outputs(mesh, run_dir, text, run)
-        timings["export"] = time.perf_counter() - clock
+            with times.phase("refine"):
+                model = refine(model, plan, text, prior, run_dir, refine_steps, progress)
+                cond = model.conditioning
+        with times.phase("forward"), torch.no_grad():
+            field = TimedField(model.conditioned.at(cond[0]).eval(), times)
+        with times.phase("mesh"):
+            fine = extract_mesh(field, run.fine, device)
+        with times.phase("bake"):
+            mesh = bake(fine.vertices, fine.faces, fine.color_fn, run.bake)
+        with times.phase("export"):
+            files = write_outputs(mesh, run_dir, text, run, times)
         metrics = {"fine": fine.metrics, "faces": int(fine.faces.shape[0]), "surface": mesh.metadata.get("surface", {})}
+        timings = {k: round(v, 4) for k, v in times.wall.items()}
         record = {"prompt": text, "from": str(plan.model_dir), "prior": plan.prior_id, "unseen": not plan.seen(text),
                   "refine_steps": refine_steps, "seed": run.runtime.seed, "device": str(device), "status": "done",
                   "config": plan.cfg.to_dict(), "files": {k: str(p.relative_to(run_dir)) for k, p in files.items()},
-                  "metrics": metrics, "timings": timings, "versions": versions(),
-                  "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+                  "metrics": metrics, "timings": timings, "cpu_timings": {k: round(v, 4) for k, v in times.cpu.items()},
+                  "versions": versions(), "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         atomic_write_text(run_dir / "run.json", json.dumps(record, indent=2))
     return RunResult(run_dir, files, metrics, timings)

@@ -101,10 +101,15 @@ def test_generate_from_seen_and_unseen_prompts(model, tmp_path):
     for slug, flag in (("a-red-cube", False), ("a-blue-cube", True)):
         record = json.loads((out / slug / "run.json").read_text())
         assert record["unseen"] is flag and record["from"] == str(model) and record["prior"] == "builtin"
-        assert record["timings"]["forward"] >= 0 and record["metrics"]["faces"] > 0
+        assert record["metrics"]["faces"] > 0
+        # The forward pass (mapping + field evaluations) is reported apart from the mesh and file work.
+        for timings in (record["timings"], record["cpu_timings"]):
+            assert {"load", "forward", "mesh", "bake", "export", "preview"} <= timings.keys()
+        assert record["timings"]["forward"] > 0
         assert Usd.Stage.Open(str(out / slug / "asset.usda")).GetDefaultPrim()
         assert (out / slug / "asset.glb").stat().st_size > 0
     assert f"glb: {out / 'a-red-cube' / 'asset.glb'}" in seen.stdout
+    assert seen.stdout.strip().splitlines()[-1].startswith("seconds: forward ")
 
 
 def test_interpolate_writes_frames_gif_and_one_usd(model, tmp_path):
