@@ -348,9 +348,11 @@ def fill_hidden_space(occupied: Bool[np.ndarray, "X Y Z"], seal: int = 2) -> Boo
 def mesh_edges(faces: Int[Tensor, "F 3"]) -> tuple[Int[Tensor, "E 2"], Int[Tensor, "F 3"]]:
     """Unique undirected edges and, for each face corner k, the edge (k, k+1)."""
     half = torch.stack([faces, faces.roll(-1, dims=1)], dim=-1).reshape(-1, 2)
-    key_pairs = half.sort(-1).values
-    edges, inverse = torch.unique(key_pairs, dim=0, return_inverse=True)
-    return edges, inverse.view(-1, 3)
+    lo, hi = half.min(-1).values.long(), half.max(-1).values.long()
+    # One int64 key per edge: a 1-D unique is ~10x faster than unique over rows (it ran twice in
+    # every fine step), sorts the same way, and needs no vertex count (no host round trip).
+    keys, inverse = torch.unique(lo * (1 << 31) + hi, return_inverse=True)
+    return torch.stack([keys >> 31, keys & ((1 << 31) - 1)], dim=-1), inverse.view(-1, 3)
 
 
 def normal_consistency(vertices: Float[Tensor, "V 3"], faces: Int[Tensor, "F 3"]) -> Float[Tensor, ""]:

@@ -261,3 +261,17 @@ def test_density_init_fills_a_hollow_nerf():
     v, f = solid.extract()
     assert check_closed_manifold(v, f) == 2 and float(v.norm(dim=-1).min()) > 0.5
     assert float(solid.sdf[solid.grid_vertices.norm(dim=-1) < 0.3].max()) < 0
+
+
+def test_mesh_edges_are_each_undirected_edge_once_in_row_order():
+    from magic3d.fields.dmtet import mesh_edges
+
+    dmtet = DMTet(16)
+    with torch.no_grad():
+        dmtet.sdf.copy_(dmtet.grid_vertices.norm(dim=-1) - 0.6)
+    _, faces = dmtet.extract()
+    edges, face_edge = mesh_edges(faces)
+    half = torch.stack([faces, faces.roll(-1, dims=1)], dim=-1).reshape(-1, 2).sort(-1).values
+    expected, inverse = torch.unique(half, dim=0, return_inverse=True)
+    assert torch.equal(edges, expected) and torch.equal(face_edge, inverse.view(-1, 3))
+    assert edges.shape[0] == faces.shape[0] * 3 // 2  # a closed surface: every edge shared by two faces
