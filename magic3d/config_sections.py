@@ -178,7 +178,7 @@ class BakeConfig:
     dilate_px: int = 16  # colour grown this far outside charts; beyond it the mean colour
     padding_px: int = 4  # empty texels between charts in the atlas
     # Larger meshes are unwrapped in spatial pieces (xatlas is superlinear): 12k faces take 1.3 s whole,
-    # 0.5 s in pieces of 4k, with no more seam vertices and a fuller atlas (scripts/bench_e2e.py --phases).
+    # 0.5 s in pieces of 4k, with no more seam vertices and a fuller atlas (scripts/bench_phases.py).
     atlas_piece_faces: int = 4_000
     roughness: float = 0.8
     metallic: float = 0.0
