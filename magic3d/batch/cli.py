@@ -20,7 +20,9 @@ def register(app: typer.Typer) -> None:
 
 def batch(
     file: Annotated[Path, typer.Argument(help="Prompts: a text file (one a line, # comments) or JSONL "
-                                          '({"prompt", "seed", "preset", "name"} per line).')],
+                                          '({"prompt", "seed", "preset", "name"} per line, and at most one of '
+                                          '"edit_from" (a finished run folder, with "keep"), "init_shape" or '
+                                          '"texture_mesh" (a mesh file); relative paths from FILE\'s folder).')],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder: one run folder per prompt, "
                                       "plus batch.sqlite, world.usda and index.html.")] = Path("outputs"),
     preset: Annotated[str | None, typer.Option("--preset", "-p", help="Preset for lines without one.")] = None,
@@ -31,6 +33,12 @@ def batch(
                                                "and several GPUs each worker gets its own.")] = None,
     workers: Annotated[int | None, typer.Option("--workers", "-w", help="Jobs at once (local: processes, default 1; "
                                                 "ray: tasks in flight, default what the cluster fits).")] = None,
+    jobs_per_worker: Annotated[int | None, typer.Option(
+        "--jobs-per-worker", metavar="N", help="Replace a worker after N jobs (1: a fresh process per job). Default: "
+        "never; each worker loads the prior (or --from model) once and keeps it; a crash or timeout still replaces it.",
+    )] = None,
+    from_model: Annotated[Path | None, typer.Option("--from", help="An amortized model folder (magic3d amortize): "
+                                                    "every line is one forward pass of it; --preset does not apply.")] = None,
     backend: Annotated[str, typer.Option("--backend", help="local or ray.")] = "local",
     address: Annotated[str | None, typer.Option("--address", help="Ray cluster: auto or HOST:PORT "
                                                 "(default: a local Ray instance).")] = None,
@@ -59,8 +67,8 @@ def batch(
     options = BatchOptions(
         out=out, preset=preset, prior=prior, overrides=tuple(overrides or ()), seed=seed, device=device,
         workers=workers, backend=backend, address=address, num_cpus=num_cpus, num_gpus=num_gpus,  # type: ignore[arg-type]
-        retries=retries, timeout=timeout, skip_invalid=skip_invalid, restart=restart,
-        restart_jobs=tuple(restart_jobs or ()),
+        jobs_per_worker=jobs_per_worker, from_model=from_model, retries=retries, timeout=timeout,
+        skip_invalid=skip_invalid, restart=restart, restart_jobs=tuple(restart_jobs or ()),
     )
     reporter = Reporter(json_mode=json_events, quiet=quiet)
     try:

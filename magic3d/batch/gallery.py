@@ -74,6 +74,8 @@ def _card(out: Path, job: Job) -> str:
     else:
         image = f'<div class="missing">{esc(job.state)}</div>'
     meta = [f"seed {esc(str(seed))}"]
+    if job.source is not None:
+        meta.append(esc(job.source.describe()))
     if job.state == "done" and job.duration is not None:
         meta.append(f"{job.duration:.1f} s")
     timings = record.get("timings") or {}
@@ -181,6 +183,8 @@ def _world_data(job: Job) -> dict[str, str | int | float]:
     seed = job.seed if job.seed is not None else job.metrics.get("seed")
     if isinstance(seed, int):
         data["seed"] = seed
+    if job.source is not None:
+        data["source"] = job.source.describe()
     return data
 
 

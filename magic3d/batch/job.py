@@ -101,6 +101,7 @@ class PriorCache:
 
 
 PRIORS = PriorCache()  # this process's: a worker's jobs share it
+MODELS = PriorCache()  # the same for the --from amortized model (its weights and conditioning table)
 
 
 def warm_prior(cfg: Any, device: Any) -> Any:
@@ -116,18 +117,38 @@ def warm_prior(cfg: Any, device: Any) -> Any:
     return PRIORS.get(key, lambda: load_first_prior(cfg, device))
 
 
+def warm_model(plan: Any, device: Any) -> Any:
+    """``load_conditioned`` through this process's cache: a --from batch's worker loads its model once.
+    Generation only reads it (the field is bound per prompt, a refinement copies it)."""
+    from magic3d.amortize.generate import load_conditioned
+    from magic3d.amortize.train import RECORD
+
+    record = plan.model_dir / RECORD
+    stamp = record.stat().st_mtime_ns if record.is_file() else None  # a model retrained since is reloaded
+    key = (str(plan.model_dir.resolve()), stamp, json.dumps(plan.cfg.to_dict(), sort_keys=True, default=str),
+           str(device))
+    return MODELS.get(key, lambda: load_conditioned(plan, device))
+
+
 def run_job(job: dict[str, Any], options: dict[str, Any], progress: ProgressFn = silent) -> dict[str, Any]:
     """Run one job with the real pipeline in this process; resumes from the run folder's checkpoints.
-    The prior stays loaded for the process's next job (``PRIORS``)."""
-    from magic3d.pipeline import generate
+    The job is planned by its single command's planner (``sources.plan_line``: generate, edit,
+    texture, ``generate --init-shape`` or ``generate --from``); the prior (and the --from model)
+    stays loaded for the process's next job (``PRIORS``, ``MODELS``)."""
+    from magic3d.batch.sources import FROM_MODEL, JobSource, plan_line
 
-    result = generate(
-        job["prompt"], out=options["out"], preset=job.get("preset") or options.get("preset"),
-        prior=options.get("prior"), overrides=list(options.get("overrides") or []),
-        seed=job["seed"] if job.get("seed") is not None else options.get("seed"),
-        device=options.get("device"), restart=bool(job.get("restart")), name=job["id"], progress=progress,
-        notice=JobLog(options["out"], job["id"]).line, prior_loader=warm_prior,
-    )
+    source = JobSource(**job["source"]) if job.get("source") else None
+    planned = plan_line(job["prompt"], source, job["id"], options, job.get("seed"), job.get("preset"))
+    if source is not None and source.kind == FROM_MODEL:
+        from magic3d.amortize.generate import run_from
+
+        result = run_from(*planned, 0, progress, model_loader=warm_model,
+                          prior_loader=lambda plan, device: warm_prior(plan.cfg.run, device))
+    else:
+        from magic3d.pipeline import run_planned
+
+        result = run_planned(*planned, restart=bool(job.get("restart")), progress=progress,
+                             notice=JobLog(options["out"], job["id"]).line, prior_loader=warm_prior)
     return {
         "run_dir": str(result.run_dir),
         "files": {k: str(p) for k, p in result.files.items()},

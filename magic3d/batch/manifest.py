@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from magic3d.batch.sources import JobSource
 from magic3d.errors import InputError
 
 MANIFEST_NAME = "batch.sqlite"
@@ -36,6 +37,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     prompt TEXT NOT NULL,
     seed INTEGER,
     preset TEXT,
+    source TEXT,
     state TEXT NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'running', 'done', 'failed')),
     attempts INTEGER NOT NULL DEFAULT 0,
     run_attempts INTEGER NOT NULL DEFAULT 0,
@@ -54,6 +56,8 @@ CREATE TABLE IF NOT EXISTS jobs (
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
 """
+# Columns added since the first manifests: (name, declaration), added to an older file on open.
+_ADDED = (("source", "TEXT"),)  # sources.JobSource as JSON: what the job starts from besides its prompt
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,7 @@ class Job:
     prompt: str
     seed: int | None
     preset: str | None
+    source: JobSource | None
     state: str
     attempts: int
     run_attempts: int
@@ -160,6 +165,10 @@ class Manifest:
                 self.db.execute("PRAGMA journal_mode = WAL")
                 self.db.execute("PRAGMA synchronous = NORMAL")
                 self.db.executescript(_SCHEMA)
+                have = {r["name"] for r in self.db.execute("PRAGMA table_info(jobs)")}
+                for name, decl in _ADDED:
+                    if name not in have:
+                        self.db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {decl}")
         except sqlite3.DatabaseError as exc:
             raise InputError(
                 f"The batch manifest {str(self.path)!r} cannot be used ({exc}); "
@@ -180,35 +189,38 @@ class Manifest:
         return self.db
 
     def sync(self, items: Sequence[Any], replace: Iterable[str] = ()) -> None:
-        """Add new jobs (objects with slug, line, prompt, seed, preset); refuse ones that changed,
+        """Add new jobs (objects with slug, line, prompt, seed, preset, source); refuse ones that changed,
         unless their id is in ``replace`` (jobs being restarted): those take the new line."""
         now = time.time()
         replace = set(replace)
         db = self._tx()
         try:
-            known = {r["id"]: r for r in db.execute("SELECT id, prompt, seed, preset FROM jobs")}
+            known = {r["id"]: r for r in db.execute("SELECT id, prompt, seed, preset, source FROM jobs")}
             next_pos = db.execute("SELECT COALESCE(MAX(position), -1) + 1 FROM jobs").fetchone()[0]
             changed = []
             for item in items:
                 row = known.get(item.slug)
+                source = item.source.to_json() if getattr(item, "source", None) else None
                 if row is None:
                     db.execute(
-                        "INSERT INTO jobs (id, position, line, prompt, seed, preset, created) VALUES (?,?,?,?,?,?,?)",
-                        (item.slug, next_pos, item.line, item.prompt, item.seed, item.preset, now),
+                        "INSERT INTO jobs (id, position, line, prompt, seed, preset, source, created) "
+                        "VALUES (?,?,?,?,?,?,?,?)",
+                        (item.slug, next_pos, item.line, item.prompt, item.seed, item.preset, source, now),
                     )
                     next_pos += 1
-                elif (row["prompt"], row["seed"], row["preset"]) == (item.prompt, item.seed, item.preset):
+                elif (row["prompt"], row["seed"], row["preset"], row["source"]) == (
+                        item.prompt, item.seed, item.preset, source):
                     db.execute("UPDATE jobs SET line = ? WHERE id = ?", (item.line, item.slug))
                 elif item.slug in replace:
-                    db.execute("UPDATE jobs SET line = ?, prompt = ?, seed = ?, preset = ? WHERE id = ?",
-                               (item.line, item.prompt, item.seed, item.preset, item.slug))
+                    db.execute("UPDATE jobs SET line = ?, prompt = ?, seed = ?, preset = ?, source = ? WHERE id = ?",
+                               (item.line, item.prompt, item.seed, item.preset, source, item.slug))
                 else:
                     changed.append(item)
             if changed:
                 listed = ", ".join(f"line {i.line} ({i.slug})" for i in changed[:3])
                 more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
                 raise InputError(
-                    f"{listed}{more} changed prompt, seed or preset since the batch in {str(self.path.parent)!r} "
+                    f"{listed}{more} changed prompt, seed, preset or source since the batch in {str(self.path.parent)!r} "
                     f"was started; give those lines a new \"name\", start them over with --restart-job NAME "
                     f"(e.g. --restart-job {changed[0].slug}), or use another --out."
                 )
@@ -383,7 +395,7 @@ class Manifest:
 def _job(row: sqlite3.Row) -> Job:
     return Job(
         id=row["id"], position=row["position"], line=row["line"], prompt=row["prompt"], seed=row["seed"],
-        preset=row["preset"], state=row["state"], attempts=row["attempts"], run_attempts=row["run_attempts"],
+        preset=row["preset"], source=JobSource.from_json(row["source"]), state=row["state"], attempts=row["attempts"], run_attempts=row["run_attempts"],
         lost=row["lost"], completions=row["completions"], error=row["error"], started=row["started"],
         finished=row["finished"], duration=row["duration"], outputs=json.loads(row["outputs"] or "{}"),
         metrics=json.loads(row["metrics"] or "{}"), bounds=json.loads(row["bounds"] or "null"),

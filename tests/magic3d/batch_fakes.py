@@ -152,3 +152,39 @@ def real_or_fail(job: dict[str, Any], options: dict[str, Any], progress: Any) ->
     from magic3d.batch.job import run_job
 
     return run_job(job, options, progress)
+
+
+def planning_job(job: dict[str, Any], options: dict[str, Any], progress: Any) -> dict[str, Any]:
+    """``fake_job`` after planning the job as ``run_job`` does (``sources.plan_line``, the single
+    commands' planners); its run.json then holds what the plan starts from, as the pipeline's does."""
+    from magic3d.batch.sources import JobSource, plan_line
+    from magic3d.config import to_dict
+
+    source = JobSource(**job["source"]) if job.get("source") else None
+    _, cfg, run_dir = plan_line(job["prompt"], source, job["id"], options, job.get("seed"), job.get("preset"))
+    result = fake_job(job, options, progress)
+    assert Path(result["run_dir"]) == run_dir, (result["run_dir"], run_dir)
+    record_path = run_dir / "run.json"
+    record = json.loads(record_path.read_text())
+    record.update(control=to_dict(cfg)["control"], edited_from=cfg.control.edited_from())
+    _atomic(record_path, json.dumps(record).encode())
+    return result
+
+
+def counted_model_job(job: dict[str, Any], options: dict[str, Any], progress: Any) -> dict[str, Any]:
+    """The real job; every load of an amortized model in this process appends its pid to
+    <out>/model-loads.txt (a warm worker's jobs should share one)."""
+    import magic3d.amortize.generate as generate
+    from magic3d.batch.job import run_job
+
+    if not getattr(generate.load_conditioned, "counted", False):
+        load = generate.load_conditioned
+
+        def counted(plan: Any, device: Any) -> Any:
+            with open(Path(options["out"]) / "model-loads.txt", "a") as fh:
+                fh.write(f"{os.getpid()}\n")
+            return load(plan, device)
+
+        counted.counted = True  # type: ignore[attr-defined]
+        generate.load_conditioned = counted
+    return run_job(job, options, progress)

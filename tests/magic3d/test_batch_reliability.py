@@ -349,9 +349,13 @@ def test_batch_advice_names_the_job() -> None:
 # Messages of other commands (their own options), and the gallery's HTML (a CSS --custom-property).
 NOT_REACHED_FROM_BATCH = {("magic3d/preview.py", "*"), ("magic3d/convert.py", "*"),
                           ("exporters/validate.py", "*"), ("magic3d/export.py", "reexport"),
-                          ("magic3d/amortize/generate.py", "plan_generation"), ("magic3d/amortize/interpolate.py", "*"),
-                          ("magic3d/batch/gallery_cli.py", "*"), ("magic3d/batch/viewer.py", "*"),
-                          ("magic3d/control/plan.py", "plan_edit")}
+                          ("magic3d/amortize/interpolate.py", "*"),
+                          ("magic3d/batch/gallery_cli.py", "*"), ("magic3d/batch/viewer.py", "*")}
+# Planners a batch line does reach (batch/sources.py), but only with these options valid: an
+# "edit_from" line's "keep" is checked by the JSONL parser first, and batch passes plan_edit's
+# default --steps and --lr-scale and plan_generation's --refine-steps of 0. Their other advice counts.
+NEVER_INVALID_FROM_BATCH = {("magic3d/control/plan.py", "plan_edit"): {"--keep", "--steps", "--lr-scale"},
+                            ("magic3d/amortize/generate.py", "plan_generation"): {"--refine-steps"}}
 
 
 def batch_flags() -> set[str]:
@@ -399,7 +403,8 @@ def test_every_option_a_message_advises_exists_in_batch() -> None:
     for package in ("magic3d", "exporters"):
         for path in sorted((ROOT / package).rglob("*.py")):
             rel = path.relative_to(ROOT).as_posix()
-            wrong += [f"{rel}:{func} {flag}" for func, flag in advised_flags(path, rel) if flag not in flags]
+            wrong += [f"{rel}:{func} {flag}" for func, flag in advised_flags(path, rel)
+                      if flag not in flags and flag not in NEVER_INVALID_FROM_BATCH.get((rel, func), ())]
     assert wrong == []
 
 

@@ -123,6 +123,8 @@ SWEEP_CASES = [
     ["batch", "ok.txt", "--out", "out", "--workers", "0"],
     ["batch", "ok.txt", "--out", "out", "--set", "coarse.lr=nan"],
     ["batch", "ok.txt", "--out", "out", "--backend", "slurm"],
+    ["batch", "ok.txt", "--out", "out", "--jobs-per-worker", "0"],
+    ["batch", "ok.txt", "--out", "out", "--from", "."],
 ]
 
 
