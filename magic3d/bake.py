@@ -129,12 +129,12 @@ def split_faces(vertices: np.ndarray, faces: np.ndarray, max_faces: int) -> list
 
 
 def uv_atlas(
-    vertices: np.ndarray, faces: np.ndarray, texture_size: int, padding_px: int, piece_faces: int = 4_000
+    vertices: np.ndarray, faces: np.ndarray, texture_size: int, padding_px: int, piece_faces: int = 8_000
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """xatlas charts packed for a ``texture_size`` square: (vertex map into ``vertices``, faces, uv "V 2").
 
     xatlas's chart growing is superlinear in a mesh's size (a decimated 20k-face mesh: 32 s whole,
-    7 s as four pieces; a 12k-face one 1.3 s whole, 0.5 s as pieces of 4k), so meshes go in as
+    7 s as four pieces; a 12k-face one 1.3 s whole, 0.8 s as pieces of 8k), so meshes go in as
     spatial pieces of ``piece_faces`` faces, packed into one atlas; the cuts are only more chart
     seams, which the baker's gutters handle (xatlas cuts a closed piece into charts anyway).
     """

@@ -177,9 +177,10 @@ class BakeConfig:
     min_component_fraction: float = 0.01  # drop floating pieces with fewer faces than this share
     dilate_px: int = 16  # colour grown this far outside charts; beyond it the mean colour
     padding_px: int = 4  # empty texels between charts in the atlas
-    # Larger meshes are unwrapped in spatial pieces (xatlas is superlinear): 12k faces take 1.3 s whole,
-    # 0.5 s in pieces of 4k, with no more seam vertices and a fuller atlas (scripts/bench_phases.py).
-    atlas_piece_faces: int = 4_000
+    # Larger meshes are unwrapped in spatial pieces (xatlas's chart growing is superlinear): CPU seconds
+    # whole / in pieces of 8k: an amortized 12k-face cube 1.3 / 0.8, the builtin torus (14k) 1.05 / 0.75;
+    # smaller pieces win less where packing many charts dominates (a bumpy 18k blob: 2.2 / 2.4).
+    atlas_piece_faces: int = 8_000
     roughness: float = 0.8
     metallic: float = 0.0
     query_chunk: int = 262_144  # points per texture-field call
