@@ -15,6 +15,7 @@ SDS call takes, and a 24-frame 256 px turntable of the torus asset.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -23,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from exporters.common import atomic_output
@@ -128,34 +130,22 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "samples" / "benchmarks" / "e2e.json"))
     args = parser.parse_args()
     extra = [x for item in args.overrides for x in ("--set", item)]
-    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    with tempfile.TemporaryDirectory() as work:
+    with tempfile.TemporaryDirectory() as work, compared_sides(args.old, Path(work)) as sides:
         work_dir = Path(work)
-        sides = {"current": (ROOT, head + ("+changes" if _dirty() else ""))}
-        if args.old:
-            old = work_dir / "old"
-            subprocess.run(["git", "worktree", "add", "--detach", str(old), args.old], cwd=ROOT, check=True,
-                           capture_output=True)
-            sides["old"] = (old, args.old)
-        try:
-            runs: dict[str, list[dict]] = {name: [] for name in sides}
-            for _ in range(args.runs):
-                for name, (code, _) in sides.items():
-                    runs[name].append(one_run(code, args.prompt, extra, work_dir / f"asset-{name}"))
-                    print(name, json.dumps(runs[name][-1]), flush=True)
-            result_sides = {}
-            for name, (code, commit) in sides.items():
-                asset = work_dir / f"asset-{name}" / "asset.usdc"
-                result_sides[name] = {
-                    "commit": commit, "runs": runs[name], **summary(runs[name]),
-                    "coarse_step": probe(code, STEP_PROBE, args.prompt, str(args.probe_steps)),
-                    "preview_24_frames_256px": probe(code, PREVIEW_PROBE, str(asset)),
-                }
-                print(name, json.dumps({k: v for k, v in result_sides[name].items() if k != "runs"}), flush=True)
-        finally:
-            if args.old:
-                subprocess.run(["git", "worktree", "remove", "--force", str(work_dir / "old")], cwd=ROOT,
-                               capture_output=True)
+        runs: dict[str, list[dict]] = {name: [] for name in sides}
+        for _ in range(args.runs):
+            for name, (code, _) in sides.items():
+                runs[name].append(one_run(code, args.prompt, extra, work_dir / f"asset-{name}"))
+                print(name, json.dumps(runs[name][-1]), flush=True)
+        result_sides = {}
+        for name, (code, commit) in sides.items():
+            asset = work_dir / f"asset-{name}" / "asset.usdc"
+            result_sides[name] = {
+                "commit": commit, "runs": runs[name], **summary(runs[name]),
+                "coarse_step": probe(code, STEP_PROBE, args.prompt, str(args.probe_steps)),
+                "preview_24_frames_256px": probe(code, PREVIEW_PROBE, str(asset)),
+            }
+            print(name, json.dumps({k: v for k, v in result_sides[name].items() if k != "runs"}), flush=True)
     result = {
         "command": f"python scripts/bench_e2e.py --runs {args.runs} --old {args.old!r} " + " ".join(extra),
         "generate": f"magic3d generate {args.prompt!r} --prior builtin --device cpu " + " ".join(extra),
@@ -169,6 +159,35 @@ def main() -> None:
     with atomic_output(Path(args.out)) as tmp:
         tmp.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
     print(json.dumps({n: s["median_seconds"] for n, s in result_sides.items()}))
+
+
+@contextlib.contextmanager
+def compared_sides(old: str, work: Path, new: str = "") -> Iterator[dict[str, tuple[Path, str]]]:
+    """{"current": (code, commit), "old": (a worktree of ``old`` under ``work``, its hash)}; "current"
+    is this checkout, or a worktree of ``new`` when given (a commit alone, without uncommitted work
+    in the checkout). The worktrees are removed afterwards; no "old" side when ``old`` is empty."""
+    def worktree(name: str, rev: str) -> tuple[Path, str]:
+        commit = subprocess.run(["git", "rev-parse", "--short", rev], cwd=ROOT, capture_output=True, text=True,
+                                check=True).stdout.strip()
+        subprocess.run(["git", "worktree", "add", "--detach", str(work / name), commit], cwd=ROOT, check=True,
+                       capture_output=True)
+        made.append(work / name)
+        return work / name, commit
+
+    made: list[Path] = []
+    try:
+        if new:
+            sides = {"current": worktree("new", new)}
+        else:
+            head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                                  text=True).stdout.strip()
+            sides = {"current": (ROOT, head + ("+changes" if _dirty() else ""))}
+        if old:
+            sides["old"] = worktree("old", old)
+        yield sides
+    finally:
+        for path in made:
+            subprocess.run(["git", "worktree", "remove", "--force", str(path)], cwd=ROOT, capture_output=True)
 
 
 def _dirty() -> bool:
