@@ -3,6 +3,8 @@
 The flow, one module per step:
 
     input.py       read and check the prompt file (every line before anything runs)
+    sources.py     what a line starts from besides its prompt (a run to edit, a mesh, the --from model)
+    planners.py    each job planned by its single command's planner: up front, and again where it runs
     manifest.py    batch.sqlite: each job's state, leases, results (a killed driver loses nothing)
     run.py         the driver: options, retries, timeouts, a backend, the summary
     job.py         one job as every backend runs it (the real pipeline, or a hook)

@@ -21,14 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from magic3d.batch.sources import (
-    CONTROL_KEYS,
-    FROM_MODEL,
-    JobSource,
-    check_model,
-    check_source,
-    line_source,
-)
+from magic3d.batch.sources import CONTROL_KEYS, FROM_MODEL, JobSource, line_source
 from magic3d.errors import InputError, Magic3DError
 from magic3d.naming import MAX_SLUG_CHARS, clean_prompt, slugify
 from magic3d.storage import read_input_text
@@ -255,19 +248,17 @@ def read_batch_file(
     defaults: RunDefaults,
     plan: Callable[..., Any] | None = None,
     use_default_plan: bool = True,
+    source_check: LineCheck | None = None,
 ) -> ParsedFile:
     """Every valid line as a ``BatchItem`` and every bad one as ``(line, reason)``; raises for a bad file.
 
     ``plan`` (``plan_run``'s signature) checks each line; without one, $MAGIC3D_BATCH_PLAN's hook
     or else the pipeline's own checks do (``use_default_plan=False``: only parse and name). A line
-    with a source (a run to edit, a mesh, the ``--from`` model) is always checked by the planner
-    of its single command (``sources.check_source``).
+    with a source (a run to edit, a mesh, the ``--from`` model) is checked by ``source_check``
+    (``planners.source_check``: its single command's planner); without one it is refused.
     """
     path = Path(path)
     lines = read_prompt_lines(path)
-    settings = defaults.settings()
-    # --from: the model folder is the whole batch's, refused once before any line is looked at.
-    model = check_model(defaults.from_model, settings) if defaults.from_model else None
     rows, problems = parse_lines(lines, detect_format(path, lines), path.parent)
     check: LineCheck | None = None
     if plan is None and use_default_plan:
@@ -292,16 +283,19 @@ def read_batch_file(
         if number in bad:
             continue
         source = row["source"]
-        if model is not None:
+        if defaults.from_model is not None:
             if source is not None or row.get("preset") is not None:
                 key = source.kind if source is not None else "preset"
                 problems.append((number, f'"{key}" does not apply with --from: the model makes every line'))
                 continue
             source = JobSource(FROM_MODEL, os.path.abspath(defaults.from_model or ""))
         item = BatchItem(number, row["prompt"], slug, row.get("seed"), row.get("preset"), source)
+        if source is not None and source_check is None:
+            problems.append((number, f'"{source.kind}" is for lines of magic3d batch; this file is read for its prompts'))
+            continue
         try:
-            if source is not None:
-                check_source(item, settings, model)
+            if source is not None and source_check is not None:
+                source_check(item)
             elif check is not None:
                 check(item)
         except Magic3DError as exc:
@@ -338,10 +332,11 @@ def describe_problems(problems: list[tuple[int, str]]) -> str:
 
 
 def load_batch(
-    path: str | Path, defaults: RunDefaults, skip_invalid: bool = False, plan: Callable[..., Any] | None = None
+    path: str | Path, defaults: RunDefaults, skip_invalid: bool = False, plan: Callable[..., Any] | None = None,
+    source_check: LineCheck | None = None,
 ) -> ParsedFile:
     """``read_batch_file`` that raises one ``InputError`` naming the bad lines unless skipping them."""
-    parsed = read_batch_file(path, defaults, plan)
+    parsed = read_batch_file(path, defaults, plan, source_check=source_check)
     name = shown(str(path), 120)
     if parsed.problems and not skip_invalid:
         count = len(parsed.problems)

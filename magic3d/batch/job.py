@@ -135,7 +135,8 @@ def run_job(job: dict[str, Any], options: dict[str, Any], progress: ProgressFn =
     The job is planned by its single command's planner (``sources.plan_line``: generate, edit,
     texture, ``generate --init-shape`` or ``generate --from``); the prior (and the --from model)
     stays loaded for the process's next job (``PRIORS``, ``MODELS``)."""
-    from magic3d.batch.sources import FROM_MODEL, JobSource, plan_line
+    from magic3d.batch.planners import plan_line
+    from magic3d.batch.sources import FROM_MODEL, JobSource
 
     source = JobSource(**job["source"]) if job.get("source") else None
     planned = plan_line(job["prompt"], source, job["id"], options, job.get("seed"), job.get("preset"))

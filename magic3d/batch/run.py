@@ -33,6 +33,7 @@ from magic3d.batch.input import (
 )
 from magic3d.batch.job import DEFAULT_JOB, JOB_ENV, JobLog
 from magic3d.batch.manifest import Job, Manifest, new_owner, refuse_link
+from magic3d.batch.planners import source_check
 from magic3d.batch.report import Reporter
 from magic3d.errors import InputError
 from magic3d.storage import check_run_folder, ensure_writable_dir
@@ -252,7 +253,9 @@ def run_batch(path: str | Path, options: BatchOptions, reporter: Reporter | None
     reporter = reporter or Reporter(quiet=True)
     check_options(options)  # every check before anything is written: no folder, no batch.sqlite
     out = Path(options.out)
-    parsed = load_batch(path, options.defaults(), options.skip_invalid)
+    # Lines with a source are planned by their commands' planners; --from's model folder is checked first.
+    defaults = options.defaults()
+    parsed = load_batch(path, defaults, options.skip_invalid, source_check=source_check(defaults.settings()))
     restart = restart_ids(options, parsed)
     for item in parsed.items:  # a run folder that is or holds a link: refused before any work
         check_run_folder(out / item.slug)

@@ -1,4 +1,5 @@
-"""A local batch worker: one process that runs job after job and keeps the prior it loaded.
+"""A local batch worker: one process that runs job after job and keeps the prior (and a --from
+model) it loaded.
 
 The batch process (local_backend.py) hands it one job at a time over a pipe and hears back
 progress and then one final message per job. A job that raises is reported and the worker takes

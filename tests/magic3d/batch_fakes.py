@@ -157,7 +157,8 @@ def real_or_fail(job: dict[str, Any], options: dict[str, Any], progress: Any) ->
 def planning_job(job: dict[str, Any], options: dict[str, Any], progress: Any) -> dict[str, Any]:
     """``fake_job`` after planning the job as ``run_job`` does (``sources.plan_line``, the single
     commands' planners); its run.json then holds what the plan starts from, as the pipeline's does."""
-    from magic3d.batch.sources import JobSource, plan_line
+    from magic3d.batch.planners import plan_line
+    from magic3d.batch.sources import JobSource
     from magic3d.config import to_dict
 
     source = JobSource(**job["source"]) if job.get("source") else None

@@ -120,6 +120,15 @@ def test_a_bad_control_line_is_refused_before_any_job(monkeypatch, capsys, tmp_p
     assert not out.exists()
 
 
+def test_a_prompt_file_read_for_its_prompts_only_refuses_source_lines(tmp_path: Path) -> None:
+    from magic3d.batch.input import RunDefaults, read_batch_file
+
+    f = jsonl(tmp_path / "p.jsonl", [{"prompt": "a red cube"}, {"prompt": "a red cube", "init_shape": "m.obj"}])
+    parsed = read_batch_file(f, RunDefaults(), use_default_plan=False)  # as ``magic3d amortize`` reads it
+    assert [i.line for i in parsed.items] == [1]
+    assert parsed.problems == [(2, '"init_shape" is for lines of magic3d batch; this file is read for its prompts')]
+
+
 def fake_model(folder: Path, prior: str = "builtin") -> Path:
     folder.mkdir(parents=True)
     (folder / "model.json").write_text(json.dumps({"prior": prior, "prompts": ["a red cube"], "status": "done",
@@ -231,3 +240,21 @@ def test_from_a_model_every_line_shares_one_loaded_model(tmp_path: Path, monkeyp
         assert record["from"] == str(model) and record["unseen"] is False and record["metrics"]["faces"] > 0
         assert (out / slug / "asset.glb").stat().st_size > 0
     assert f"from model {model}" in (out / "index.html").read_text()
+
+
+def test_a_manifest_from_before_sources_gains_the_column_and_keeps_its_jobs(tmp_path: Path) -> None:
+    from magic3d.batch import manifest as m
+    from magic3d.batch.input import BatchItem
+    from magic3d.batch.sources import JobSource
+
+    old = m._SCHEMA.replace("    source TEXT,\n", "")
+    assert old != m._SCHEMA
+    with sqlite3.connect(tmp_path / m.MANIFEST_NAME) as db:
+        db.executescript(old)
+        db.execute("INSERT INTO jobs (id, position, line, prompt, state) VALUES ('a-red-cube', 0, 1, 'a red cube', 'done')")
+    with m.Manifest(tmp_path) as manifest:
+        cube = JobSource("init_shape", str(tmp_path / "cube.obj"))
+        manifest.sync([BatchItem(1, "a red cube", "a-red-cube"), BatchItem(2, "a red cube", "shaped", source=cube)])
+        jobs = {j.id: j for j in manifest.jobs()}
+    assert jobs["a-red-cube"].state == "done" and jobs["a-red-cube"].source is None
+    assert jobs["shaped"].source == cube and jobs["shaped"].state == "pending"
