@@ -72,7 +72,8 @@ def load_conditioned(plan: ModelPlan, device: Any):
     table = load_file(str(plan.model_dir / CONDITIONING))["cond"].to(device)
     ck = load_latest_checkpoint(plan.model_dir / "checkpoints", STAGE, "cpu")
     if ck is None:
-        raise RunError(f"No {STAGE} checkpoint in {str(plan.model_dir)!r}; train the model again with --restart.")
+        raise RunError(f"No {STAGE} checkpoint in {str(plan.model_dir)!r}; train the model again: "
+                       "magic3d amortize PROMPTS --out MODEL_DIR --restart.")
     with torch.random.fork_rng(devices=[]):
         model = AmortizedModel(plan.cfg, None, PromptSet(list(plan.record["prompts"]), table), device,
                                plan.cfg.run.runtime.seed)

@@ -89,7 +89,7 @@ class AmortizedModel(CoarseModel):
         bad = [k for k, v in own.items() if f"field/{k}" not in tensors or tensors[f"field/{k}"].shape != v.shape]
         if bad:
             raise RunError(f"The amortized model's weights do not fit its config (first mismatch: {bad[0]!r}); "
-                           "train it again with --restart.")
+                           "train it again: magic3d amortize PROMPTS --out MODEL_DIR --restart.")
         with torch.no_grad():
             for k, v in own.items():
                 v.copy_(tensors[f"field/{k}"])

@@ -133,12 +133,16 @@ def restart_ids(options: BatchOptions, parsed: ParsedFile) -> set[str]:
     return set(options.restart_jobs)
 
 
-# Advice from the pipeline names generate's --restart; in a batch the way out is per job.
+# Advice from the pipeline names generate's --restart; in a batch the way out is per job. Advice
+# that names its own command ("magic3d amortize ... --restart": the model, not the job) stays.
 _RESTART = re.compile(r"--restart\b(?!-)")
+_OTHER_COMMAND = re.compile(r"\bmagic3d [a-z]+ ")
 
 
 def batch_advice(error: str, job_id: str) -> str:
     """A job's error with its advice in batch terms: ``--restart`` becomes ``--restart-job NAME``."""
+    if _OTHER_COMMAND.search(error):
+        return error
     return _RESTART.sub(f"--restart-job {job_id}", error)
 
 

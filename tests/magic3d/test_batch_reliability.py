@@ -341,6 +341,9 @@ def test_the_ray_worker_passes_restart_to_the_job(tmp_path: Path) -> None:
 def test_batch_advice_names_the_job() -> None:
     assert batch_advice("pass --restart to start over; --restart-job x stays", "a-b") == (
         "pass --restart-job a-b to start over; --restart-job x stays")
+    # Advice naming its own command is about that command's folder (an amortized model), not the job.
+    model = "no checkpoint; train the model again: magic3d amortize PROMPTS --out MODEL_DIR --restart."
+    assert batch_advice(model, "a-b") == model
 
 
 # --- every option an error can advise exists in `magic3d batch` ------------------------------------
