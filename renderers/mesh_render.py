@@ -103,11 +103,13 @@ def render_mesh(
     rasterizer: Rasterizer | None = None,
     antialias: bool = True,
     smooth_normals: bool = False,
+    closed: bool = False,
 ) -> MeshRender:
     """Colour comes from exactly one of ``albedo_fn(points "N 3")``, ``vertex_colors``, ``uv``+``texture``
     (sampled clamped), or ``uv``+``textures``+``face_texture``: many materials in one draw, each face
     reading ``textures[face_texture[f]]`` with its wrap modes (-1: none) times ``vertex_colors``
-    (white when not given)."""
+    (white when not given). ``closed``: the caller's word that the mesh is a closed surface wound
+    counter-clockwise seen from outside, so the rasterizer may skip faces turned away (``cull_back``)."""
     if textures is not None:
         if uv is None or face_texture is None:
             raise ValueError("textures need uv coordinates and face_texture")
@@ -120,7 +122,7 @@ def render_mesh(
     verts = vertices if vertices.dim() == 3 else vertices.unsqueeze(0).expand(batch, -1, -1)
     homo = torch.cat([verts, torch.ones_like(verts[..., :1])], dim=-1)
     clip = homo @ cameras.mvp().to(verts).transpose(1, 2)
-    rast = raster.rasterize(clip, faces, (height, width))
+    rast = raster.rasterize(clip, faces, (height, width), cull_back=closed)
     hit = rast[..., 3:4] > 0
     points = raster.interpolate(verts, rast, faces)
 

@@ -3,6 +3,12 @@
 ``rasterize(clip_pos "B V 4", faces "F 3", (H, W)) -> rast "B H W 4"`` holds (u, v, z/w, triangle id + 1)
 per pixel, 0 in the last channel where no triangle covers it; ``u, v`` are the perspective-correct
 barycentric weights of the triangle's first two vertices. Row 0 of every image is NDC y = -1.
+
+``cull_back=True`` is the caller's word that the triangles facing away from the camera are hidden
+behind others, as on a closed surface wound counter-clockwise seen from outside: under
+``Cameras.mvp()``, which flips clip-space Y, those are the triangles counter-clockwise in NDC. A
+backend may skip them (ours does: a third less work for a turntable) or draw them (nvdiffrast);
+the image is the same either way.
 """
 
 from __future__ import annotations
@@ -21,7 +27,8 @@ class Rasterizer(Protocol):
     name: str
 
     def rasterize(
-        self, clip_pos: Float[Tensor, "B V 4"], faces: Int[Tensor, "F 3"], resolution: tuple[int, int]
+        self, clip_pos: Float[Tensor, "B V 4"], faces: Int[Tensor, "F 3"], resolution: tuple[int, int],
+        cull_back: bool = False,
     ) -> Float[Tensor, "B H W 4"]: ...
 
     def interpolate(

@@ -26,8 +26,10 @@ class NvdiffrastRasterizer:
         self.context = dr.RasterizeCudaContext(device=self.device)
 
     def rasterize(
-        self, clip_pos: Float[Tensor, "B V 4"], faces: Int[Tensor, "F 3"], resolution: tuple[int, int]
+        self, clip_pos: Float[Tensor, "B V 4"], faces: Int[Tensor, "F 3"], resolution: tuple[int, int],
+        cull_back: bool = False,
     ) -> Float[Tensor, "B H W 4"]:
+        # cull_back is only a hint (see renderers.raster): nvdiffrast draws every triangle, fast enough.
         rast, _ = dr.rasterize(self.context, clip_pos.float().contiguous(), _tri(faces), tuple(resolution))
         return rast
 

@@ -34,9 +34,11 @@ def to_screen(clip: Float[Tensor, "V 4"], height: int, width: int) -> Float[Tens
 
 
 def _visible_faces(
-    clip: Float[Tensor, "B V 4"], faces: Int[Tensor, "F 3"], height: int, width: int
+    clip: Float[Tensor, "B V 4"], faces: Int[Tensor, "F 3"], height: int, width: int, cull_back: bool = False
 ) -> Int[Tensor, "B H W"]:
-    """Index of the nearest covering triangle per pixel of every image, -1 where empty (no gradients).
+    """Index of the nearest covering triangle per pixel of every image, -1 where empty (no gradients);
+    with ``cull_back``, triangles wound counter-clockwise in NDC (positive screen area: facing away
+    under ``Cameras.mvp()``'s flipped Y, see ``renderers.raster``) are left out before any pixel is tested.
 
     All images are done at once: image b's copy of face f is candidate b * F + f and its pixels
     are b * H * W onwards, so a batch costs one pass over its (triangle, pixel) pairs, not one per image.
@@ -56,7 +58,7 @@ def _visible_faces(
     ny = (y1 - y0 + 1).clamp(min=0)
     plane, area = _pixel_planes(tri, x0, y0)
     plane = plane.reshape(-1, 12)
-    ok &= area.abs() >= EPS
+    ok &= area <= -EPS if cull_back else area.abs() >= EPS
     count = torch.where(ok, nx * ny, torch.zeros_like(nx))
     ids = torch.nonzero(count > 0).squeeze(1)
     # Pixel index of each candidate's box corner, its image's offset included.
@@ -149,7 +151,8 @@ class TorchRasterizer:
     name = "torch"
 
     def rasterize(
-        self, clip_pos: Float[Tensor, "B V 4"], faces: Int[Tensor, "F 3"], resolution: tuple[int, int]
+        self, clip_pos: Float[Tensor, "B V 4"], faces: Int[Tensor, "F 3"], resolution: tuple[int, int],
+        cull_back: bool = False,
     ) -> Float[Tensor, "B H W 4"]:
         height, width = resolution
         faces = faces.long()
@@ -160,7 +163,7 @@ class TorchRasterizer:
             indexing="ij",
         )
         with torch.no_grad():
-            winner = _visible_faces(clip_pos.detach(), faces, height, width)
+            winner = _visible_faces(clip_pos.detach(), faces, height, width, cull_back)
         hit = winner >= 0
         face = winner[hit]
         image = torch.arange(batch, device=clip_pos.device).view(batch, 1, 1).expand_as(winner)[hit]

@@ -132,3 +132,21 @@ def test_texture_wrap_modes_read_uvs_past_the_edge_as_usd_and_gltf_say():
     assert torch.allclose(read["black"], torch.tensor([0.0, 0.0, 0.0, 0.0, 0.0]), atol=1e-6)
     with pytest.raises(ValueError, match="wrap"):
         sample_texture(raster, Texture(ramp, wrap_s="tile"), uv)  # type: ignore[arg-type]
+
+
+def test_closed_mesh_skips_faces_turned_away_without_changing_the_image():
+    """``closed`` culls back faces: the same turntable of a closed sphere, and an open hemisphere
+    seen from inside (back faces only) vanishes, which shows the culling really happens."""
+    sphere = trimesh.creation.icosphere(subdivisions=3)
+    sphere.visual.vertex_colors = np.tile([200, 60, 40, 255], (len(sphere.vertices), 1))
+    plain = np.stack(render_turntable(sphere, frames=4, resolution=48)).astype(float)
+    culled = np.stack(render_turntable(sphere, frames=4, resolution=48, closed=True)).astype(float)
+    assert (np.abs(plain - culled).max(-1) > 2).mean() < 1e-3  # z-ties on the silhouette at most
+
+    cams = orbit_cameras([0.0], [0.0], 3.0, 40.0, 32)  # on +Z, looking at the origin
+    bowl = sphere.slice_plane([0.0, 0.0, 0.0], [0.0, 0.0, -1.0])  # the far half: the camera sees its inside
+    v = torch.tensor(bowl.vertices, dtype=torch.float32)
+    f = torch.tensor(bowl.faces, dtype=torch.int64)
+    seen = {closed: render_mesh(v, f, cams, vertex_colors=torch.ones_like(v), closed=closed).alpha.sum()
+            for closed in (False, True)}
+    assert seen[False] > 100 and seen[True] == 0
