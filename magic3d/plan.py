@@ -9,6 +9,8 @@ import ``magic3d.pipeline`` only once the run is planned.
 from __future__ import annotations
 
 import json
+import os
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -70,12 +72,28 @@ def plan_config(
     return cfg
 
 
+NO_GPU = "--device cuda was asked for but no CUDA GPU is visible; use --device cpu."
+
+
+def no_cuda_without_torch() -> bool:
+    """True when no CUDA GPU can be visible, known without importing torch (seconds on a small
+    CPU): CUDA_VISIBLE_DEVICES hides every device, or a Linux machine has no NVIDIA device node
+    (WSL's GPUs appear as /dev/dxg). False means only torch can tell."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and visible.strip() in ("", "-1"):
+        return True
+    return sys.platform == "linux" and not any(os.path.exists(p) for p in ("/dev/nvidiactl", "/dev/nvidia0", "/dev/dxg"))
+
+
 def resolve_device(name: str) -> torch.device:
     """``runtime.device`` as a torch device; InputError when it names a GPU this machine lacks."""
+    # Once torch is loaded it answers at no cost (and is what the CUDA test harness patches).
+    if name.startswith("cuda") and "torch" not in sys.modules and no_cuda_without_torch():
+        raise InputError(NO_GPU)
     import torch
 
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu.")
+        raise InputError(NO_GPU)
     return torch.device(name)

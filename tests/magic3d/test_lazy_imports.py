@@ -182,3 +182,24 @@ def test_the_export_formats_checked_before_the_writers_load_are_theirs() -> None
     from magic3d.config import EXPORT_FORMATS
 
     assert tuple(EXPORT_FORMATS) == tuple(FORMATS)
+
+
+def test_a_gpu_asked_for_where_none_can_be_is_refused_without_torch(tmp_path: Path, monkeypatch) -> None:
+    # CUDA_VISIBLE_DEVICES="" hides every GPU on any machine, so this holds with a GPU too.
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    r, modules = run_cli(tmp_path, *GENERATE, "--device", "cuda")
+    assert_refused(r.returncode, r.stderr, "--device cuda")
+    assert "no CUDA GPU is visible" in r.stderr
+    assert heavy(modules) == [], f"refusing --device cuda imported {heavy(modules)}"
+    assert not (tmp_path / "out").exists()
+
+
+def test_without_torch_loaded_the_gpu_check_reads_the_environment(monkeypatch) -> None:
+    from magic3d.plan import no_cuda_without_torch
+
+    for hidden in ("", "-1", " "):
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", hidden)
+        assert no_cuda_without_torch()
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    monkeypatch.setattr("os.path.exists", lambda p: p == "/dev/nvidiactl")
+    assert not no_cuda_without_torch()  # a device node: only torch can tell
