@@ -37,7 +37,9 @@ def write_outputs(mesh: trimesh.Trimesh, run_dir: Path, prompt: str, cfg: Config
     export = cfg.export
     # The turntable's first frame is also the USD thumbnail, so it is rendered before the formats.
     with times.phase("preview"):
-        closed = bool(mesh.metadata.get("surface", {}).get("watertight"))  # bake's check of the welded surface
+        # Bake's checks of the welded surface: closed and not through itself, so no face turned away shows.
+        surface = mesh.metadata.get("surface", {})
+        closed = bool(surface.get("watertight")) and surface.get("self_intersections") == 0
         frames = render_turntable(mesh, frames=export.preview_frames if export.preview else 1,
                                   resolution=export.preview_resolution, closed=closed)
     prior = ", ".join(dict.fromkeys((cfg.prior.id, cfg.prior.fine_id or cfg.prior.id)))
