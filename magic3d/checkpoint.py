@@ -12,6 +12,7 @@ import json
 import logging
 import random
 import warnings
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -180,6 +181,16 @@ def rng_state(generator: torch.Generator | None = None) -> tuple[dict[str, Tenso
     state = {"numpy": [str(kind), int(pos), int(has_gauss), float(gauss)],
              "python": [version, list(internal), py_gauss]}
     return tensors, state
+
+
+def seed_host_rngs(seed: int, stage: str) -> None:
+    """Seed the global sources ``rng_state`` saves (torch's, NumPy's, Python's) for a stage that
+    starts fresh: unseeded, NumPy and Python draw from OS entropy, so the checkpoints of a run (and
+    anything a library draws) would differ from process to process."""
+    value = (int(seed) + zlib.crc32(stage.encode())) % 2**32
+    torch.manual_seed(value)
+    np.random.seed(value)
+    random.seed(value)
 
 
 def restore_rng_state(tensors: dict[str, Tensor], state: dict[str, Any], generator: torch.Generator | None = None) -> None:

@@ -27,6 +27,7 @@ from magic3d.checkpoint import (
     restore_rng_state,
     rng_state,
     save_checkpoint,
+    seed_host_rngs,
     usable_checkpoints,
     warn_skipped,
 )
@@ -125,6 +126,8 @@ def run_loop(
         good = snapshot(model, opt, generator, start, lr_scale)
         break
     resumed_from = start
+    if start == 0:
+        seed_host_rngs(generator.initial_seed(), spec.stage)
 
     scaler = grad_scaler(spec)
     step = start

@@ -90,6 +90,45 @@ def test_resumed_training_matches_uninterrupted(tmp_path):
         assert torch.equal(got[key], expected[key]), key
 
 
+@pytest.mark.slow
+def test_sigkilled_training_resumes_to_the_uninterrupted_weights(tmp_path):
+    """A real `magic3d amortize` killed with SIGKILL wherever it is after its first checkpoints
+    (mid-step, mid-checkpoint-write): the same command run again finishes, and its weights are
+    the uninterrupted run's, bit for bit."""
+    import signal
+    import time
+
+    from safetensors.torch import load_file
+
+    from magic3d.amortize.train import train
+
+    steps = [*TINY, "amortize.steps=12"]
+    (tmp_path / "p.txt").write_text(PROMPTS)
+    train(tmp_path / "p.txt", tmp_path / "whole", prior="builtin", overrides=steps, device="cpu")
+    args = ["-m", "magic3d.amortize.cli", "amortize", str(tmp_path / "p.txt"), "--out", str(tmp_path / "killed"),
+            "--prior", "builtin", *sets(steps)]
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoints = tmp_path / "killed" / "checkpoints"
+    deadline = time.monotonic() + 300
+    while not list(checkpoints.glob("amortize-000004.*")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    killed = proc.poll() is None
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert killed, "training ended before it could be killed"
+    assert not (checkpoints / "amortize-000012.safetensors").exists()
+    resumed = subprocess.run([sys.executable, *args], env=env, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resum" in resumed.stderr.lower()
+    expected = load_file(str(tmp_path / "whole" / "checkpoints" / "amortize-000012.safetensors"))
+    got = load_file(str(checkpoints / "amortize-000012.safetensors"))
+    assert got.keys() == expected.keys()
+    for key in expected:
+        assert torch.equal(got[key], expected[key]), key
+    assert json.loads((tmp_path / "killed" / "model.json").read_text())["status"] != "training"
+
+
 def test_generate_from_seen_and_unseen_prompts(model, tmp_path):
     from pxr import Usd
 
