@@ -95,7 +95,7 @@ class DenseGridEncoding(nn.Module):
         levels = [F.grid_sample(grid, where, mode="bilinear", padding_mode="border", align_corners=True)
                   for grid in self.grids]  # each "1 F N 1 1"
         features = torch.cat(levels, dim=1).view(self.get_out_dim(), -1)  # D N
-        return features.t().reshape(*lead, -1)
+        return features.t().reshape(*lead, self.get_out_dim())  # -1 is ambiguous for no points
 
 
 def grid_encoding(

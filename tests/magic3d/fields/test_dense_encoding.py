@@ -64,3 +64,10 @@ def test_every_grid_lives_on_the_run_device():
         sigma, _ = field.density_and_albedo(points)
         sigma.sum().backward()
         assert all(g.grad is not None and g.grad.device.type == "cuda" for g in field.encoding.grids)
+
+
+def test_no_points_give_no_features():
+    # An occupancy grid that culls every sample of a batch hands the encoding zero points.
+    enc = DenseGridEncoding(levels=3, features=2, min_res=4, max_res=16)
+    assert enc(torch.zeros(0, 3)).shape == (0, 6)
+    assert enc(torch.zeros(2, 0, 3)).shape == (2, 0, 6)
