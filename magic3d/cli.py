@@ -14,9 +14,9 @@ import typer
 from magic3d.amortize.cli import register as register_amortize
 from magic3d.batch.cli import register as register_batch
 from magic3d.batch.gallery_cli import register as register_gallery
-from magic3d.control.cli import register as register_control
+from magic3d.command import JsonOpt
 from magic3d.console import run_app
-from magic3d.errors import Magic3DError
+from magic3d.control.cli import register as register_control
 
 # Plain click help (rich_markup_mode=None): the rich formatter shows every flag as "<bool>",
 # which reads as if a value were needed ("--restart true" is refused).
@@ -59,8 +59,7 @@ def generate(
     device: DeviceOpt = None,
     restart: Annotated[bool, typer.Option("--restart", help="Ignore checkpoints and start over.")] = False,
     quiet: QuietOpt = False,
-    json_events: Annotated[bool, typer.Option("--json", help="One JSON event per line on stdout (the schema: "
-                                              "magic3d/events.schema.json), ending with the result; no bars.")] = False,
+    json_events: JsonOpt = False,
     init_shape: Annotated[str | None, typer.Option("--init-shape", help="A closed mesh file the coarse density "
                                                    "starts from instead of the blob.")] = None,
     from_model: Annotated[str | None, typer.Option("--from", help="An amortized model folder (magic3d amortize): "
@@ -69,9 +68,9 @@ def generate(
                                               "alone before extraction.")] = 0,
 ) -> None:
     """Optimise a 3D asset for PROMPT and write it in the configured formats."""
-    from magic3d.progress import console_progress
-
     import json
+
+    from magic3d.command import run_command
 
     if from_model is not None:
         from magic3d.amortize.cli import generate_from_model
@@ -80,54 +79,11 @@ def generate(
     options = dict(preset=preset, prior=prior, overrides=overrides or [], seed=seed, device=device)
     if init_shape is not None:
         options["overrides"] = [*options["overrides"], f"control.init_shape={json.dumps(init_shape)}"]
-    if json_events:
-        generate_json(prompt, out, options, restart)
-        return
-    planned = plan_generate(prompt, out, options)
-    from magic3d.pipeline import run_planned
-
-    with console_progress(quiet) as progress:
-        result = run_planned(*planned, restart=restart, progress=progress,
-                             notice=None if quiet else (lambda message: typer.echo(message, err=True)))
-    for fmt, path in result.files.items():
-        typer.echo(f"{fmt}: {path}")
-
-
-def plan_generate(prompt: str, out: str, options: dict) -> tuple:
-    """Every check of ``generate`` (``magic3d.plan``, no torch): bad input is refused in well
-    under a second, and the pipeline is imported only for a run that will happen."""
     from magic3d.plan import plan_run
-    from magic3d.storage import ensure_writable_dir
 
-    planned = plan_run(prompt, out=out, **options)
-    ensure_writable_dir(Path(out))
-    return planned
-
-
-def generate_json(prompt: str, out: str, options: dict, restart: bool) -> None:
-    """``generate --json``: the run as events (batch's Reporter, one schema for both commands)."""
-    import time
-
-    from magic3d.batch.report import Reporter
-
-    reporter = Reporter(json_mode=True)
-    clock = time.perf_counter()
-    reporter.emit("run_start", prompt=prompt, out=str(out))
-    try:
-        planned = plan_generate(prompt, out, options)
-        from magic3d.pipeline import run_planned
-
-        result = run_planned(
-            *planned, restart=restart,
-            progress=lambda stage, step, total, loss: reporter.emit("progress", stage=stage, step=int(step),
-                                                                    total=int(total), loss=float(loss)),
-            notice=lambda message: reporter.emit("notice", message=message),
-        )
-    except Magic3DError as exc:
-        reporter.emit("error", message=" ".join(str(exc).split()), exit_code=2)
-        raise
-    reporter.emit("run_done", run_dir=str(result.run_dir), files={k: str(p) for k, p in result.files.items()},
-                  metrics=result.metrics, timings=result.timings, seconds=round(time.perf_counter() - clock, 3))
+    # Every check (magic3d.plan, no torch): bad input is refused in well under a second, and the
+    # pipeline is imported only for a run that will happen.
+    run_command(lambda: plan_run(prompt, out=out, **options), prompt, out, restart, quiet, json_events)
 
 
 @app.command()

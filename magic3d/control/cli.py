@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 
+from magic3d.command import JsonOpt, run_command
 from magic3d.control.plan import EDIT_LR_SCALE, EDIT_STEPS
 
 OutOpt = Annotated[str, typer.Option("--out", "-o", help="Output folder; the run goes in a folder under it.")]
@@ -40,12 +41,13 @@ def texture(
     size_m: Annotated[float | None, typer.Option("--size", help="Largest side in metres (default: the mesh's own).")] = None,
     restart: RestartOpt = False,
     quiet: QuietOpt = False,
+    json_events: JsonOpt = False,
 ) -> None:
     """Texture the mesh in FILE from PROMPT, keeping its geometry exactly (the fine stage's texture only)."""
     from magic3d.control.plan import plan_texture
 
-    planned = plan_texture(file, prompt, out, preset, prior, overrides or [], seed, device, size_m)
-    run(planned, out, restart, quiet)
+    run_command(lambda: plan_texture(file, prompt, out, preset, prior, overrides or [], seed, device, size_m),
+                prompt, out, restart, quiet, json_events)
 
 
 def edit(
@@ -60,25 +62,10 @@ def edit(
     device: DeviceOpt = None,
     restart: RestartOpt = False,
     quiet: QuietOpt = False,
+    json_events: JsonOpt = False,
 ) -> None:
     """Edit the finished run in RUN_DIR with PROMPT (Magic3D's prompt editing); the source is never modified."""
     from magic3d.control.plan import plan_edit
 
-    planned = plan_edit(run_dir, prompt, out, keep, steps, lr_scale, overrides or [], seed, device)
-    run(planned, out, restart, quiet)
-
-
-def run(planned: tuple, out: str, restart: bool, quiet: bool) -> None:
-    from pathlib import Path
-
-    from magic3d.progress import console_progress
-    from magic3d.storage import ensure_writable_dir
-
-    ensure_writable_dir(Path(out))
-    from magic3d.pipeline import run_planned
-
-    with console_progress(quiet) as progress:
-        result = run_planned(*planned, restart=restart, progress=progress,
-                             notice=None if quiet else (lambda message: typer.echo(message, err=True)))
-    for fmt, path in result.files.items():
-        typer.echo(f"{fmt}: {path}")
+    run_command(lambda: plan_edit(run_dir, prompt, out, keep, steps, lr_scale, overrides or [], seed, device),
+                prompt, out, restart, quiet, json_events)
