@@ -177,7 +177,7 @@ def run_stages(
     from magic3d.bake import bake
     from magic3d.export import write_outputs
     from magic3d.guidance import load_prior
-    from magic3d.control.init_shape import coarse_start
+    from magic3d.control.init_shape import stage_start
     from magic3d.prompts import ViewPrompts
     from magic3d.stages.coarse import run_coarse
     from magic3d.stages.fine import extract_mesh, run_fine
@@ -199,10 +199,12 @@ def run_stages(
     timings["load_prior"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
+    start = stage_start(cfg, device)
     with out_of_memory_advice("coarse", cfg):
         coarse = run_coarse(
             SDSLoss(prior, prompts, cfg.coarse.sds), cfg.coarse, run_dir, device, seed, progress=progress,
-            resume=resume, precision=cfg.runtime.precision, made_by=made_by, init=coarse_start(cfg, device),
+            resume=resume, precision=cfg.runtime.precision, made_by=made_by, init=start.init,
+            regulariser=start.coarse_loss,
         )
     timings["coarse"] = time.perf_counter() - clock
     metrics["coarse"] = coarse.metrics
@@ -217,8 +219,8 @@ def run_stages(
                 prompts = ViewPrompts.build(text, prior, cfg.prior, cache_dir)
         loss = SDSLoss(prior, prompts, cfg.fine.sds)
         with out_of_memory_advice("fine", cfg):
-            fine = run_fine(coarse.field, loss, cfg.fine, run_dir, device, seed, progress=progress, resume=resume,
-                            precision=cfg.runtime.precision, made_by=made_by)
+            fine = run_fine(coarse.field, loss, start.fine or cfg.fine, run_dir, device, seed, progress=progress,
+                            resume=resume, precision=cfg.runtime.precision, made_by=made_by)
     else:
         with out_of_memory_advice("fine", cfg):
             fine = extract_mesh(coarse.field, cfg.fine, device)

@@ -34,6 +34,16 @@ class ControlConfig:
     # full inside to empty outside: a few voxels of the finest grid level, so the fit can follow it.
     init_width: float = 0.04
     init_points: int = 4096  # points per fitting step
+    # ``--init-shape``: weight of the sketch-shape loss (magic3d.control.init_shape.sketch_shape_loss)
+    # added to every coarse step, which keeps the field's occupancy at the mesh's away from its
+    # surface; 0 turns it off (the fitted shape is then SDS's to change entirely).
+    shape_weight: float = 1.0
+    # Width (scene units) of the band about the surface where the loss fades out and SDS refines freely.
+    shape_band: float = 0.05
+    shape_points: int = 2048  # points per coarse step
+    # ``--init-shape``: the fine stage's SDF learning rate times this (0: only its deformation and
+    # texture train, so the user's shape keeps its cells; see init_shape.fine_config).
+    init_fine_sdf_lr_scale: float = 0.0
 
     def edited_from(self) -> dict[str, str | int] | None:
         """What an edit run records of its source (run.json's ``edited_from``, the asset's provenance)."""

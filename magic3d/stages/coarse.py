@@ -27,6 +27,8 @@ from renderers.shading import SHADING_MODES, random_lights
 from renderers.volume import OccupancyGrid, render_rays
 
 CameraSampler = Callable[[int, torch.Generator], Cameras]
+# An extra term of every step's loss from the field alone (``--init-shape``'s sketch-shape loss).
+Regulariser = Callable[[NeRFField, torch.Generator], tuple[Tensor, dict[str, Tensor]]]
 
 
 @dataclass
@@ -39,8 +41,8 @@ class CoarseModel:
     """What the loop optimises in stage 1: the field, its occupancy grid and how a step is scored."""
 
     def __init__(self, cfg: CoarseConfig, loss_fn: LossFn, device: torch.device,
-                 camera_sampler: CameraSampler | None = None) -> None:
-        self.cfg, self.loss_fn, self.device = cfg, loss_fn, device
+                 camera_sampler: CameraSampler | None = None, regulariser: Regulariser | None = None) -> None:
+        self.cfg, self.loss_fn, self.device, self.regulariser = cfg, loss_fn, device, regulariser
         self.field = NeRFField(cfg.field, device).to(device)
         self.occupancy = OccupancyGrid(cfg.occupancy_resolution, cfg.field.bound, cfg.occupancy_threshold)
         self.camera_sampler = camera_sampler
@@ -108,6 +110,9 @@ class CoarseModel:
             facing = (out.sample_normals * out.dirs[:, None, :]).sum(-1).clamp(min=0.0)
             orientation = (out.weights.detach() * facing**2).sum(-1).mean()
             loss = loss + orientation_weight * orientation
+        if self.regulariser is not None:
+            extra, extra_metrics = self.regulariser(self.field, generator)
+            loss, metrics = loss + extra, {**metrics, **extra_metrics}
         return loss, {**metrics, "opacity": out.opacity.detach().mean()}
 
     def after_step(self, step: int, generator: torch.Generator) -> None:
@@ -129,13 +134,15 @@ def run_coarse(
     progress: ProgressFn = silent, resume: bool = True, camera_sampler: CameraSampler | None = None,
     precision: Precision = "fp32", made_by: str = "",
     init: Callable[[CoarseModel, torch.Generator], dict[str, float]] | None = None,
+    regulariser: Regulariser | None = None,
 ) -> CoarseResult:
     """``init(model, generator)``, when given, sets the field up before the first step (the user's
-    shape, an edited run's field) unless a usable checkpoint will replace it anyway."""
+    shape, an edited run's field) unless a usable checkpoint will replace it anyway; ``regulariser``
+    adds its term to every step's loss."""
     device = torch.device(device)
     with torch.random.fork_rng(devices=[]):  # the hash table's initial values, without touching the caller's RNG
         torch.manual_seed(seed)
-        model = CoarseModel(cfg, loss_fn, device, camera_sampler)
+        model = CoarseModel(cfg, loss_fn, device, camera_sampler, regulariser)
     init_metrics: dict[str, float] = {}
     if init is not None and not (resume and load_latest_checkpoint(
             Path(run_dir) / "checkpoints", "coarse", "cpu", model.state_tensors(), cfg.steps) is not None):
