@@ -22,7 +22,7 @@ from torch import Tensor
 
 from magic3d.config_sections import BakeConfig
 from magic3d.errors import RunError
-from magic3d.surface import close_holes, surface_report, untangle
+from magic3d.surface import close_holes, surface_report, untangle, weld
 
 ColorFn = Callable[[Float[Tensor, "N 3"]], Float[Tensor, "N 3"]]
 
@@ -52,20 +52,18 @@ def clean_mesh(
     vertices = np.asarray(vertices, dtype=np.float64)
     faces = np.asarray(faces, dtype=np.int64)
     n_faces = len(faces)
+
+    def drop_degenerate(faces: np.ndarray) -> np.ndarray:
+        # Only faces with a repeated vertex go, and repeats of a face: dropping thin but whole
+        # faces by area would open the surface (closure matters more to every tool than a sliver).
+        faces = faces[(faces[:, 0] != faces[:, 1]) & (faces[:, 1] != faces[:, 2]) & (faces[:, 0] != faces[:, 2])]
+        _, unique_rows = np.unique(np.sort(faces, axis=1), axis=0, return_index=True)
+        return faces[np.sort(unique_rows)]
+
+    faces, merged = drop_degenerate(faces), 0
     if merge_distance > 0 and len(vertices):
-        keys = np.round(vertices / merge_distance).astype(np.int64)
-        _, first, inverse = np.unique(keys, axis=0, return_index=True, return_inverse=True)
-        merged = len(vertices) - len(first)
-        vertices, faces = vertices[first], inverse.reshape(-1)[faces]
-    else:
-        merged = 0
-    ok = (faces[:, 0] != faces[:, 1]) & (faces[:, 1] != faces[:, 2]) & (faces[:, 0] != faces[:, 2])
-    tri = vertices[faces]
-    area2 = np.linalg.norm(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=1)
-    ok &= area2 > max(merge_distance, 1e-12) ** 2
-    faces = faces[ok]
-    _, unique_rows = np.unique(np.sort(faces, axis=1), axis=0, return_index=True)
-    faces = faces[np.sort(unique_rows)]
+        faces, merged = weld(vertices, faces, merge_distance)  # the faces it collapses go next
+        faces = drop_degenerate(faces)
     dropped_components = 0
     if len(faces) and min_component_fraction > 0:
         edges = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]]])

@@ -179,3 +179,51 @@ def test_bake_never_hands_on_a_surface_that_passes_through_itself():
     assert mesh.metadata["surface"]["self_intersections"] == 0 and mesh.metadata["surface"]["watertight"]
     points, of_vertex = weld(mesh.vertices)
     assert self_intersections(points, of_vertex[mesh.faces]) == 0
+
+
+def fans_are_disks(faces: np.ndarray) -> bool:
+    """Every vertex's faces form one fan (no pinch point where two sheets meet)."""
+    for v in np.unique(faces):
+        around = faces[(faces == v).any(1)]
+        rims = [tuple(sorted(int(w) for w in f if w != v)) for f in around]
+        graph = trimesh.graph.nx.Graph(rims)
+        if trimesh.graph.nx.number_connected_components(graph) != 1:
+            return False
+    return True
+
+
+def test_weld_keeps_two_closed_sheets_that_touch_apart():
+    from magic3d.bake import clean_mesh
+
+    # Two spheres whose vertices nearest each other fall in one merge cell: merging by position
+    # alone pinched them into one vertex shared by two sheets (non-manifold).
+    a = trimesh.creation.icosphere(subdivisions=1)
+    b = a.copy()
+    tip_a = int(np.argmax(a.vertices[:, 0]))
+    b.apply_translation(a.vertices[tip_a] - b.vertices[int(np.argmin(b.vertices[:, 0]))] + [2e-6, 0, 0])
+    both = trimesh.util.concatenate([a, b])
+    v, f, stats = clean_mesh(both.vertices, both.faces, merge_distance=1e-5, min_component_fraction=0.0)
+    report = surface_report(v, f)
+    assert stats.merged_vertices == 0 and len(f) == len(both.faces)
+    assert report.watertight and report.bodies == 2 and fans_are_disks(f)
+
+
+def test_weld_collapses_a_short_edge_only_where_the_surface_stays_a_manifold():
+    from magic3d.bake import clean_mesh
+
+    sphere = trimesh.creation.icosphere(subdivisions=2)
+    v = sphere.vertices.copy()
+    a, b = (int(x) for x in sphere.edges_unique[0])
+    v[b] = v[a] + 1e-7  # an edge far shorter than merge_distance: its two faces collapse
+    out_v, out_f, stats = clean_mesh(v, sphere.faces, merge_distance=1e-5, min_component_fraction=0.0)
+    report = surface_report(out_v, out_f)
+    assert stats.merged_vertices == 1 and len(out_f) == len(sphere.faces) - 2
+    assert report.watertight and report.genus == 0 and fans_are_disks(out_f)
+    # A tetrahedron's edges fail the link condition (its ends share a third neighbour off the
+    # edge's two faces): collapsing one would fold the rest onto itself, so it stays.
+    tet = trimesh.Trimesh(np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1.0]]),
+                          np.array([[0, 2, 1], [0, 1, 3], [0, 3, 2], [1, 2, 3]]))
+    tv = tet.vertices.copy()
+    tv[1] = tv[0] + 1e-7
+    out_v, out_f, stats = clean_mesh(tv, tet.faces, merge_distance=1e-5, min_component_fraction=0.0)
+    assert stats.merged_vertices == 0 and len(out_f) == 4 and surface_report(out_v, out_f).watertight
