@@ -204,7 +204,7 @@ def test_texture_keeps_positions_and_faces_of_an_obj_and_the_uvs_of_a_glb(monkey
     run = tmp_path / "out" / "uvcube-a-red-cube"
     assert events[0] == {**events[0], "event": "run_start", "prompt": "a red cube"}
     assert events[-1]["event"] == "run_done" and Path(events[-1]["files"]["glb"]) == run / "asset.glb"
-    assert {e["stage"] for e in events if e["event"] == "progress"} >= {"fine"}
+    assert [(e["stage"], e["step"]) for e in events if e["event"] == "progress"] == [("texture", 1), ("texture", 2)]
     assert json.loads((run / "run.json").read_text())["metrics"]["uv"] == "own"
     asset = load_asset(run / "asset.glb")
     order = np.lexsort(np.asarray(asset.vertices).T)
