@@ -222,7 +222,7 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "occupancy_resolution": (1, 512), "texture_size": (16, 8192), "face_budget": (4, 10_000_000),
     "texture_init_points": (1, 10_000_000), "preview_frames": (1, 720), "preview_resolution": (16, 2048),
     "preview_views": (1, 64), "levels": (1, 32), "log2_hashmap_size": (8, 24), "hidden": (1, 1024),
-    "seed": (0, 2**63 - 1), "threads": (1, 1024), "density": (1.0, 25_000.0), "seal_tunnels": (0.0, 0.5),
+    "seed": (0, 2**63 - 1), "threads": (1, 1024), "density": (1.0, 25_000.0), "seal_tunnels": (0.0, 0.5), "cut_handles": (0.0, 0.5),
     "shape_weight": (0.0, 1000.0), "shape_band": (0.001, 1.0), "shape_points": (1, 1_000_000),
     "init_fine_sdf_lr_scale": (0.0, 1.0),
 }

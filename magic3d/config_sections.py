@@ -147,6 +147,10 @@ class FineConfig:
     # Tunnels up to this wide (world units) are sealed in the final mesh: a slit SDS never sees
     # becomes a hole through the object otherwise (see magic3d.fields.tunnels). 0 keeps them.
     seal_tunnels: float = 0.1
+    # Handles whose bar is up to this thick (world units) are cut in the final mesh: a loop SDS drew
+    # on a roof (a chimney bent into a ring) is a handle otherwise. A bar on no loop (a leg, a stem)
+    # and anything thicker (a torus's ring) is kept (see magic3d.fields.tunnels). 0 keeps them.
+    cut_handles: float = 0.1
     lr: float = 1e-2  # texture hash grid (its MLP gets a tenth)
     sdf_lr: float = 1e-2  # the SDF is roughly in world units, so this is ~the surface's move per step
     deform_lr: float = 1e-2

@@ -29,9 +29,9 @@ import trimesh
 from torch import Tensor
 
 from magic3d.config import Config
+from magic3d.control.user_mesh import SceneFrame, read_user_mesh, scene_frame
 from magic3d.progress import ProgressFn
 from magic3d.stages.fine import FineModel
-from magic3d.control.user_mesh import SceneFrame, read_user_mesh, scene_frame
 from renderers.shading import SHADING_MODES
 
 
@@ -49,8 +49,8 @@ class FixedMeshModel(FineModel):
     def mesh(self) -> tuple[Tensor, Tensor]:
         return self.vertices, self.faces
 
-    def final_mesh(self) -> tuple[Tensor, Tensor, int]:
-        return self.vertices, self.faces, 0  # the user's mesh exactly: nothing sealed
+    def final_mesh(self) -> tuple[Tensor, Tensor, dict[str, int]]:
+        return self.vertices, self.faces, {}  # the user's mesh exactly: nothing sealed or cut
 
     def param_groups(self) -> list[dict]:
         return [{"params": list(self.texture.encoding.parameters()), "lr": self.cfg.lr},

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
 
-from magic3d.fields.tunnels import seal_tunnels
+from magic3d.fields.tunnels import cut_handles, seal_tunnels
 
 # Holes in a hollow NeRF's shell up to this wide (world units; 4 cells of a resolution-64 grid) are sealed
 # while looking for the hollow behind them (see fill_hidden_space); the holes themselves stay open.
@@ -236,12 +236,20 @@ class DMTet(nn.Module):
         return marching_tetrahedra(self.vertices(), self.tets, self.effective_sdf())
 
     @torch.no_grad()
-    def extract_sealed(self, seal_width: float) -> tuple[Float[Tensor, "M 3"], Int[Tensor, "F 3"], int]:
-        """The mesh with tunnels up to ``seal_width`` (world units) wide sealed (see
-        ``magic3d.fields.tunnels``), and how many were; for the final mesh, not for training."""
-        iterations = max(1, round(0.5 * seal_width / self.cell)) if seal_width > 0 else 0
-        sdf, sealed = seal_tunnels(self.effective_sdf(), self.tets, self.cells, iterations, 0.05 * self.cell)
-        return (*marching_tetrahedra(self.vertices(), self.tets, sdf), sealed)
+    def extract_repaired(
+        self, seal_width: float, cut_width: float = 0.0
+    ) -> tuple[Float[Tensor, "M 3"], Int[Tensor, "F 3"], dict[str, int]]:
+        """The mesh with tunnels up to ``seal_width`` (world units) wide sealed and handles whose
+        bar is up to ``cut_width`` thick cut (see ``magic3d.fields.tunnels``), and how many of each
+        (``sealed_tunnels``, ``cut_handles``); for the final mesh, not for training."""
+        sdf = self.effective_sdf()
+        sdf, sealed = seal_tunnels(sdf, self.tets, self.cells, self._cells_for(seal_width), 0.05 * self.cell)
+        sdf, cut = cut_handles(sdf, self.tets, self.cells, self._cells_for(cut_width), 0.05 * self.cell)
+        return (*marching_tetrahedra(self.vertices(), self.tets, sdf), {"sealed_tunnels": sealed, "cut_handles": cut})
+
+    def _cells_for(self, width: float) -> int:
+        """Closing or opening iterations that span ``width``: each reaches one cell on either side."""
+        return max(1, round(0.5 * width / self.cell)) if width > 0 else 0
 
     @torch.no_grad()
     def init_from_sdf(self, sdf_fn: Callable[[Tensor], Tensor]) -> None:

@@ -1,4 +1,5 @@
-"""Sealing tunnels narrower than a few tet-grid cells before the final mesh is extracted.
+"""Sealing tunnels narrower than a few tet-grid cells, and cutting handles thinner than a few,
+before the final mesh is extracted.
 
 Score distillation does not see a slit under a roof's eaves or between a door and its wall, but
 a sign pattern of a few lattice vertices there becomes a tunnel through the surface: a house
@@ -6,6 +7,12 @@ of genus 2 instead of 0. Such tunnels are found by closing the occupied lattice 
 by ``iterations`` cells; each piece that closing adds is kept only if it lowers the number of
 tunnels, so a concave corner the closing would also fill keeps its shape, and a torus's hole,
 wider than the closing, stays open.
+
+The dual defect is a thin bar: a loop SDS drew on a roof (a chimney bent into a ring) is a handle
+whose hole is wide but whose bar is a cell or two thick. Opening the occupied lattice by
+``iterations`` cells removes the bar (and every other thin feature); each piece opening removes is
+cut only if that lowers the number of tunnels without splitting a body off, so a table's legs, a
+lamp's stem and a torus's ring, thicker than the opening or not on a loop, keep their material.
 
 Tunnels are counted with the Euler characteristic of the occupied part of the tet complex (its
 vertices, edges, triangles and tets whose corners are all inside): for a solid of ``b`` pieces,
@@ -47,6 +54,17 @@ def _hollows(occupied: Bool[np.ndarray, "X Y Z"]) -> int:
     return count - 1
 
 
+def _bodies(inside: Bool[np.ndarray, " V"], edges: Int[np.ndarray, "E 2"]) -> int:
+    """Pieces of the occupied complex: inside vertices joined by tet edges with both ends inside."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    kept = edges[inside[edges].all(1)]
+    graph = coo_matrix((np.ones(len(kept)), (kept[:, 0], kept[:, 1])), shape=(inside.size, inside.size))
+    _, labels = connected_components(graph, directed=False)
+    return int(np.unique(labels[inside]).size)
+
+
 def seal_tunnels(
     sdf: Float[Tensor, " V"], tets: Int[Tensor, "T 4"], cells: int, iterations: int, depth: float
 ) -> tuple[Float[Tensor, " V"], int]:
@@ -56,33 +74,60 @@ def seal_tunnels(
     a sealed vertex gets ``-depth``, a sliver inside, so the seal is a thin membrane that moves
     nothing else.
     """
+    return _repair(sdf, tets, cells, iterations, depth, fill=True)
+
+
+def cut_handles(
+    sdf: Float[Tensor, " V"], tets: Int[Tensor, "T 4"], cells: int, iterations: int, depth: float
+) -> tuple[Float[Tensor, " V"], int]:
+    """``sdf`` with handles whose bar is up to about ``2 * iterations`` cells thick cut, and how
+    many were; a cut vertex gets ``+depth``, a sliver outside, so nothing else moves."""
+    return _repair(sdf, tets, cells, iterations, depth, fill=False)
+
+
+def _repair(
+    sdf: Float[Tensor, " V"], tets: Int[Tensor, "T 4"], cells: int, iterations: int, depth: float, fill: bool
+) -> tuple[Float[Tensor, " V"], int]:
+    """Closing (``fill``) or opening the occupied lattice by ``iterations``; each piece that changes
+    is taken, smallest first (the least change that repairs), only where it removes tunnels and
+    adds no hollow (and, cutting, splits no body off)."""
     from scipy import ndimage
 
     if iterations < 1:
         return sdf, 0
     n = cells + 1
-    inside = (sdf < 0).detach().cpu().numpy()
-    occupied = inside.reshape(n, n, n)
-    pad = iterations + 1
-    closed = ndimage.binary_closing(np.pad(occupied, pad), iterations=iterations)[(slice(pad, -pad),) * 3]
-    labels, count = ndimage.label(closed & ~occupied, structure=np.ones((3, 3, 3)))
+    before = (sdf < 0).detach().cpu().numpy()
+    occupied = before.reshape(n, n, n)
+    if fill:
+        pad = iterations + 1
+        closed = ndimage.binary_closing(np.pad(occupied, pad), iterations=iterations)[(slice(pad, -pad),) * 3]
+        changed = closed & ~occupied
+    else:
+        changed = occupied & ~ndimage.binary_opening(occupied, iterations=iterations)
+    labels, count = ndimage.label(changed, structure=np.ones((3, 3, 3)))
     if count == 0:
         return sdf, 0
     labels = labels.reshape(-1)
+    host = tets.detach().cpu().numpy().astype(np.int64)
     # Only simplices that touch a candidate vertex differ between the two sides of a comparison:
     # the tets around the candidates hold them all, so the counts stay local and cheap.
-    host = tets.detach().cpu().numpy().astype(np.int64)
     simplices = _simplices(host[(labels > 0)[host].any(1)])
-    chi, sealed = euler_characteristic(inside, simplices), 0
-    hollows = _hollows(inside.reshape(n, n, n))
+    all_edges = None if fill else _simplices(host)[0]
+    inside = before.copy()
+    chi, repaired = euler_characteristic(inside, simplices), 0
+    hollows = _hollows(occupied)
+    bodies = None if fill else _bodies(inside, all_edges)
     sizes = np.bincount(labels)[1:]
-    for piece in np.argsort(sizes, kind="stable") + 1:  # smallest first: the least change that seals
-        trial = inside | (labels == piece)
+    for piece in np.argsort(sizes, kind="stable") + 1:
+        trial = inside | (labels == piece) if fill else inside & (labels != piece)
         gained = euler_characteristic(trial, simplices)
-        # A gain from a new enclosed hollow is no tunnel sealed.
-        if gained > chi and _hollows(trial.reshape(n, n, n)) <= hollows:
-            inside, chi, sealed = trial, gained, sealed + gained - chi
-    if sealed == 0:
+        # chi = bodies - tunnels + hollows: a gain from a new hollow, or from a body cut off, removes no tunnel.
+        if gained <= chi or _hollows(trial.reshape(n, n, n)) > hollows:
+            continue
+        if not fill and _bodies(trial, all_edges) > bodies:
+            continue
+        inside, chi, repaired = trial, gained, repaired + gained - chi
+    if repaired == 0:
         return sdf, 0
-    filled = torch.from_numpy(inside & ~(sdf < 0).detach().cpu().numpy()).to(sdf.device)
-    return torch.where(filled, torch.full_like(sdf, -depth), sdf), sealed
+    moved = torch.from_numpy(inside != before).to(sdf.device)
+    return torch.where(moved, torch.full_like(sdf, -depth if fill else depth), sdf), repaired

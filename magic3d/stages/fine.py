@@ -145,13 +145,14 @@ class FineModel:
             rows.append(torch.cat(list(out.rgb), dim=1))
         return (torch.cat(rows, dim=0).clamp(0, 1) * 255).round().byte().cpu().numpy()
 
-    def final_mesh(self) -> tuple[Tensor, Tensor, int]:
-        """The mesh the result carries, with tunnels up to ``seal_tunnels`` sealed, and how many were."""
-        vertices, faces, sealed = self.dmtet.extract_sealed(self.cfg.seal_tunnels)
-        return (*self._nonempty(vertices, faces), sealed)
+    def final_mesh(self) -> tuple[Tensor, Tensor, dict[str, int]]:
+        """The mesh the result carries, tunnels up to ``seal_tunnels`` sealed and handles up to
+        ``cut_handles`` cut, and how many of each."""
+        vertices, faces, repairs = self.dmtet.extract_repaired(self.cfg.seal_tunnels, self.cfg.cut_handles)
+        return (*self._nonempty(vertices, faces), repairs)
 
     def result(self, metrics: dict[str, float]) -> FineResult:
-        vertices, faces, sealed = self.final_mesh()
+        vertices, faces, repairs = self.final_mesh()
         texture = self.texture.eval()
 
         def color_fn(points: Tensor) -> Tensor:
@@ -160,7 +161,7 @@ class FineModel:
                                   for i in range(0, points.shape[0], 65536)]) if points.shape[0] else \
                     points.new_zeros(0, 3)
 
-        full = {**metrics, "density_threshold": self.threshold, "sealed_tunnels": float(sealed),
+        full = {**metrics, "density_threshold": self.threshold, **{k: float(v) for k, v in repairs.items()},
                 "vertices": float(vertices.shape[0]), "faces": float(faces.shape[0])}
         return FineResult(vertices.detach(), faces.detach(), color_fn, full)
 
@@ -200,7 +201,7 @@ def extract_mesh(coarse_field, cfg: FineConfig, device: torch.device | str) -> F
     device = torch.device(device)
     dmtet = DMTet(cfg.tet_resolution, cfg.bound).to(device)
     threshold = _init_from_density(dmtet, coarse_field, cfg)
-    vertices, faces, sealed = dmtet.extract_sealed(cfg.seal_tunnels)
+    vertices, faces, repairs = dmtet.extract_repaired(cfg.seal_tunnels, cfg.cut_handles)
     if faces.shape[0] == 0:
         raise RunError(
             f"The coarse density gives an empty surface at threshold {threshold:.4g}; set "
@@ -211,7 +212,7 @@ def extract_mesh(coarse_field, cfg: FineConfig, device: torch.device | str) -> F
         with torch.no_grad():
             return coarse_field.albedo(points.to(device)).clamp(0.0, 1.0)
 
-    metrics = {"density_threshold": threshold, "sealed_tunnels": float(sealed), "vertices": float(vertices.shape[0]),
+    metrics = {"density_threshold": threshold, **{k: float(v) for k, v in repairs.items()}, "vertices": float(vertices.shape[0]),
                "faces": float(faces.shape[0])}
     return FineResult(vertices.detach(), faces.detach(), color_fn, metrics)
 

@@ -1,12 +1,12 @@
-"""Tunnels narrower than the seal width are closed before the final mesh; wide holes and concave
-corners keep their shape."""
+"""Tunnels narrower than the seal width are closed before the final mesh, and handles thinner than
+the cut width are cut; wide holes, concave corners, thick rings and bars on no loop keep their shape."""
 
 from __future__ import annotations
 
 import torch
 
 from magic3d.fields.dmtet import DMTet, marching_tetrahedra
-from magic3d.fields.tunnels import seal_tunnels
+from magic3d.fields.tunnels import cut_handles, seal_tunnels
 from magic3d.surface import surface_report
 
 
@@ -68,14 +68,53 @@ def test_two_slits_are_both_sealed_and_counted():
     assert count == 2 and genus(d, sealed) == (0, 1)
 
 
-def test_extract_sealed_reports_the_seal_and_zero_width_turns_it_off():
+def test_extract_repaired_reports_the_seal_and_zero_width_turns_it_off():
     d = grid()
     d.sdf.data.copy_(torus_sdf(d.grid_vertices, major=0.34, minor=0.3))
-    v, f, sealed = d.extract_sealed(0.1)
-    assert sealed == 1 and surface_report(v.numpy(), f.numpy()).genus == 0
-    v, f, sealed = d.extract_sealed(0.0)
-    assert sealed == 0 and surface_report(v.numpy(), f.numpy()).genus == 1
+    v, f, repairs = d.extract_repaired(0.1, 0.1)
+    assert repairs == {"sealed_tunnels": 1, "cut_handles": 0} and surface_report(v.numpy(), f.numpy()).genus == 0
+    v, f, repairs = d.extract_repaired(0.0, 0.0)
+    assert repairs == {"sealed_tunnels": 0, "cut_handles": 0} and surface_report(v.numpy(), f.numpy()).genus == 1
     assert torch.equal(f, d.extract()[1])
+
+
+def ball_with_loop(p: torch.Tensor, loop_minor: float) -> torch.Tensor:
+    """A ball of radius 0.45 with a ring standing on its top (a chimney bent into a loop)."""
+    ball = p.norm(dim=-1) - 0.45
+    ring = torus_sdf((p - torch.tensor([0.0, 0.62, 0.0]))[:, [1, 0, 2]], major=0.22, minor=loop_minor)
+    return torch.minimum(ball, ring)
+
+
+def test_a_thin_loop_on_a_ball_is_cut_and_nothing_else_moves():
+    d = grid()
+    sdf = ball_with_loop(d.grid_vertices, loop_minor=0.05)  # the bar ~1.6 cells thick, its hole ~5 cells wide
+    assert genus(d, sdf) == (1, 1)
+    assert seal_tunnels(sdf, d.tets, d.cells, iterations=1, depth=0.003)[1] == 0  # too wide to seal
+    cut, count = cut_handles(sdf, d.tets, d.cells, iterations=1, depth=0.003)
+    assert count == 1 and genus(d, cut) == (0, 1)
+    changed = cut != sdf
+    # Opening takes all of a bar that is thin everywhere: the loop goes, the ball keeps every vertex.
+    assert 0 < int(changed.sum()) < 60
+    assert (d.grid_vertices[changed][:, 1] > 0.4).all()
+    assert (cut[changed] == 0.003).all()
+
+
+def test_thick_rings_bars_on_no_loop_and_a_dumbbell_keep_their_material():
+    d = grid()
+    p = d.grid_vertices
+    box = lambda centre, half: ((p - torch.tensor(centre)).abs() - torch.tensor(half)).amax(-1)  # noqa: E731
+    torus = torus_sdf(p, major=0.5, minor=0.22)
+    table = box([0, 0.3, 0], [0.5, 0.06, 0.5])
+    for x in (-0.4, 0.4):
+        for z in (-0.4, 0.4):
+            table = torch.minimum(table, box([x, -0.1, z], [0.05, 0.4, 0.05]))  # thin legs, on no loop
+    balls = torch.minimum((p - torch.tensor([-0.5, 0, 0])).norm(dim=-1) - 0.3,
+                          (p - torch.tensor([0.5, 0, 0])).norm(dim=-1) - 0.3)
+    dumbbell = torch.minimum(balls, box([0, 0, 0], [0.5, 0.05, 0.05]))  # cutting the bar would split it
+    for sdf, expected in ((torus, (1, 1)), (table, (0, 1)), (dumbbell, (0, 1))):
+        assert genus(d, sdf) == expected
+        cut, count = cut_handles(sdf, d.tets, d.cells, iterations=1, depth=0.003)
+        assert count == 0 and cut is sdf
 
 
 def test_a_fine_stage_skipped_exports_the_sealed_surface_and_the_key_is_checked():
@@ -101,4 +140,7 @@ def test_a_fine_stage_skipped_exports_the_sealed_surface_and_the_key_is_checked(
     assert surface_report(kept.vertices.numpy(), kept.faces.numpy()).genus == 1
     for bad in ("fine.seal_tunnels=2", "fine.seal_tunnels=-0.1", "fine.seal_tunnels=.nan"):
         with pytest.raises(ConfigError, match="seal_tunnels"):
+            load_config(overrides=[bad])
+    for bad in ("fine.cut_handles=2", "fine.cut_handles=-0.1"):
+        with pytest.raises(ConfigError, match="cut_handles"):
             load_config(overrides=[bad])
