@@ -175,16 +175,17 @@ def run_stages(
     """Coarse NeRF -> fine mesh -> baked texture -> files, from the coarse ``prior`` already loaded;
     each stage resumes from its checkpoints."""
     from magic3d.bake import bake
+    from magic3d.control.init_shape import stage_start
     from magic3d.export import write_outputs
     from magic3d.guidance import load_prior
-    from magic3d.control.init_shape import stage_start
     from magic3d.prompts import ViewPrompts
     from magic3d.stages.coarse import run_coarse
     from magic3d.stages.fine import extract_mesh, run_fine
     from magic3d.stages.losses import SDSLoss
 
     if cfg.control.texture_mesh or (cfg.control.edit_from and cfg.control.edit_keep == "geometry"):
-        from magic3d.control.texture_mesh import texture_stages  # the user's (or source run's) mesh kept as it is
+        # The user's (or the source run's) mesh, kept as it is.
+        from magic3d.control.texture_mesh import texture_stages
 
         return texture_stages(text, cfg, run_dir, device, prior, resume, progress, made_by)
     seed = cfg.runtime.seed

@@ -86,7 +86,7 @@ def weld(vertices: np.ndarray, faces: np.ndarray, distance: float) -> tuple[np.n
     if len(shared) == 0:
         return faces, 0
     incident: dict[int, set[int]] = {int(v): set() for v in shared}
-    for f, v in zip(*np.nonzero(np.isin(faces, shared))):
+    for f, v in zip(*np.nonzero(np.isin(faces, shared)), strict=True):
         incident[int(faces[f, v])].add(int(f))
 
     def around(a: int) -> Counter:  # neighbour -> faces on the edge (a, neighbour)

@@ -16,6 +16,7 @@ phases already done. ``--phase train`` trains only (the background job).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -230,7 +231,7 @@ def hue_distance(a, b) -> float:
 
 
 def monotonic(values: list[float], rising: bool, slack: float = 0.0) -> bool:
-    return all((b >= a - slack) if rising else (b <= a + slack) for a, b in zip(values, values[1:]))
+    return all((b >= a - slack) if rising else (b <= a + slack) for a, b in itertools.pairwise(values))
 
 
 def phase_interpolation(report: dict, args: argparse.Namespace) -> None:

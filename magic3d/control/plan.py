@@ -46,9 +46,9 @@ def plan_texture(
     texturing ``mesh_file``."""
     import numpy as np
 
+    from magic3d.control.user_mesh import read_user_mesh
     from magic3d.naming import clean_prompt, slugify
     from magic3d.plan import plan_run
-    from magic3d.control.user_mesh import read_user_mesh
 
     mesh = read_user_mesh(mesh_file, "mesh to texture")
     own_size = float(np.ptp(np.asarray(mesh.vertices), axis=0).max())
