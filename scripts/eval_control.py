@@ -7,7 +7,8 @@ Runs, on the CPU with the ``builtin`` preset (seed 0), and reads every asset bac
 - edit, shape: "a blue cube" edited to "a blue sphere" with ``--keep none``: recognised kind, colour;
 - init shape: a cone mesh with "a green cone" after ``INIT_STEPS`` coarse steps, against the
   preset's own run from the blob (its 400 steps): kind, IoU with the input; a cube with
-  "a yellow cube": its oriented-box ratio (shortest over longest side; the cube test wants > 0.8);
+  "a yellow cube": its oriented-box ratio (shortest over longest side; the cube test wants > 0.8)
+  and that it is still recognised as a cube;
 - texture: an untextured (subdivided) cube OBJ and a GLB with its own UVs with "a red cube":
   largest vertex offset from the input after the documented frame change, UVs kept, colour.
 
@@ -179,6 +180,7 @@ def checks(rows: dict[str, dict]) -> dict[str, bool | None]:
         "init_cone_iou_0.8": check("init_cone", lambda r: r["iou_with_input"] >= 0.8),
         "init_cone_fewer_steps": None if "blob_cone" not in rows else check("init_cone", cone_steps),
         "init_cube_corners": check("init_cube", lambda r: r["box_ratio"] > 0.8),
+        "init_cube_cube": check("init_cube", lambda r: r["kind"] == "cube"),
         "texture_obj_positions_1e-6": check("texture_obj", exact("max_position_error")),
         "texture_obj_red": check("texture_obj", lambda r: r["colour"] == "red"),
         "texture_glb_positions_1e-6": check("texture_glb", exact("max_position_error")),
@@ -191,6 +193,9 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(1)
+    if {"-h", "--help"} & set(sys.argv[1:]):
+        print(__doc__.split("\n\n")[0] + f"\n\nusage: python scripts/eval_control.py [CASE ...]; cases: {', '.join(CASES)}")
+        return
     names = sys.argv[1:] or CASES
     unknown = sorted(set(names) - set(CASES))
     if unknown:

@@ -25,9 +25,10 @@ class ControlConfig:
     edit_seed: int = 0
     # Set by the planner, not by hand: SHA-256 of the mesh file (or of the source run's run.json).
     source_sha256: str = ""
-    # Half the largest side of the user's mesh once placed in the scene, in scene units: about
-    # what the built-in prior's objects span (canonical half-sides 0.45 to 0.85).
-    extent: float = 0.6
+    # Distance of the user's mesh's farthest point from its bounding box's centre once placed in the
+    # scene, in scene units: about what the built-in prior's objects reach (0.75 to 0.9), inside the
+    # sphere of the coarse field's bound that renders see.
+    extent: float = 0.8
     # Steps of regressing the coarse field's density onto the mesh's before SDS starts.
     init_fit_steps: int = 150
     # Width (scene units) of the band of signed distance over which the target density goes from
