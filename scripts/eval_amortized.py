@@ -73,6 +73,19 @@ def commit() -> str:
         return "unknown"
 
 
+def trained_seconds(sessions: list[dict]) -> tuple[float, float]:
+    """(seconds of the sessions that made the model, seconds of sessions whose steps were lost).
+
+    A session that starts at step 1 began the model again (its folder was lost or restarted), so
+    every session before it trained steps the model no longer holds."""
+    kept = lost = 0.0
+    for session in sessions:
+        if session.get("first_step") == 1:
+            kept, lost = 0.0, lost + kept
+        kept += session["seconds"]
+    return round(kept, 1), round(lost, 1)
+
+
 def phase_train(report: dict, args: argparse.Namespace) -> None:
     """Train (or resume); each session's wall time and steps are added to the phase as it goes."""
     from magic3d.amortize.train import train
@@ -94,7 +107,7 @@ def phase_train(report: dict, args: argparse.Namespace) -> None:
         session["last_step"], session["seconds"] = step, round(time.perf_counter() - clock, 1)
         phase["steps_planned"] = total
         if step % 50 == 0 or step == total:
-            phase["seconds"] = round(sum(s["seconds"] for s in phase["sessions"]), 1)
+            phase["seconds"], phase["seconds_lost"] = trained_seconds(phase["sessions"])
             phase["steps"], phase["loss"] = step, round(loss, 3)
             save_report(args.out, report)
 
@@ -102,8 +115,8 @@ def phase_train(report: dict, args: argparse.Namespace) -> None:
     result = train(prompts_file, args.work / "model", prior="builtin", overrides=args.overrides, device="cpu",
                    progress=progress)
     session["seconds"] = round(time.perf_counter() - clock, 1)
-    phase.update(status="done", steps=result.steps, seconds=round(sum(s["seconds"] for s in phase["sessions"]), 1),
-                 metrics=result.metrics)
+    kept, lost = trained_seconds(phase["sessions"])
+    phase.update(status="done", steps=result.steps, seconds=kept, seconds_lost=lost, metrics=result.metrics)
     save_report(args.out, report)
 
 
