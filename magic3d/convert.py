@@ -19,8 +19,6 @@ import math
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from magic3d.errors import InputError
 
 BAKE_TEXTURE_SIZE = 1024
@@ -81,6 +79,8 @@ def convert_file(
 
 def needs_bake(parts: list[Any]) -> bool:
     """True when one material cannot carry the file's look (see the module docstring)."""
+    import numpy as np
+
     first = parts[0].material
     for part in parts:
         if part.colors is not None and not np.allclose(part.colors, part.colors[:1]):
@@ -108,6 +108,7 @@ def one_mesh(parts: list[Any]):
 
 
 def _flat(mesh, part):
+    import numpy as np
     import trimesh
 
     from exporters.read import Material, Part
@@ -122,6 +123,7 @@ def _flat(mesh, part):
 
 def bake_parts(parts: list[Any], size: int = BAKE_TEXTURE_SIZE):
     """Every part's look baked into one texture over an xatlas atlas of all parts."""
+    import numpy as np
     import torch
     import trimesh
     from PIL import Image

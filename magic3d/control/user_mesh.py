@@ -7,7 +7,8 @@ every magic3d asset is) and hold at most ``MAX_FACES`` faces. It is taken as Y-u
 OBJ's convention; USD is turned Y-up by the reader) and placed by ``scene_frame``: its bounding
 box centred on the origin and scaled so that its farthest point lies ``control.extent`` from it.
 
-No torch here: ``magic3d.config.validate`` calls ``resolve_sources`` while planning.
+No torch here, and numpy only once there is a mesh: ``magic3d.config.validate`` calls
+``resolve_sources`` while planning every command, refusals included.
 """
 
 from __future__ import annotations
@@ -17,11 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 from magic3d.errors import InputError
 
 if TYPE_CHECKING:
+    import numpy as np
     import trimesh
 
     from magic3d.control.config import ControlConfig
@@ -38,12 +38,16 @@ class SceneFrame:
     scale: float
 
     def to_scene(self, points: np.ndarray) -> np.ndarray:
+        import numpy as np
+
         return (np.asarray(points, dtype=np.float64) - self.centre) * self.scale
 
 
 def read_user_mesh(path: str | Path, what: str = "mesh file") -> trimesh.Trimesh:
     """The file's parts merged into one mesh (UVs and material kept when the parts look alike),
     or one ``InputError`` line saying why it cannot be used."""
+    import numpy as np
+
     from exporters.read import merged
     from magic3d.preview import READABLE, read_parts
     from magic3d.storage import require_file
@@ -85,6 +89,8 @@ def scene_frame(vertices: np.ndarray, extent: float) -> SceneFrame:
     renders never show them, and 100 SDS steps rounded it into a sphere (IoU with the input 0.56;
     placed by its radius, half-side 0.46, it stayed a cube).
     """
+    import numpy as np
+
     lo, hi = np.min(vertices, axis=0), np.max(vertices, axis=0)
     centre = (lo + hi) / 2.0
     radius = float(np.max(np.linalg.norm(np.asarray(vertices) - centre, axis=1)))

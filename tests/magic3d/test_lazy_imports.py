@@ -1,4 +1,4 @@
-"""Refused input and ``--help`` never import torch, the model libraries, the writers or the pipeline.
+"""Refused input and ``--help`` never import torch, numpy, the model libraries, the writers or the pipeline.
 
 Each command runs in a fresh interpreter through ``magic3d.cli.main``; an ``atexit`` hook (set
 before magic3d is imported) writes the names in ``sys.modules`` to a file when the process ends,
@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-HEAVY = ("torch", "diffusers", "transformers", "nerfstudio", "trimesh", "pxr", "magic3d.pipeline")
+HEAVY = ("torch", "numpy", "diffusers", "transformers", "nerfstudio", "trimesh", "pxr", "magic3d.pipeline")
 
 # Runs the CLI as the console script does; the module list is written however the process exits.
 RUN_CLI = """
