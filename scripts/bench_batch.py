@@ -162,7 +162,7 @@ def write_result(runs: list[dict], prompts: list[str], counts: list[int], args: 
         "commit": commit(),
         "job": args.job or "magic3d.pipeline.generate",
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version(),
-                    "gpu": "none (CPU only)", "note": "shared with other work while it ran"},
+                    "gpu": "none (CPU only)", "load_average_1min_at_end": round(os.getloadavg()[0], 2)},
         "prompts": prompts,
         "summary": table,
         "warm_over_fresh_throughput": speedup,
