@@ -313,6 +313,9 @@ def main() -> None:
 
     torch.set_num_threads(1)
     report = load_report(args.out)
+    if report.get("kinds", SELECTED_KINDS) != SELECTED_KINDS:
+        # Its finished phases measured another prompt set; they would be skipped as done.
+        parser.error(f"{args.out} holds a report on the kinds {','.join(report['kinds'])}; give another --out")
     report["generate_overrides"] = args.generate_overrides
     report["kinds"] = SELECTED_KINDS
     report["machine"] = {"platform": platform.platform(), "device": "cpu", "threads": 1, "gpu": "none lent"}
