@@ -23,6 +23,7 @@ def collect_info() -> dict[str, str]:
     import torch
 
     from magic3d.config import available_presets
+    from magic3d.fields import hashgrid_kernel
 
     info = {
         "python": platform.python_version(),
@@ -30,6 +31,7 @@ def collect_info() -> dict[str, str]:
         "cpu threads": str(torch.get_num_threads()),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "not available",
         "presets": ", ".join(available_presets()),
+        "cpu hash-grid kernel": hashgrid_kernel.status(),
     }
     for name, version in package_versions().items():
         info[name] = version or "not installed"

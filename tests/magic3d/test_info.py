@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import renderers.raster.build_check as bc
+from magic3d.fields import hashgrid_kernel
 from magic3d.info import collect_info, nvdiffrast_build_info
 
 
@@ -11,6 +12,7 @@ def test_info_reports_each_build_requirement():
     assert "nvdiffrast build" in info
     for name in ("diffrp-nvdiffrast", "compiler", "ninja", "cuda headers"):
         assert f"  {name}" in info
+    assert info["cpu hash-grid kernel"] == hashgrid_kernel.status()
 
 
 def test_info_says_what_is_missing_and_how_to_add_it(monkeypatch):
