@@ -55,18 +55,17 @@ class TorchHashEncoding(HashEncoding):
 
 def hash_encoding(
     levels: int, features_per_level: int, log2_hashmap_size: int, min_res: int, max_res: int,
-    device: torch.device | str = "cpu", lean: bool = True,
+    device: torch.device | str = "cpu",
 ) -> HashEncoding:
     """tiny-cuda-nn's fused kernels for a field on CUDA when installed, else a PyTorch path.
 
-    The fused grid returns fp16 features: callers cast them to their MLP's dtype. ``lean``
-    picks our broadcasting PyTorch path over nerfstudio's (same table, same hash).
+    The fused grid returns fp16 features: callers cast them to their MLP's dtype.
     """
     kwargs = dict(num_levels=levels, min_res=min_res, max_res=max_res,
                   log2_hashmap_size=log2_hashmap_size, features_per_level=features_per_level)
     if torch.device(device).type == "cuda" and tcnn_available():
         return HashEncoding(**kwargs, implementation="tcnn")
-    return (TorchHashEncoding if lean else HashEncoding)(**kwargs, implementation="torch")
+    return TorchHashEncoding(**kwargs, implementation="torch")
 
 
 class DenseGridEncoding(nn.Module):

@@ -72,14 +72,12 @@ static inline __attribute__((always_inline)) void backward_impl(
     const float *points, const float *table, const float *scales, const float *grad_out, int64_t n, int32_t levels,
     int32_t features, int64_t table_size, float *grad_table, float *grad_points) {
     const uint32_t mask = (uint32_t)(table_size - 1);
-    for (int64_t i = 0; i < n; ++i) {
-        const float *p = points + i * 3;
-        const float *g = grad_out + i * (int64_t)levels * features;
-        float gp[3] = {0.0f, 0.0f, 0.0f};
-        for (int32_t l = 0; l < levels; ++l) {
+    if (grad_points) memset(grad_points, 0, sizeof(float) * 3 * (size_t)n);
+    for (int32_t l = 0; l < levels; ++l) {
+        for (int64_t i = 0; i < n; ++i) {
             Cell c;
-            cell_of(p, scales[l], mask, (uint32_t)(l * table_size), &c);
-            const float *gl = g + l * features;
+            cell_of(points + i * 3, scales[l], mask, (uint32_t)(l * table_size), &c);
+            const float *gl = grad_out + (i * levels + l) * features;
             int k = 0;
             for (int cx = 0; cx < 2; ++cx)
                 for (int cy = 0; cy < 2; ++cy)
@@ -91,13 +89,13 @@ static inline __attribute__((always_inline)) void backward_impl(
                             float dot = 0.0f;
                             for (int f = 0; f < features; ++f) dot += t[f] * gl[f];
                             /* d weight / d frac_a is the other two axes' weights, signed by the corner. */
+                            float *gp = grad_points + i * 3;
                             gp[0] += dot * (cx ? 1.0f : -1.0f) * c.w[1][cy] * c.w[2][cz] * scales[l];
                             gp[1] += dot * (cy ? 1.0f : -1.0f) * c.w[0][cx] * c.w[2][cz] * scales[l];
                             gp[2] += dot * (cz ? 1.0f : -1.0f) * c.w[0][cx] * c.w[1][cy] * scales[l];
                         }
                     }
         }
-        if (grad_points) memcpy(grad_points + i * 3, gp, sizeof gp);
     }
 }
 

@@ -23,7 +23,7 @@ class TextureField(nn.Module):
         super().__init__()
         self.cfg = cfg = cfg or TextureConfig()
         self.encoding = hash_encoding(cfg.levels, cfg.features_per_level, cfg.log2_hashmap_size, cfg.min_res,
-                                      cfg.max_res, device, lean=False)
+                                      cfg.max_res, device)
         dim = cfg.levels * cfg.features_per_level
         self.mlp = nn.Sequential(nn.Linear(dim, cfg.hidden), nn.ReLU(), nn.Linear(cfg.hidden, 3))
 
