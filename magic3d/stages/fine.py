@@ -23,7 +23,7 @@ from torch import Tensor
 from magic3d.checkpoint import load_latest_checkpoint
 from magic3d.config_sections import FineConfig
 from magic3d.errors import RunError
-from magic3d.fields.dmtet import DMTet, laplacian_smoothness, normal_consistency
+from magic3d.fields.dmtet import DMTet, laplacian_smoothness, mesh_edges, normal_consistency
 from magic3d.fields.texture import TextureField, sample_surface
 from magic3d.progress import ProgressFn, silent
 from magic3d.stages.coarse import CameraSampler
@@ -122,12 +122,14 @@ class FineModel:
         vertices, faces = self.mesh()
         out = self.render(vertices, faces, cams, mode, generator)
         loss, metrics = self.loss_fn(out.rgb, cams, ratio, generator, shading=mode)
+        # Both regularisers walk the same edges: found once a step (a sort of every edge).
+        edges = mesh_edges(faces) if self.cfg.normal_consistency_weight > 0 or self.cfg.laplacian_weight > 0 else None
         if self.cfg.normal_consistency_weight > 0:
-            nc = normal_consistency(vertices, faces)
+            nc = normal_consistency(vertices, faces, edges)
             loss = loss + self.cfg.normal_consistency_weight * nc
             metrics = {**metrics, "normal_consistency": nc.detach()}
         if self.cfg.laplacian_weight > 0:
-            lap = laplacian_smoothness(vertices, faces)
+            lap = laplacian_smoothness(vertices, faces, edges)
             loss = loss + self.cfg.laplacian_weight * lap
             metrics = {**metrics, "laplacian": lap.detach()}
         return loss, {**metrics, "faces": float(faces.shape[0])}

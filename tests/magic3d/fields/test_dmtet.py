@@ -15,6 +15,7 @@ from magic3d.fields.dmtet import (
     fill_hidden_space,
     laplacian_smoothness,
     marching_tetrahedra,
+    mesh_edges,
     normal_consistency,
     tet_grid,
 )
@@ -206,6 +207,10 @@ def test_regularisers_prefer_smooth_meshes():
     noisy.requires_grad_(True)
     (normal_consistency(noisy, f) + laplacian_smoothness(noisy, f)).backward()
     assert torch.isfinite(noisy.grad).all() and noisy.grad.abs().sum() > 0
+    # The fine stage hands both the edges it found once; the values are the same.
+    edges = mesh_edges(f)
+    assert normal_consistency(noisy, f, edges) == normal_consistency(noisy, f)
+    assert laplacian_smoothness(noisy, f, edges) == laplacian_smoothness(noisy, f)
 
 
 def test_sdf_from_density_is_a_distance_and_drops_floaters():
