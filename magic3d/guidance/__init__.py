@@ -28,7 +28,8 @@ BUILTIN = "builtin"
 class PriorConfig:
     id: str = BUILTIN  # coarse-stage prior: "builtin", a hub id or a local diffusers folder
     fine_id: str = ""  # fine-stage prior; "" uses ``id``
-    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"  # auto: fp16 on CUDA, fp32 on CPU
+    # auto: fp16 on CUDA, fp32 on CPU; the built-in prior: bf16 on a CPU with native bf16, else fp32
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     attention: Literal["auto", "sdpa", "xformers"] = "auto"  # auto: xformers when installed on CUDA
     compile: bool = False  # torch.compile the UNet (slow first step, faster after)
     local_files_only: bool = False  # never reach the hub, even when HF_HUB_OFFLINE is unset

@@ -283,3 +283,35 @@ def test_a_cube_turned_half_a_quarter_is_still_a_cube():
     mesh.apply_transform(trimesh.transformations.rotation_matrix(np.pi / 4, [0, 1, 0]))
     found, scores = recognise_kind(mesh, resolution=16)
     assert found == "cube" and scores["cube"] > 0.9
+
+
+# --- precision --------------------------------------------------------------------------------
+
+
+def test_dtype_choice_follows_the_config_and_the_cpu(monkeypatch):
+    from magic3d.guidance import builtin
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert builtin.builtin_dtype("float32", cpu) == torch.float32
+    assert builtin.builtin_dtype("bfloat16", cpu) == torch.bfloat16
+    assert builtin.builtin_dtype("float16", cpu) == torch.float32  # fp16 convolutions: CUDA only
+    assert builtin.builtin_dtype("float16", cuda) == torch.float16
+    assert builtin.builtin_dtype("auto", cuda) == torch.float32
+    monkeypatch.setattr(builtin, "native_cpu_bf16", lambda: True)
+    assert builtin.builtin_dtype("auto", cpu) == torch.bfloat16
+    monkeypatch.setattr(builtin, "native_cpu_bf16", lambda: False)
+    assert builtin.builtin_dtype("auto", cpu) == torch.float32
+
+
+def test_a_bf16_unet_predicts_what_the_fp32_one_does(prior):
+    from magic3d.guidance.builtin import BuiltinPrior
+
+    fp32, bf16 = BuiltinPrior(WEIGHTS_DIR, "cpu", torch.float32), BuiltinPrior(WEIGHTS_DIR, "cpu", torch.bfloat16)
+    assert next(bf16.unet.parameters()).dtype == torch.bfloat16
+    emb = fp32.encode_prompt(["a blue torus"], [""])
+    text = fp32.guidance_pair(emb.uncond, emb.cond, None)
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    t = torch.tensor([500, 500])
+    a, b = fp32.predict_noise(x, t, text), bf16.predict_noise(x, t, text)
+    assert b.dtype == torch.float32 and b.shape == a.shape  # callers see the rays' precision
+    assert (a - b).abs().mean() < 0.02 * a.abs().mean()
