@@ -20,11 +20,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor
 
 from magic3d.errors import ConfigError
-from magic3d.storage import atomic_path, atomic_write_text
+from magic3d.storage import atomic_write_tensors, atomic_write_text
 
 KEEP = 2
 log = logging.getLogger(__name__)
@@ -56,8 +56,7 @@ def save_checkpoint(
 ) -> Path:
     """Write tensors then the sidecar (the sidecar last: it is what makes the checkpoint count)."""
     path = checkpoint_path(ckpt_dir, stage, step)
-    with atomic_path(path) as tmp:
-        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp))
+    atomic_write_tensors(path, tensors)
     sidecar = {"stage": stage, "step": step, "sha256": sha256(path), "state": state}
     atomic_write_text(path.with_suffix(".json"), json.dumps(sidecar, indent=1))
     for old in list_checkpoints(ckpt_dir, stage)[:-keep]:

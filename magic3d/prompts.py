@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from magic3d.guidance.base import Prior, TextEmbeddings
 from renderers.cameras import Cameras
@@ -107,9 +107,7 @@ def encode_cached(prior: Prior, texts: list[str], negative: str, cache_dir: Path
         out[text] = row
         path = paths[text]
         if path is not None:
-            from magic3d.storage import atomic_path
+            from magic3d.storage import atomic_write_tensors
 
-            with atomic_path(path) as tmp:
-                save_file({"cond": row.cond.detach().cpu().contiguous(), "uncond": row.uncond.detach().cpu().contiguous()},
-                          str(tmp))
+            atomic_write_tensors(path, {"cond": row.cond, "uncond": row.uncond})
     return out

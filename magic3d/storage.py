@@ -41,6 +41,15 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def atomic_write_tensors(path: Path, tensors: dict) -> None:
+    """A safetensors file, written whole or not at all. Serialised in memory, not with
+    ``safetensors.torch.save_file``: that writes its own ``.tmpXXXXXX`` beside the target first,
+    which a kill leaves behind under a name no sweep of ours knows."""
+    from safetensors.torch import save
+
+    atomic_write_bytes(path, save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}))
+
+
 _KINDS = {stat.S_IFREG: "a file", stat.S_IFDIR: "a folder", stat.S_IFIFO: "a FIFO (named pipe)",
           stat.S_IFSOCK: "a socket", stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device"}
 TEXT_LIMIT = 16 << 20  # bytes: a preset, a run record; prompt lists have their own cap

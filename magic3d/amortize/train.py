@@ -118,14 +118,18 @@ def train(
 
 def run_training(plan: TrainPlan, restart: bool, progress: ProgressFn, notice: Notice) -> TrainResult:
     import torch
-    from safetensors.torch import save_file
 
     from magic3d.amortize.model import AmortizedModel, PromptSet
     from magic3d.checkpoint import foreign_checkpoints, made_by_message, resume_notice, run_identity
     from magic3d.pipeline import clear_checkpoints, load_first_prior, versions
     from magic3d.plan import resolve_device
     from magic3d.stages.loop import LoopSpec, autocast_dtype, run_loop
-    from magic3d.storage import atomic_path, atomic_write_text, confined, ensure_writable_dir
+    from magic3d.storage import (
+        atomic_write_tensors,
+        atomic_write_text,
+        confined,
+        ensure_writable_dir,
+    )
 
     cfg, model_dir = plan.cfg, plan.model_dir
     config = cfg.to_dict()
@@ -150,8 +154,7 @@ def run_training(plan: TrainPlan, restart: bool, progress: ProgressFn, notice: N
         }
         atomic_write_text(model_dir / RECORD, json.dumps(record, indent=2))
         prompts = PromptSet.build(plan.texts, prior, cfg, model_dir / "cache")
-        with atomic_path(model_dir / CONDITIONING) as tmp:
-            save_file({"cond": prompts.conditioning.detach().cpu().contiguous()}, str(tmp))
+        atomic_write_tensors(model_dir / CONDITIONING, {"cond": prompts.conditioning})
         with torch.random.fork_rng(devices=[]):  # the grid's initial values, the caller's RNG untouched
             torch.manual_seed(runtime.seed)
             model = AmortizedModel(cfg, prior, prompts, device, runtime.seed)

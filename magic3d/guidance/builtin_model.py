@@ -16,13 +16,14 @@ from typing import TYPE_CHECKING
 
 import torch
 from jaxtyping import Float
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor, nn
 
 if TYPE_CHECKING:
     from diffusers import UNet2DModel
 
 from magic3d.guidance.builtin_words import VOCABULARY, tokenize
+from magic3d.storage import atomic_write_tensors
 
 RESOLUTION = 32
 BASE_CHANNELS = 64
@@ -102,14 +103,14 @@ def build_unet() -> UNet2DModel:
 
 def save_text_encoder(encoder: BagOfWordsEncoder, folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in encoder.state_dict().items()}, str(folder / "model.safetensors"))
+    atomic_write_tensors(folder / "model.safetensors", encoder.state_dict())
     config = {"dim": encoder.embed.embedding_dim, "vocabulary": list(encoder.vocabulary)}
     (folder / "config.json").write_text(json.dumps(config, indent=1), encoding="utf-8")
 
 
 def save_camera_encoder(encoder: CameraEncoder, folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in encoder.state_dict().items()}, str(folder / "model.safetensors"))
+    atomic_write_tensors(folder / "model.safetensors", encoder.state_dict())
     config = {"dim": encoder.mlp[-1].out_features, "hidden": encoder.mlp[0].out_features}
     (folder / "config.json").write_text(json.dumps(config, indent=1), encoding="utf-8")
 

@@ -77,11 +77,17 @@ def stage_points(run: Path) -> list:
     def exists(name: str):
         return lambda: (run / name).exists()
 
+    def newest(stage: str) -> int:
+        steps = [int(p.stem.split("-")[1]) for p in ckpt.glob(f"{stage}-*.safetensors") if p.stem.split("-")[1].isdigit()]
+        return max(steps, default=-1)
+
+    # At a checkpoint or past it: a step takes a few tens of ms, and older checkpoints are pruned,
+    # so one exact file may come and go between two polls.
     def coarse_at(step: int):
-        return lambda: (ckpt / f"coarse-{step:06d}.safetensors").exists()
+        return lambda: newest("coarse") >= step or newest("fine") >= 0
 
     def fine_at(step: int):
-        return lambda: (ckpt / f"fine-{step:06d}.safetensors").exists()
+        return lambda: newest("fine") >= step or (run / "checkpoints" / "baked.glb").exists()
 
     return [
         exists("run.json"),  # prompt embeddings being cached, coarse starting
@@ -113,7 +119,9 @@ def test_killed_and_resumed_run_matches_uninterrupted(tmp_path):
         proc = subprocess.Popen(command(out), env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         if wait_for(lambda p=point, left=left_by_kills: p() and not left & temp_files(out), proc):
             # The resumed run has swept what the previous kill left (checked by the wait above).
-            time.sleep(0.15 * (kills % 4))
+            # Up to 0.15 s past the point, so kills also land mid-write; a step takes ~50 ms, so a
+            # longer wait would let a whole stage slip by between kills.
+            time.sleep(0.05 * (kills % 4))
             if proc.poll() is None:
                 proc.send_signal(signal.SIGKILL)
                 kills += 1
