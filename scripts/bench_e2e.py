@@ -9,7 +9,9 @@ machine load falls on both alike. Each run is a fresh `magic3d generate` subproc
 folder; peak RSS is the child's ``ru_maxrss`` (Linux: KiB), measured by waiting on it with
 ``os.wait4``; stage times come from its run.json. Per side it also times, in a subprocess, coarse
 steps of that side's ``builtin`` preset with the real prior, and the share of each step the prior's
-SDS call takes, and a 24-frame 256 px turntable of the torus asset.
+SDS call takes, twice: at the prior precision the preset picks on this machine and at fp32 (a
+faster prior leaves the rest of the step a larger share), and a 24-frame 256 px turntable of the
+torus asset.
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ from exporters.common import atomic_output
 ROOT = Path(__file__).resolve().parents[1]
 
 # Run inside each side's code (PYTHONPATH): seconds per coarse step of the builtin preset and of the
-# prior's SDS call within it (median over steps after the first), as one JSON line.
+# prior's SDS call within it (median over the steps from argv[3] on: past the albedo-only warm-up,
+# so lit steps with their normals count), at the prior precision argv[4], as one JSON line.
 STEP_PROBE = r"""
 import json, statistics, sys, time, torch
 from magic3d.config import load_config
@@ -42,9 +45,11 @@ from magic3d.stages.coarse import CoarseModel
 from magic3d.stages.losses import SDSLoss
 torch.set_num_threads(1)
 cfg = load_config("builtin")
+if sys.argv[4] != "preset":  # the prior's precision (older code's built-in prior was always fp32)
+    cfg.prior.dtype = sys.argv[4]
 device = torch.device("cpu")
-prior = load_prior("builtin", cfg.prior, device)
-sds = SDSLoss(prior, ViewPrompts.build(sys.argv[1], prior, cfg.prior), cfg.coarse.sds)
+prior_model = load_prior("builtin", cfg.prior, device)
+sds = SDSLoss(prior_model, ViewPrompts.build(sys.argv[1], prior_model, cfg.prior), cfg.coarse.sds)
 prior_s = []
 def loss(*a, **k):
     start = time.perf_counter(); out = sds(*a, **k); prior_s.append(time.perf_counter() - start); return out
@@ -53,14 +58,17 @@ model = CoarseModel(cfg.coarse, loss, device)
 gen = torch.Generator().manual_seed(0)
 opt = torch.optim.Adam(model.param_groups(), betas=(0.9, 0.99), eps=1e-15)
 step_s = []
-for step in range(int(sys.argv[2]) + 1):
+for step in range(int(sys.argv[2])):
     start = time.perf_counter()
     value, _ = model.step(step, step / cfg.coarse.steps, gen)
     opt.zero_grad(set_to_none=True); value.backward(); opt.step(); model.after_step(step, gen)
     step_s.append(time.perf_counter() - start)
-step, prior = statistics.median(step_s[1:]), statistics.median(prior_s[1:])
+skip = int(sys.argv[3])
+step, prior = statistics.median(step_s[skip:]), statistics.median(prior_s[skip:])
 print(json.dumps({"step_seconds": round(step, 4), "prior_seconds": round(prior, 4),
-                  "step_over_prior": round(step / prior, 2), "encoding": getattr(cfg.coarse.field, "encoding", "hashgrid")}))
+                  "step_over_prior": round(step / prior, 2), "encoding": getattr(cfg.coarse.field, "encoding", "hashgrid"),
+                  "prior_dtype": str(getattr(prior_model, "dtype", "float32")).replace("torch.", ""),
+                  "steps": f"{skip}..{len(step_s) - 1}"}))
 """
 
 PREVIEW_PROBE = r"""
@@ -125,7 +133,8 @@ def main() -> None:
     parser.add_argument("--prompt", default="a blue torus")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--old", default="1c1257f", help="the commit to compare against ('' for none)")
-    parser.add_argument("--probe-steps", type=int, default=20)
+    parser.add_argument("--probe-steps", type=int, default=150, help="coarse steps the step probe runs")
+    parser.add_argument("--probe-from", type=int, default=60, help="the first of them timed (after albedo warm-up)")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--out", default=str(ROOT / "samples" / "benchmarks" / "e2e.json"))
     args = parser.parse_args()
@@ -142,7 +151,9 @@ def main() -> None:
             asset = work_dir / f"asset-{name}" / "asset.usdc"
             result_sides[name] = {
                 "commit": commit, "runs": runs[name], **summary(runs[name]),
-                "coarse_step": probe(code, STEP_PROBE, args.prompt, str(args.probe_steps)),
+                "coarse_step": probe(code, STEP_PROBE, args.prompt, str(args.probe_steps), str(args.probe_from), "preset"),
+                "coarse_step_fp32_prior": probe(code, STEP_PROBE, args.prompt, str(args.probe_steps),
+                                                str(args.probe_from), "float32"),
                 "preview_24_frames_256px": probe(code, PREVIEW_PROBE, str(asset)),
             }
             print(name, json.dumps({k: v for k, v in result_sides[name].items() if k != "runs"}), flush=True)

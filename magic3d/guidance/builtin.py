@@ -52,7 +52,9 @@ class BuiltinPrior:
         from diffusers import DDPMScheduler, UNet2DModel
 
         self.dtype = dtype  # the UNet's; the text and camera encoders stay in fp32 (they run once a run)
-        self.unet = UNet2DModel.from_pretrained(folder / "unet", use_safetensors=True).to(self.device, dtype).eval()
+        # torch_dtype, not .to(dtype): diffusers warns about the latter on every load.
+        self.unet = UNet2DModel.from_pretrained(folder / "unet", use_safetensors=True, torch_dtype=dtype)
+        self.unet = self.unet.to(self.device).eval()
         self.unet.requires_grad_(False)
         self.text_encoder = load_text_encoder(folder / "text_encoder").to(self.device).requires_grad_(False)
         camera = load_camera_encoder(folder / "camera_encoder")
