@@ -6,7 +6,9 @@ still seen in training), then measures: kind and colour recognised from the mesh
 and of the held-out prompts (``scripts/eval_builtin.py``'s recogniser), ``generate --from``
 latency (prompt to USD, and the forward pass alone), total compute against the ``builtin``
 preset per prompt (measured on a sample, multiplied by the set's size), and the interpolation
-from "a red cube" to "a blue sphere". Results: samples/benchmarks/amortized.json.
+from "a red cube" to "a blue sphere". With ``--refine-steps N`` and/or ``--refined-set fine.steps=N`` the
+seen and held-out prompts are also measured after that per-prompt work (``generate --from
+--refine-steps``, the fine stage), and the compute phase states that total too. Results: samples/benchmarks/amortized.json.
 
 Every phase is recorded in the JSON as it ends, and the training phase after every checkpoint:
 the script run again resumes the training from its newest checkpoint (in --work) and skips the
@@ -145,17 +147,27 @@ def seen_sample(count: int = 20) -> list[str]:
     return picked
 
 
-def recognise(texts: list[str], args: argparse.Namespace, label: str) -> list[dict]:
+def recognise(texts: list[str], args: argparse.Namespace, label: str, refine_steps: int = 0,
+              extra: tuple[str, ...] | list[str] = ()) -> list[dict]:
     """``generate --from`` each prompt (in process, the model loaded per call as the CLI does) and read the mesh back."""
     from exporters import load_asset
     from magic3d.amortize.generate import generate_from
+    from magic3d.errors import RunError
     from magic3d.guidance.builtin_world import dominant_colour, recognise_kind
 
     rows = []
     for text in texts:
         colour, kind = text.split()[1:3]
         clock = time.perf_counter()
-        result = generate_from(text, args.work / "model", out=args.work / label, overrides=args.generate_overrides)
+        try:
+            result = generate_from(text, args.work / "model", out=args.work / label,
+                                   overrides=[*args.generate_overrides, *extra], refine_steps=refine_steps)
+        except RunError as exc:  # no surface for this prompt: a miss on both counts, with why
+            row = {"prompt": text, "kind": None, "colour": None, "kind_ok": False, "colour_ok": False,
+                   "failed": str(exc), "seconds": round(time.perf_counter() - clock, 2)}
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+            continue
         seconds = time.perf_counter() - clock
         mesh = load_asset(result.files["glb"])
         seen_kind, scores = recognise_kind(mesh)
@@ -176,15 +188,34 @@ def accuracy(rows: list[dict]) -> dict:
             "median_seconds": sorted(r["seconds"] for r in rows)[len(rows) // 2], "rows": rows}
 
 
+SEEN_TARGETS, HELD_OUT_TARGETS = {"kind": 0.7, "colour": 0.9}, {"kind": 0.6, "colour": 0.85}
+
+
 def phase_seen(report: dict, args: argparse.Namespace) -> None:
-    report["phases"]["seen"] = {"status": "done", "targets": {"kind": 0.7, "colour": 0.9},
+    report["phases"]["seen"] = {"status": "done", "targets": SEEN_TARGETS,
                                 **accuracy(recognise(seen_sample(), args, "seen"))}
 
 
 def phase_held_out(report: dict, args: argparse.Namespace) -> None:
-    texts = [prompt(k, c) for k, c in held_out_pairs()]
-    report["phases"]["held_out"] = {"status": "done", "targets": {"kind": 0.6, "colour": 0.85},
-                                    **accuracy(recognise(texts, args, "held-out"))}
+    report["phases"]["held_out"] = {"status": "done", "targets": HELD_OUT_TARGETS,
+                                    **accuracy(recognise(held_out_sample(), args, "held-out"))}
+
+
+def held_out_sample() -> list[str]:
+    return [prompt(k, c) for k, c in held_out_pairs()]
+
+
+def refined(name: str, sample, targets: dict):
+    """The same prompts with per-prompt work after the forward pass: ``--refine-steps`` (LATTE3D's
+    test-time optimisation of the coarse model) and/or ``--refined-set`` (e.g. ``fine.steps=50``:
+    Magic3D's fine stage from the model's field)."""
+    def phase(report: dict, args: argparse.Namespace) -> None:
+        if not (args.refine_steps or args.refined_overrides):
+            return
+        rows = recognise(sample(), args, name.replace("_", "-"), args.refine_steps, args.refined_overrides)
+        report["phases"][name] = {"status": "done", "targets": targets, "refine_steps": args.refine_steps,
+                                  "overrides": args.refined_overrides, **accuracy(rows)}
+    return phase
 
 
 def phase_latency(report: dict, args: argparse.Namespace) -> None:
@@ -230,6 +261,14 @@ def phase_compute(report: dict, args: argparse.Namespace) -> None:
         "amortized_train_seconds": train_seconds, "amortized_generate_seconds_per_prompt": generate_seconds,
         "amortized_total_seconds": round(amortized, 1), "ratio": round(amortized / (per_prompt * count), 3),
         "target_ratio": round(1 / 3, 3)}
+    if "seen_refined" in report["phases"]:  # one refined generation per prompt instead
+        refined_seconds = report["phases"]["seen_refined"]["median_seconds"]
+        total = train_seconds + refined_seconds * count
+        report["phases"]["compute"].update({
+            "refine_steps": report["phases"]["seen_refined"]["refine_steps"],
+            "refined_overrides": report["phases"]["seen_refined"].get("overrides", []),
+            "amortized_refined_generate_seconds_per_prompt": refined_seconds,
+            "amortized_refined_total_seconds": round(total, 1), "refined_ratio": round(total / (per_prompt * count), 3)})
 
 
 def mean_rgb(mesh) -> list[float]:
@@ -286,8 +325,10 @@ def phase_interpolation(report: dict, args: argparse.Namespace) -> None:
         "cube_iou_falls_monotonically": monotonic([r["iou_cube"] for r in rows], False)}
 
 
-PHASES = {"train": phase_train, "seen": phase_seen, "held_out": phase_held_out, "latency": phase_latency,
-          "compute": phase_compute, "interpolation": phase_interpolation}
+PHASES = {"train": phase_train, "seen": phase_seen, "held_out": phase_held_out,
+          "seen_refined": refined("seen_refined", seen_sample, SEEN_TARGETS),
+          "held_out_refined": refined("held_out_refined", held_out_sample, HELD_OUT_TARGETS),
+          "latency": phase_latency, "compute": phase_compute, "interpolation": phase_interpolation}
 
 
 def main() -> None:
@@ -299,6 +340,10 @@ def main() -> None:
                         + " ".join(GENERATE_OVERRIDES))
     parser.add_argument("--compute-sample", type=int, default=3, help="prompts the builtin preset runs for the comparison")
     parser.add_argument("--frames", type=int, default=8)
+    parser.add_argument("--refine-steps", type=int, default=0,
+                        help="also measure the seen and held-out prompts with this many refinement steps")
+    parser.add_argument("--refined-set", dest="refined_overrides", action="append", default=[],
+                        help="also measure them with this generate override (e.g. fine.steps=50)")
     parser.add_argument("--kinds", default=",".join(KINDS),
                         help="comma-separated kinds of the prompt set (default: all; fewer for a quick comparison)")
     parser.add_argument("--work", type=Path, default=WORK)

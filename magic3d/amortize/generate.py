@@ -104,7 +104,12 @@ def load_model_prior(plan: ModelPlan, device: Any) -> Any:
 
 
 def refine(model: Any, plan: ModelPlan, text: str, prior: Any, run_dir: Path, steps: int, progress: ProgressFn) -> Any:
-    """``steps`` more SDS steps of the whole model on ``text`` alone, checkpointed in ``run_dir``."""
+    """``steps`` more SDS steps of the whole model on ``text`` alone, checkpointed in ``run_dir``.
+
+    One render a step, as the per-prompt presets take: training's ``prompts_per_step`` would only
+    render this one prompt several times a step, at several times the cost."""
+    import dataclasses
+
     import torch
 
     from magic3d.amortize.model import AmortizedModel, PromptSet
@@ -113,11 +118,25 @@ def refine(model: Any, plan: ModelPlan, text: str, prior: Any, run_dir: Path, st
     device = model.device
     prompts = PromptSet.build([text], prior, plan.cfg, run_dir / "cache")
     with torch.random.fork_rng(devices=[]):
-        single = AmortizedModel(plan.cfg, prior, prompts, device, plan.cfg.run.runtime.seed)
+        cfg = dataclasses.replace(plan.cfg, amortize=dataclasses.replace(plan.cfg.amortize, prompts_per_step=1))
+        single = AmortizedModel(cfg, prior, prompts, device, plan.cfg.run.runtime.seed)
     single.load_state_tensors(model.state_tensors())
     spec = LoopSpec("refine", steps, plan.cfg.amortize.checkpoint_every, 0, device_type=device.type)
     run_loop(single, spec, run_dir, torch.Generator().manual_seed(plan.cfg.run.runtime.seed), progress, resume=False)
     return single
+
+
+def fine_stage(field: Any, prior: Any, text: str, plan: ModelPlan, run_dir: Path, device: Any,
+               progress: ProgressFn) -> Any:
+    """``fine.steps`` of the fine stage (DMTet and texture under SDS) started from the model's field."""
+    from magic3d.prompts import ViewPrompts
+    from magic3d.stages.fine import run_fine
+    from magic3d.stages.losses import SDSLoss
+
+    run = plan.cfg.run
+    loss = SDSLoss(prior, ViewPrompts.build(text, prior, run.prior, run_dir / "cache"), run.fine.sds)
+    return run_fine(field, loss, run.fine, run_dir, device, run.runtime.seed, progress=progress, resume=False,
+                    precision=run.runtime.precision)
 
 
 def plan_generation(
@@ -180,7 +199,8 @@ def run_from(plan: ModelPlan, text: str, run_dir: Path, refine_steps: int, progr
     times = PhaseTimes()
     with times.phase("load"):
         model, table = (model_loader or load_conditioned)(plan, device)
-        prior = (prior_loader or load_model_prior)(plan, device) if refine_steps or not plan.seen(text) else None
+        needs_prior = refine_steps or run.fine.steps > 0 or not plan.seen(text)
+        prior = (prior_loader or load_model_prior)(plan, device) if needs_prior else None
         cond, prior = conditioning_of(plan, [text], table, device, prior)
     with confined(run_dir.parent):
         make_dirs(run_dir)
@@ -191,8 +211,12 @@ def run_from(plan: ModelPlan, text: str, run_dir: Path, refine_steps: int, progr
                 cond = model.conditioning
         with times.phase("forward"), torch.no_grad():
             field = TimedField(model.conditioned.at(cond[0]).eval(), times)
-        with times.phase("mesh"):
-            fine = extract_mesh(field, run.fine, device)
+        if run.fine.steps > 0:  # Magic3D's second stage on the model's coarse field: sharper edges, a texture of its own
+            with times.phase("fine"):
+                fine = fine_stage(field, prior, text, plan, run_dir, device, progress)
+        else:
+            with times.phase("mesh"):
+                fine = extract_mesh(field, run.fine, device)
         with times.phase("bake"):
             mesh = bake(fine.vertices, fine.faces, fine.color_fn, run.bake)
         with times.phase("export"):

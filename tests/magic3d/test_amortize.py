@@ -151,6 +151,49 @@ def test_generate_from_seen_and_unseen_prompts(model, tmp_path):
     assert seen.stdout.strip().splitlines()[-1].startswith("seconds: forward ")
 
 
+def test_refine_steps_optimise_the_prompt_one_render_a_step(model, tmp_path, monkeypatch):
+    import trimesh
+
+    from magic3d.amortize import model as amortized
+    from magic3d.amortize.generate import generate_from
+
+    renders = []
+    real_step = amortized.CoarseModel.step
+
+    def counted(self, *args, **kwargs):
+        renders.append(1)
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(amortized.CoarseModel, "step", counted)
+    plain = generate_from("a red cube", model, out=tmp_path / "plain")
+    assert renders == []
+    refined = generate_from("a red cube", model, out=tmp_path / "refined", refine_steps=3)
+    assert len(renders) == 3  # one render a step, not training's prompts_per_step (2 here)
+    record = json.loads((refined.run_dir / "run.json").read_text())
+    assert record["refine_steps"] == 3 and record["timings"]["refine"] > 0
+    before, after = (trimesh.load(r.files["glb"], force="mesh") for r in (plain, refined))
+    assert before.vertices.shape != after.vertices.shape or not (before.vertices == after.vertices).all()
+
+
+def test_fine_steps_run_the_fine_stage_on_the_models_field(model, tmp_path, monkeypatch):
+    from magic3d.amortize.generate import generate_from
+    from magic3d.stages import fine as fine_stage
+
+    steps = []
+    real_step = fine_stage.FineModel.step
+
+    def counted(self, step, *args, **kwargs):
+        steps.append(step)
+        return real_step(self, step, *args, **kwargs)
+
+    monkeypatch.setattr(fine_stage.FineModel, "step", counted)
+    result = generate_from("a blue sphere", model, out=tmp_path, overrides=["fine.steps=2", "fine.texture_init_steps=2"])
+    assert steps == [0, 1]
+    record = json.loads((result.run_dir / "run.json").read_text())
+    assert record["timings"]["fine"] > 0 and "mesh" not in record["timings"]
+    assert record["metrics"]["faces"] > 0 and (result.run_dir / "asset.glb").stat().st_size > 0
+
+
 def test_interpolate_writes_frames_gif_and_one_usd(model, tmp_path):
     from PIL import Image
     from pxr import Usd
