@@ -30,18 +30,31 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 
-def _simplices(tets: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Unique edges "E 2", triangles "F 3" and tets "T 4" of the complex ``tets`` spans."""
-    edges = np.unique(np.sort(tets[:, [[0, 1], [0, 2], [0, 3], [1, 2], [1, 3], [2, 3]]].reshape(-1, 2), 1), axis=0)
-    faces = np.unique(np.sort(tets[:, [[0, 1, 2], [0, 1, 3], [0, 2, 3], [1, 2, 3]]].reshape(-1, 3), 1), axis=0)
-    return edges, faces, tets
+def _unique_rows(rows: Int[np.ndarray, "N K"]) -> Int[np.ndarray, "M K"]:
+    """The distinct rows, sorted: through one int64 key per row where the vertex count allows it,
+    several times faster than ``np.unique(axis=0)`` (which sorts rows as structured records)."""
+    rows = np.sort(rows, 1)
+    base = int(rows.max(initial=0)) + 1
+    if base ** rows.shape[1] >= 2**63:
+        return np.unique(rows, axis=0)
+    key = np.zeros(len(rows), dtype=np.int64)
+    for column in range(rows.shape[1]):
+        key = key * base + rows[:, column]
+    return rows[np.unique(key, return_index=True)[1]]
+
+
+def _simplices(tets: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Unique edges "E 2", triangles "F 3" and tets "T 4" of the complex ``tets`` spans, and the
+    vertices its edges use (what ``euler_characteristic`` counts, the same for every trial)."""
+    edges = _unique_rows(tets[:, [[0, 1], [0, 2], [0, 3], [1, 2], [1, 3], [2, 3]]].reshape(-1, 2))
+    faces = _unique_rows(tets[:, [[0, 1, 2], [0, 1, 3], [0, 2, 3], [1, 2, 3]]].reshape(-1, 3))
+    return edges, faces, tets, np.unique(edges)
 
 
 def euler_characteristic(inside: Bool[np.ndarray, " V"], simplices: tuple[np.ndarray, ...]) -> int:
     """Vertices - edges + triangles - tets of the complex spanned by the ``inside`` vertices
     (vertices counted over those the simplices use)."""
-    edges, faces, tets = simplices
-    used = np.unique(edges)
+    edges, faces, tets, used = simplices
     return int(inside[used].sum() - inside[edges].all(1).sum() + inside[faces].all(1).sum()
                - inside[tets].all(1).sum())
 

@@ -3,6 +3,7 @@ the cut width are cut; wide holes, concave corners, thick rings and bars on no l
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from magic3d.fields.dmtet import DMTet, marching_tetrahedra
@@ -144,3 +145,15 @@ def test_a_fine_stage_skipped_exports_the_sealed_surface_and_the_key_is_checked(
     for bad in ("fine.cut_handles=2", "fine.cut_handles=-0.1"):
         with pytest.raises(ConfigError, match="cut_handles"):
             load_config(overrides=[bad])
+
+
+@pytest.mark.parametrize("high", [50, 3_000_000])  # int64 keys; past 2**63 for triangles, np.unique's rows
+def test_unique_rows_match_numpys(high):
+    import numpy as np
+
+    from magic3d.fields.tunnels import _unique_rows
+
+    rows = np.random.default_rng(0).integers(0, high, size=(4000, 3))
+    rows = np.concatenate([rows, rows[::3, ::-1]])  # repeats, some in another order
+    assert np.array_equal(_unique_rows(rows), np.unique(np.sort(rows, 1), axis=0))
+    assert np.array_equal(_unique_rows(rows[:, :2]), np.unique(np.sort(rows[:, :2], 1), axis=0))
