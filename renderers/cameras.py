@@ -208,7 +208,7 @@ def sample_orbit_cameras(
 
     def uniform(lo_hi: tuple[float, float]) -> Tensor:
         lo, hi = lo_hi
-        return lo + (hi - lo) * torch.rand(n, generator=generator)
+        return lo + (hi - lo) * torch.rand(n, generator=generator, device="cpu")  # the CPU generator's draws
 
     return orbit_cameras(
         uniform(ranges.elevation), uniform(ranges.azimuth), uniform(ranges.distance),

@@ -224,8 +224,8 @@ class DMTet(nn.Module):
         self.register_buffer("tets", tets, persistent=False)
         boundary = (vertices.abs() >= bound - 1e-6).any(-1)
         self.register_buffer("boundary", boundary, persistent=False)
-        self.sdf = nn.Parameter(torch.ones(vertices.shape[0]))
-        self.deform = nn.Parameter(torch.zeros(vertices.shape[0], 3))
+        self.sdf = nn.Parameter(vertices.new_ones(vertices.shape[0]))
+        self.deform = nn.Parameter(vertices.new_zeros(vertices.shape[0], 3))
 
     def vertices(self) -> Float[Tensor, "V 3"]:
         # tanh keeps every vertex within half a cell of its lattice point, so tets cannot invert badly.

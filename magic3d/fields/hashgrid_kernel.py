@@ -107,7 +107,7 @@ class _HashGridFunction(torch.autograd.Function):
     def forward(ctx, points: Tensor, table: Tensor, scales: Tensor, levels: int, table_size: int) -> Tensor:
         points, table, scales = points.contiguous(), table.contiguous(), scales.contiguous()
         features = table.shape[1]
-        out = torch.empty(points.shape[0], levels * features, dtype=torch.float32)
+        out = torch.empty(points.shape[0], levels * features, dtype=torch.float32, device=points.device)
         _library.hashgrid_forward(points.data_ptr(), table.data_ptr(), scales.data_ptr(), points.shape[0],
                                   levels, features, table_size, out.data_ptr())
         ctx.save_for_backward(points, table, scales)

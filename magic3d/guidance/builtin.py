@@ -106,7 +106,7 @@ class BuiltinPrior:
                           align_corners=False) * 2.0 - 1.0
         b = x.shape[0]
         t = sample_timesteps(b, step_ratio, cfg, self.num_train_timesteps, generator, self.device)
-        noise = torch.randn(x.shape, generator=generator).to(x)
+        noise = torch.randn(x.shape, generator=generator, device="cpu").to(x)  # the run's CPU generator
         a = self.alphas_cumprod[t].view(-1, 1, 1, 1).to(x)
         x_t = (a.sqrt() * x + (1 - a).sqrt() * noise).detach()
         text = self.guidance_pair(embeddings.uncond.to(x), embeddings.cond.to(x), embeddings.cameras)
