@@ -129,14 +129,16 @@ def refine(model: Any, plan: ModelPlan, text: str, prior: Any, run_dir: Path, st
 def fine_stage(field: Any, prior: Any, text: str, plan: ModelPlan, run_dir: Path, device: Any,
                progress: ProgressFn) -> Any:
     """``fine.steps`` of the fine stage (DMTet and texture under SDS) started from the model's field."""
+    from magic3d.pipeline import out_of_memory_advice
     from magic3d.prompts import ViewPrompts
     from magic3d.stages.fine import run_fine
     from magic3d.stages.losses import SDSLoss
 
     run = plan.cfg.run
     loss = SDSLoss(prior, ViewPrompts.build(text, prior, run.prior, run_dir / "cache"), run.fine.sds)
-    return run_fine(field, loss, run.fine, run_dir, device, run.runtime.seed, progress=progress, resume=False,
-                    precision=run.runtime.precision)
+    with out_of_memory_advice("fine", run, plan.prior_id):  # as a per-prompt run's fine stage
+        return run_fine(field, loss, run.fine, run_dir, device, run.runtime.seed, progress=progress, resume=False,
+                        precision=run.runtime.precision)
 
 
 def plan_generation(
