@@ -313,7 +313,7 @@ def bake(
     v, f, _ = clean_mesh(_as_numpy(vertices), _as_numpy(faces), cfg.merge_distance, cfg.min_component_fraction)
     if len(f) == 0:
         raise RunError("The extracted mesh has no faces left after clean-up; the object is empty, "
-                       "try more steps or a lower fine.density_threshold.")
+                       "train the coarse stage longer.")
     lap("clean")
     full = (v, f)
     v, f = decimate(v, f, cfg.face_budget)

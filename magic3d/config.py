@@ -285,6 +285,9 @@ def validate(cfg: Config) -> None:
             raise ConfigError(
                 f"Config key '{stage}.resolution' must be a multiple of 8 between 16 and 1024, not {res}."
             )
+    if cfg.fine.density_threshold is not None and cfg.fine.surface != "density":
+        raise ConfigError("Config key 'fine.density_threshold' cuts at a density level: set fine.surface=density "
+                          "with it (fine.surface=sight finds the surface from the renders' opacity).")
     _check_dense_field(cfg.coarse.field)
     from magic3d.control.user_mesh import resolve_sources
 

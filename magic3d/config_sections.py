@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 
 Weighting = Literal["uniform", "sds", "dreamfusion"]
 Encoding = Literal["hashgrid", "dense"]
+Surface = Literal["sight", "density"]
 # Parameters a dense encoding may hold (all levels): 64^3 voxels x 2 features x 8 levels is ~4M.
 DENSE_MAX_PARAMS = 32_000_000
 
@@ -141,7 +142,12 @@ class FineConfig:
     # See magic3d.fields.dmtet.
     tet_resolution: int = 64
     bound: float = 1.0
-    density_threshold: float | None = None  # None: automatic (see magic3d.fields.dmtet.auto_density_threshold)
+    # Where the coarse field's surface is. "sight": behind half opacity along every line of sight of
+    # the fine orbit, what the renders showed (see magic3d.fields.sight); a hazy or porous field stays
+    # solid. "density": one density level, density_threshold or automatic when None
+    # (magic3d.fields.dmtet.auto_density_threshold).
+    surface: Surface = "sight"
+    density_threshold: float | None = None
     keep_largest_component: bool = True  # floaters of the coarse NeRF do not become meshes
     fill_hidden: bool = True  # hollows inside the coarse NeRF do not become inner shells
     # Tunnels up to this wide (world units) are sealed in the final mesh: a slit SDS never sees

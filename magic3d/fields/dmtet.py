@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
 
+from magic3d.fields.sight import HALF_LIGHT_DEPTH, sight_depth
 from magic3d.fields.tunnels import cut_handles, seal_tunnels
 
 # Holes in a hollow NeRF's shell up to this wide (world units; 4 cells of a resolution-64 grid) are sealed
@@ -264,10 +265,13 @@ class DMTet(nn.Module):
         self, density_fn: Callable[[Tensor], Tensor], threshold: float | None = None, chunk: int = 65536,
         keep_largest: bool = False,
         fill_hidden: bool = False,
+        sight: Float[Tensor, "D 3"] | None = None,
     ) -> float:
-        """Set the SDF from a density field; returns the threshold used (automatic when None).
+        """Set the SDF from a density field; returns the level used: a density (automatic when
+        ``threshold`` is None) or, with ``sight`` (directions towards the cameras), the optical
+        depth behind which no camera sees (``magic3d.fields.sight``): the surface the renders show.
 
-        SDF = (threshold - density) / slope, where slope is the median density change per unit
+        SDF = (level - value) / slope (the value a density or a sight depth), where slope is the median change per unit
         length across the grid edges the surface cuts: near the surface the SDF then reads
         roughly as a distance in world units, whatever the density's scale, so one SDF learning
         rate suits any coarse field. Farther away it is the distance to the occupied set (see
@@ -279,8 +283,13 @@ class DMTet(nn.Module):
                              for i in range(0, points.shape[0], chunk)])
         if not torch.isfinite(density).all():
             raise ValueError("the density field returned non-finite values at the tet grid vertices")
-        thr = auto_density_threshold(density) if threshold is None else float(threshold)
-        raw = thr - density
+        if sight is not None:
+            n = self.cells + 1
+            thr = HALF_LIGHT_DEPTH
+            raw = thr - sight_depth(density.view(n, n, n), self.bound, sight).reshape(-1)
+        else:
+            thr = auto_density_threshold(density) if threshold is None else float(threshold)
+            raw = thr - density
         inside = (raw < 0)[self.tets].sum(-1)
         crossing = self.tets[(inside > 0) & (inside < 4)]  # only these hold surface edges (saves GBs at 128^3)
         edges = crossing[:, list(TET_EDGES)].reshape(-1, 2)

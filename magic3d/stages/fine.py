@@ -1,7 +1,7 @@
 """Stage 2: the coarse density becomes a DMTet mesh with a hash-grid texture, refined through a rasterizer.
 
-Initialisation: the SDF comes from the coarse density at the tet grid vertices (threshold chosen
-automatically unless ``density_threshold`` is set) and the texture is regressed onto the coarse
+Initialisation: the SDF comes from the coarse density at the tet grid vertices (by default the
+surface the orbit's renders show, ``magic3d.fields.sight``; or a density level) and the texture is regressed onto the coarse
 albedo at points of the new surface, so step 0 already looks like the coarse result. Each step
 extracts the surface by marching tetrahedra, renders a batch of random orbit views (albedo,
 diffuse or textureless), scores them with the stage loss and adds normal-consistency and
@@ -24,6 +24,7 @@ from magic3d.checkpoint import load_latest_checkpoint
 from magic3d.config_sections import FineConfig
 from magic3d.errors import RunError
 from magic3d.fields.dmtet import DMTet, laplacian_smoothness, mesh_edges, normal_consistency
+from magic3d.fields.sight import sight_directions
 from magic3d.fields.texture import TextureField, sample_surface
 from magic3d.progress import ProgressFn, silent
 from magic3d.stages.coarse import CameraSampler
@@ -58,7 +59,7 @@ class FineModel:
         self.threshold = _init_from_density(self.dmtet, coarse_field, self.cfg)
         with torch.no_grad():
             vertices, faces = self.mesh()
-        metrics = {"density_threshold": self.threshold}
+        metrics = {level_name(self.cfg): self.threshold}
         if self.cfg.texture_init_steps > 0:
             points = sample_surface(vertices, faces, self.cfg.texture_init_points, generator)
             metrics["texture_init_mse"] = self.texture.fit(
@@ -70,10 +71,7 @@ class FineModel:
 
     def _nonempty(self, vertices: Tensor, faces: Tensor) -> tuple[Tensor, Tensor]:
         if faces.shape[0] == 0:
-            raise RunError(
-                f"The fine stage's surface is empty (density threshold {self.threshold:.4g}); set "
-                "--set fine.density_threshold=... lower, or train the coarse stage longer."
-            )
+            raise empty_surface(self.cfg, self.threshold)
         return vertices, faces
 
     def param_groups(self) -> list[dict]:
@@ -163,7 +161,7 @@ class FineModel:
                                   for i in range(0, points.shape[0], 65536)]) if points.shape[0] else \
                     points.new_zeros(0, 3)
 
-        full = {**metrics, "density_threshold": self.threshold, **{k: float(v) for k, v in repairs.items()},
+        full = {**metrics, level_name(self.cfg): self.threshold, **{k: float(v) for k, v in repairs.items()},
                 "vertices": float(vertices.shape[0]), "faces": float(faces.shape[0])}
         return FineResult(vertices.detach(), faces.detach(), color_fn, full)
 
@@ -198,30 +196,41 @@ def run_fine(
 
 
 def extract_mesh(coarse_field, cfg: FineConfig, device: torch.device | str) -> FineResult:
-    """The coarse density as a mesh (marching tetrahedra at the automatic or given threshold),
+    """The coarse density as a mesh (marching tetrahedra at the surface ``cfg.surface`` finds),
     coloured by the coarse albedo: what a run with ``fine.steps=0`` exports."""
     device = torch.device(device)
     dmtet = DMTet(cfg.tet_resolution, cfg.bound).to(device)
     threshold = _init_from_density(dmtet, coarse_field, cfg)
     vertices, faces, repairs = dmtet.extract_repaired(cfg.seal_tunnels, cfg.cut_handles)
     if faces.shape[0] == 0:
-        raise RunError(
-            f"The coarse density gives an empty surface at threshold {threshold:.4g}; set "
-            "--set fine.density_threshold=... lower, or train the coarse stage longer."
-        )
+        raise empty_surface(cfg, threshold)
 
     def color_fn(points: Tensor) -> Tensor:
         with torch.no_grad():
             return coarse_field.albedo(points.to(device)).clamp(0.0, 1.0)
 
-    metrics = {"density_threshold": threshold, **{k: float(v) for k, v in repairs.items()}, "vertices": float(vertices.shape[0]),
+    metrics = {level_name(cfg): threshold, **{k: float(v) for k, v in repairs.items()}, "vertices": float(vertices.shape[0]),
                "faces": float(faces.shape[0])}
     return FineResult(vertices.detach(), faces.detach(), color_fn, metrics)
 
 
+def level_name(cfg: FineConfig) -> str:
+    """The metric naming the level the surface was cut at: an optical depth or a density."""
+    return "sight_depth" if cfg.surface == "sight" else "density_threshold"
+
+
+def empty_surface(cfg: FineConfig, level: float) -> RunError:
+    if cfg.surface == "sight":
+        return RunError("The coarse field is seen through from every camera of the orbit, so it has no surface; "
+                        "train the coarse stage longer, or cut it at a density with --set fine.surface=density.")
+    return RunError(f"The coarse density gives an empty surface at threshold {level:.4g}; set "
+                    "--set fine.density_threshold=... lower, or train the coarse stage longer.")
+
+
 def _init_from_density(dmtet: DMTet, coarse_field, cfg: FineConfig) -> float:
     try:
-        return dmtet.init_from_density(coarse_field.density, cfg.density_threshold,
+        sight = sight_directions(cfg.orbit.elevation, device=dmtet.grid_vertices.device) if cfg.surface == "sight" else None
+        return dmtet.init_from_density(coarse_field.density, cfg.density_threshold, sight=sight,
                                        keep_largest=cfg.keep_largest_component, fill_hidden=cfg.fill_hidden)
     except ValueError as exc:
         raise RunError(f"The coarse stage produced no usable density ({exc}); train it longer or check its prompt.") from None

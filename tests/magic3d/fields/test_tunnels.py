@@ -132,11 +132,14 @@ def test_a_fine_stage_skipped_exports_the_sealed_surface_and_the_key_is_checked(
         def albedo(self, points: torch.Tensor) -> torch.Tensor:
             return torch.full_like(points, 0.5)
 
-    cfg = load_config(overrides=["fine.steps=0"]).fine
+    level = ["fine.surface=density"]  # the sealer's own case: by sight, no camera sees through the slit
+    by_sight = extract_mesh(SlitRing(), load_config(overrides=["fine.steps=0", "fine.seal_tunnels=0"]).fine, "cpu")
+    assert surface_report(by_sight.vertices.numpy(), by_sight.faces.numpy()).genus == 0
+    cfg = load_config(overrides=["fine.steps=0", *level]).fine
     result = extract_mesh(SlitRing(), cfg, "cpu")
     assert result.metrics["sealed_tunnels"] == 1
     assert surface_report(result.vertices.numpy(), result.faces.numpy()).genus == 0
-    kept = extract_mesh(SlitRing(), load_config(overrides=["fine.seal_tunnels=0"]).fine, "cpu")
+    kept = extract_mesh(SlitRing(), load_config(overrides=["fine.seal_tunnels=0", *level]).fine, "cpu")
     assert kept.metrics["sealed_tunnels"] == 0
     assert surface_report(kept.vertices.numpy(), kept.faces.numpy()).genus == 1
     for bad in ("fine.seal_tunnels=2", "fine.seal_tunnels=-0.1", "fine.seal_tunnels=.nan"):

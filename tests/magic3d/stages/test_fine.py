@@ -55,7 +55,7 @@ def closed(vertices: torch.Tensor, faces: torch.Tensor) -> trimesh.Trimesh:
 
 def test_extract_mesh_uses_the_automatic_threshold_and_coarse_colours():
     field = BallField(radius=0.5)
-    cfg = dataclasses.replace(TINY, tet_resolution=40, steps=0)
+    cfg = dataclasses.replace(TINY, tet_resolution=40, steps=0, surface="density")
     result = extract_mesh(field, cfg, "cpu")
     closed(result.vertices, result.faces)
     thr = result.metrics["density_threshold"]
@@ -69,12 +69,23 @@ def test_extract_mesh_uses_the_automatic_threshold_and_coarse_colours():
     assert high.vertices.norm(dim=-1).mean() < result.vertices.norm(dim=-1).mean()
 
 
+def test_extract_mesh_by_sight_finds_the_ball_the_renders_show():
+    field = BallField(radius=0.5)
+    result = extract_mesh(field, dataclasses.replace(TINY, tet_resolution=40, steps=0), "cpu")
+    closed(result.vertices, result.faces)
+    assert result.metrics["sight_depth"] == pytest.approx(math.log(2.0))
+    # Half the light is gone a hair inside the ball's edge (density 15 at r = 0.5, 30 within).
+    assert (result.vertices.norm(dim=-1) - 0.5).abs().max() < 2.0 / 20
+
+
 def test_empty_coarse_density_is_a_run_error():
     class Empty(BallField):
         def density(self, points):
             return torch.zeros(points.shape[0])
 
     with pytest.raises(RunError, match="density"):
+        extract_mesh(Empty(), dataclasses.replace(TINY, surface="density"), "cpu")
+    with pytest.raises(RunError, match="seen through from every camera"):
         extract_mesh(Empty(), TINY, "cpu")
 
 
