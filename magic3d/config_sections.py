@@ -142,11 +142,12 @@ class FineConfig:
     # See magic3d.fields.dmtet.
     tet_resolution: int = 64
     bound: float = 1.0
-    # Where the coarse field's surface is. "sight": behind half opacity along every line of sight of
-    # the fine orbit, what the renders showed (see magic3d.fields.sight); a hazy or porous field stays
-    # solid. "density": one density level, density_threshold or automatic when None
-    # (magic3d.fields.dmtet.auto_density_threshold).
-    surface: Surface = "sight"
+    # Where the coarse field's surface is. "density": one density level, density_threshold or automatic
+    # when None (magic3d.fields.dmtet.auto_density_threshold). "sight": behind half opacity along every
+    # line of sight of the fine orbit, what the renders showed (magic3d.fields.sight): for fields whose
+    # inside is a porous haze, as an amortized model's are. A single prompt's field is dense inside and
+    # fades at its edges, where sight cuts too deep (a cube's corners: it reads as a sphere).
+    surface: Surface = "density"
     density_threshold: float | None = None
     keep_largest_component: bool = True  # floaters of the coarse NeRF do not become meshes
     fill_hidden: bool = True  # hollows inside the coarse NeRF do not become inner shells

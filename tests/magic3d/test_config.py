@@ -60,7 +60,6 @@ def test_overrides_convert_types_and_win_over_presets():
         ("fine.tet_resolution=33", "fine.tet_resolution"),
         ("fine.tet_resolution=0", "fine.tet_resolution"),
         ("fine.surface=level", "fine.surface"),
-        ("fine.density_threshold=5", "fine.density_threshold"),  # a level needs fine.surface=density
         ("coarse.orientation_weight=.nan", "coarse.orientation_weight"),
         ("coarse.opacity_weight=.inf", "coarse.opacity_weight"),
         ("coarse.opacity_weight=-1", "coarse.opacity_weight"),
@@ -111,7 +110,9 @@ def test_every_number_is_finite_before_any_range_check(override):
 def test_a_density_threshold_cuts_with_the_density_surface():
     cfg = load_config("fast", ["fine.surface=density", "fine.density_threshold=5"])
     assert cfg.fine.surface == "density" and cfg.fine.density_threshold == 5.0
-    assert load_config("fast").fine.surface == "sight"
+    assert load_config("fast").fine.surface == "density"
+    with pytest.raises(ConfigError, match="fine.density_threshold.*fine.surface=density"):
+        load_config("fast", ["fine.surface=sight", "fine.density_threshold=5"])
 
 
 @pytest.mark.parametrize(("override", "says"), [

@@ -133,7 +133,8 @@ def test_a_fine_stage_skipped_exports_the_sealed_surface_and_the_key_is_checked(
             return torch.full_like(points, 0.5)
 
     level = ["fine.surface=density"]  # the sealer's own case: by sight, no camera sees through the slit
-    by_sight = extract_mesh(SlitRing(), load_config(overrides=["fine.steps=0", "fine.seal_tunnels=0"]).fine, "cpu")
+    by_sight = extract_mesh(SlitRing(), load_config(overrides=["fine.steps=0", "fine.seal_tunnels=0",
+                                                               "fine.surface=sight"]).fine, "cpu")
     assert surface_report(by_sight.vertices.numpy(), by_sight.faces.numpy()).genus == 0
     cfg = load_config(overrides=["fine.steps=0", *level]).fine
     result = extract_mesh(SlitRing(), cfg, "cpu")

@@ -71,7 +71,7 @@ def test_extract_mesh_uses_the_automatic_threshold_and_coarse_colours():
 
 def test_extract_mesh_by_sight_finds_the_ball_the_renders_show():
     field = BallField(radius=0.5)
-    result = extract_mesh(field, dataclasses.replace(TINY, tet_resolution=40, steps=0), "cpu")
+    result = extract_mesh(field, dataclasses.replace(TINY, tet_resolution=40, steps=0, surface="sight"), "cpu")
     closed(result.vertices, result.faces)
     assert result.metrics["sight_depth"] == pytest.approx(math.log(2.0))
     # Half the light is gone a hair inside the ball's edge (density 15 at r = 0.5, 30 within).
@@ -84,9 +84,9 @@ def test_empty_coarse_density_is_a_run_error():
             return torch.zeros(points.shape[0])
 
     with pytest.raises(RunError, match="density"):
-        extract_mesh(Empty(), dataclasses.replace(TINY, surface="density"), "cpu")
-    with pytest.raises(RunError, match="seen through from every camera"):
         extract_mesh(Empty(), TINY, "cpu")
+    with pytest.raises(RunError, match="seen through from every camera"):
+        extract_mesh(Empty(), dataclasses.replace(TINY, surface="sight"), "cpu")
 
 
 def test_zero_steps_still_initialises_the_texture_from_the_coarse_albedo(tmp_path):
