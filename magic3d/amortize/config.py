@@ -25,6 +25,10 @@ SECTION = "amortize"
 class MappingConfig:
     hidden: int = 128  # width of the mapping network from the text embedding to the FiLM modulations
     lr_scale: float = 0.1  # the mapping network learns at coarse.lr * this (it moves every prompt at once)
+    # Whiten the prompt set's embeddings (their mean removed, every principal direction scaled to unit
+    # variance) before the mapping: in a pooled embedding one word can dominate (the built-in prior's
+    # colour: same-colour prompts' centred cosine 0.61, same-kind 0.23), which the mapping must undo.
+    whiten: bool = False
 
 
 @dataclass

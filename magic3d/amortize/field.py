@@ -25,10 +25,29 @@ def pooled(cond: Tensor) -> Float[Tensor, "B D"]:
     return cond.float().flatten(1, -2).mean(1) if cond.dim() > 2 else cond.float()
 
 
+def whitening(table: Float[Tensor, "P D"], floor: float = 1e-2) -> tuple[Float[Tensor, " D"], Float[Tensor, "D D"]]:
+    """(mean, ZCA matrix) that give ``table``'s rows zero mean and unit variance along each principal
+    direction. Directions with less than ``floor`` of the largest variance are scaled as if they had
+    that much, so noise is not blown up into signal; a held-out prompt goes through the same map."""
+    table = table.float()
+    mean = table.mean(0)
+    centred = table - mean
+    _, sv, vh = torch.linalg.svd(centred, full_matrices=False)  # vh: "K D"
+    var = sv.square() / max(table.shape[0] - 1, 1)
+    top = var.max() if var.numel() else torch.ones((), device=table.device)
+    scale = (var.clamp(min=float(top) * floor) if float(top) > 0 else torch.ones_like(var)).rsqrt()
+    return mean, vh.T @ torch.diag(scale) @ vh
+
+
 class ConditionedField(nn.Module):
     def __init__(self, base: NeRFField, mapping: MappingConfig, text_dim: int,
-                 device: torch.device | str = "cpu") -> None:
+                 device: torch.device | str = "cpu", table: Float[Tensor, "P D"] | None = None) -> None:
         super().__init__()
+        self.whiten = mapping.whiten
+        if self.whiten:  # fixed from the training set's table; saved with the weights as buffers
+            mean, matrix = whitening(table if table is not None else torch.zeros(1, text_dim, device=device))
+            self.register_buffer("text_mean", mean.to(device))
+            self.register_buffer("text_whiten", matrix.to(device))
         self.base = base
         self.cfg: FieldConfig = base.cfg
         self.feature_dim = self.base.mlp[0].in_features
@@ -43,7 +62,10 @@ class ConditionedField(nn.Module):
         self.text_dim = text_dim
 
     def modulation(self, text: Float[Tensor, "B D"]) -> Float[Tensor, "B M"]:
-        return self.mapping(text.to(self.mapping[0].weight.dtype))
+        text = text.to(self.mapping[0].weight.dtype)
+        if self.whiten:
+            text = (text - self.text_mean) @ self.text_whiten
+        return self.mapping(text)
 
     def at(self, text: Float[Tensor, "1 D"] | Float[Tensor, " D"]) -> BoundField:
         """The field for one prompt's (pooled) embedding."""

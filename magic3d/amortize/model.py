@@ -50,7 +50,8 @@ class AmortizedModel(CoarseModel):
         super().__init__(cfg.run.coarse, loss_fn=None, device=device)  # type: ignore[arg-type]
         self.amortized, self.prior, self.prompts, self.seed = cfg, prior, prompts, seed
         self.conditioning = prompts.conditioning.to(device)
-        self.conditioned = ConditionedField(self.field, cfg.amortize.mapping, self.conditioning.shape[1], device)
+        self.conditioned = ConditionedField(self.field, cfg.amortize.mapping, self.conditioning.shape[1], device,
+                                            table=self.conditioning)
         self.bind(0)
         self._drawn: list[int] = []
 

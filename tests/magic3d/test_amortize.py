@@ -271,3 +271,42 @@ def test_trains_and_generates_on_cuda_with_a_diffusers_prior(tiny_prior_dir, tmp
     assert record["device"].startswith("cuda") and record["unseen"] is True
     assert json.loads((trained.model_dir / "model.json").read_text())["device"].startswith("cuda")
     assert result.files["glb"].stat().st_size > 0
+
+
+def test_whitening_balances_the_words_of_a_pooled_embedding():
+    from magic3d.amortize.field import whitening
+
+    # Colour moves the embedding ten times as far as kind does: after whitening both move it alike.
+    gen = torch.Generator().manual_seed(0)
+    colour, kind = torch.randn(4, 16, generator=gen) * 10.0, torch.randn(3, 16, generator=gen)
+    table = torch.stack([c + k for c in colour for k in kind])  # 12 prompts
+    mean, matrix = whitening(table, floor=1e-6)
+    white = (table - mean) @ matrix
+    assert torch.allclose(white.mean(0), torch.zeros(16), atol=1e-4)
+    spread = torch.linalg.svdvals(white)
+    assert torch.allclose(spread[:5], spread[0].expand(5), rtol=1e-3)  # 3 + 2 directions, all unit variance
+    by = lambda rows: (white[rows[0]] - white[rows[1]]).norm()  # noqa: E731
+    colour_step, kind_step = by((0, 3)), by((0, 1))  # change the colour only; the kind only
+    assert 0.3 < float(colour_step / kind_step) < 3.0
+    raw_ratio = (table[0] - table[3]).norm() / (table[0] - table[1]).norm()
+    assert raw_ratio > 5.0
+
+
+def test_a_whitened_model_saves_and_reloads_its_map(tmp_path):
+    from magic3d.amortize.generate import conditioning_of, load_conditioned, plan_model
+    from magic3d.amortize.train import train
+
+    (tmp_path / "prompts.txt").write_text(PROMPTS)
+    result = train(tmp_path / "prompts.txt", tmp_path / "model", prior="builtin", device="cpu",
+                   overrides=[*TINY, "amortize.mapping.whiten=true"])
+    plan = plan_model(result.model_dir, "cpu")
+    model, table = load_conditioned(plan, torch.device("cpu"))
+    from magic3d.checkpoint import load_latest_checkpoint
+
+    field = model.conditioned
+    saved = load_latest_checkpoint(result.model_dir / "checkpoints", "amortize", "cpu").tensors
+    assert torch.equal(saved["field/text_whiten"], field.text_whiten) and torch.equal(saved["field/text_mean"], field.text_mean)
+    assert torch.allclose(field.text_mean, table.mean(0), atol=1e-5)
+    cond, _ = conditioning_of(plan, ["a red cube", "a blue sphere"], table, torch.device("cpu"))
+    white = (cond - field.text_mean) @ field.text_whiten
+    assert white.norm(dim=-1).min() > 0.1  # two prompts: one direction, each half a unit away from the mean
