@@ -257,7 +257,8 @@ def test_commands_import_no_torch():
 
 def test_trains_and_generates_on_cuda_with_a_diffusers_prior(tiny_prior_dir, tmp_path):
     """The device rule (tests/device_harness.py): every tensor on the run device, through a
-    Stable-Diffusion-shaped prior whose "B 77 D" embeddings the mapping network pools."""
+    Stable-Diffusion-shaped prior whose "B 77 D" embeddings the mapping network pools and whitens,
+    and the preset's extraction by sight."""
     from device_harness import DeviceHarness
 
     from magic3d.amortize.generate import generate_from
@@ -265,10 +266,12 @@ def test_trains_and_generates_on_cuda_with_a_diffusers_prior(tiny_prior_dir, tmp
 
     (tmp_path / "p.txt").write_text("a red chair\na blue table\n")
     with DeviceHarness(ignore_syncs_in=("raster/torch_backend.py",)):
-        trained = train(tmp_path / "p.txt", tmp_path / "model", prior=str(tiny_prior_dir), overrides=TINY, device="cuda")
+        trained = train(tmp_path / "p.txt", tmp_path / "model", prior=str(tiny_prior_dir),
+                        overrides=[*TINY, "amortize.mapping.whiten=true"], device="cuda")
         result = generate_from("a green lamp", trained.model_dir, out=tmp_path / "out", device="cuda")
     record = json.loads((result.run_dir / "run.json").read_text())
     assert record["device"].startswith("cuda") and record["unseen"] is True
+    assert "sight_depth" in record["metrics"]["fine"]
     assert json.loads((trained.model_dir / "model.json").read_text())["device"].startswith("cuda")
     assert result.files["glb"].stat().st_size > 0
 
