@@ -22,7 +22,7 @@ from torch import Tensor
 
 from magic3d.config_sections import BakeConfig
 from magic3d.errors import RunError
-from magic3d.surface import close_holes, surface_report, untangle, weld
+from magic3d.surface import close_holes, mend_nonmanifold, surface_report, untangle, weld
 
 ColorFn = Callable[[Float[Tensor, "N 3"]], Float[Tensor, "N 3"]]
 
@@ -318,6 +318,7 @@ def bake(
     full = (v, f)
     v, f = decimate(v, f, cfg.face_budget)
     v, f = close_holes(v, f)  # merging and decimation can leave small holes: the asset is closed
+    v, f = mend_nonmanifold(v, f)  # and decimation can collapse two sheets onto one edge
     v, crossings = untangle(v, f)  # and decimation can fold a thin spot through the far side
     report = surface_report(v, f)
     lap("decimate")

@@ -6,7 +6,9 @@ only where the surface stays a manifold: merging by position alone pinched a tab
 vertices of different sheets fell in one cell (2 non-manifold edges, 3 non-manifold vertices).
 Decimation can still tear a thin spot, leaving small holes (a 5-edge hole of 1e-5 m edges on a
 mushroom); ``close_holes`` fills every such loop, so closure is a property of the bake rather than
-of a lucky asset.
+of a lucky asset. It can also collapse two sheets onto one edge: fast-simplification's default
+aggressiveness left edges of three or four faces in 22 of 31 amortized meshes decimated to 5,000
+faces. ``mend_nonmanifold`` cuts the faces around each such edge out and closes the holes.
 
 ``intersecting_pairs`` finds triangle pairs that pass through each other: quadric decimation can
 fold a thin spot through the far side. ``untangle`` relaxes the vertices around each such pair
@@ -145,6 +147,21 @@ def close_holes(vertices: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np
         new_faces.append(np.stack([nxt, ring, np.full_like(ring, index)], axis=1))
         index += 1
     return np.concatenate(new_vertices), np.concatenate(new_faces)
+
+
+def mend_nonmanifold(vertices: np.ndarray, faces: np.ndarray, rounds: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    """``faces`` without edges of more than two faces: every face touching such an edge's ends is
+    removed and the holes closed (``close_holes``), again while any is left, up to ``rounds`` times."""
+    faces = np.asarray(faces, dtype=np.int64)
+    for _ in range(rounds):
+        edges = np.sort(directed_edges(faces), axis=1)
+        keys = edges[:, 0] * (1 << 31) + edges[:, 1]  # one int64 a row: a 1-D unique
+        _, inverse, counts = np.unique(keys, return_inverse=True, return_counts=True)
+        ends = np.unique(edges[counts[inverse] > 2])
+        if not len(ends):
+            break
+        vertices, faces = close_holes(vertices, faces[~np.isin(faces, ends).any(axis=1)])
+    return vertices, faces
 
 
 def surface_report(vertices: np.ndarray, faces: np.ndarray) -> SurfaceReport:

@@ -227,3 +227,41 @@ def test_weld_collapses_a_short_edge_only_where_the_surface_stays_a_manifold():
     tv[1] = tv[0] + 1e-7
     out_v, out_f, stats = clean_mesh(tv, tet.faces, merge_distance=1e-5, min_component_fraction=0.0)
     assert stats.merged_vertices == 0 and len(out_f) == 4 and surface_report(out_v, out_f).watertight
+
+
+def test_mend_cuts_an_edge_of_four_faces_out_and_closes_the_holes():
+    from magic3d.surface import mend_nonmanifold
+
+    # Two boxes that share one edge (x = y = 1): that edge has four faces.
+    a = trimesh.creation.box(bounds=[[0, 0, 0], [1, 1, 1]])
+    b = trimesh.creation.box(bounds=[[1, 1, 0], [2, 2, 1]])
+    joined = trimesh.Trimesh(*concatenated(a, b), process=True)  # the shared corners merged
+    before = surface_report(joined.vertices, joined.faces)
+    assert before.nonmanifold_edges == 1 and not before.watertight
+    after = surface_report(*mend_nonmanifold(np.asarray(joined.vertices), np.asarray(joined.faces)))
+    assert after.watertight and after.nonmanifold_edges == 0 and after.boundary_edges == 0
+    sphere = trimesh.creation.icosphere(subdivisions=2)
+    v, f = mend_nonmanifold(sphere.vertices, sphere.faces)
+    assert np.array_equal(f, sphere.faces) and np.array_equal(v, sphere.vertices)  # nothing to mend: unchanged
+
+
+def test_bake_mends_the_edges_decimation_collapses_two_sheets_onto():
+    import fast_simplification
+    import torch
+
+    from magic3d.bake import BakeConfig, bake
+    from magic3d.fields.dmtet import DMTet
+
+    dmtet = DMTet(64)
+    p = dmtet.grid_vertices
+    bumps = torch.randn(8, 8, 8, generator=torch.Generator().manual_seed(0))
+    cell = ((p + 1) / 2 * 7).round().long()
+    with torch.no_grad():  # a lumpy ball, as SDS leaves one
+        dmtet.sdf.copy_(p.norm(dim=-1) - 0.6 + 0.08 * bumps[cell[:, 0], cell[:, 1], cell[:, 2]])
+    vertices, faces = (t.detach() for t in dmtet.extract())
+    # The decimator alone leaves edges of more than two faces on this surface.
+    v, f = fast_simplification.simplify(vertices.numpy(), faces.numpy().astype(np.int32), 1 - 2000 / len(faces))
+    assert surface_report(*close_holes(np.asarray(v, np.float64), np.asarray(f, np.int64))).nonmanifold_edges > 0
+    mesh = bake(vertices, faces, lambda q: q * 0 + 0.5, BakeConfig(texture_size=64, face_budget=2000))
+    report = mesh.metadata["surface"]
+    assert report["watertight"] and report["nonmanifold_edges"] == 0 and len(mesh.faces) < 2500
