@@ -52,7 +52,7 @@ def sight_depth(
     reach = bound * math.sqrt(3.0)  # the frame must hold the lattice's corners in any direction
     m = int(math.ceil(1.5 * n))
     t = torch.linspace(-reach, reach, m, device=device)
-    step = float(t[1] - t[0])
+    step = 2.0 * reach / (m - 1)  # the spacing of t, without reading it back from the device
     axis = torch.linspace(-bound, bound, n, device=device)
     vertices = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1).reshape(-1, 3)
     frame_u, frame_v, frame_w = torch.meshgrid(t, t, t, indexing="ij")
