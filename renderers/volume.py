@@ -41,7 +41,8 @@ def stratified_samples(
 ) -> Float[Tensor, "R S"]:
     """Sample distances, one per stratum of [near, far]; jittered in training, centred otherwise."""
     steps = torch.arange(n, device=near.device, dtype=near.dtype)
-    offset = torch.rand(near.shape[0], n, generator=generator).to(near) if perturb else torch.full_like(steps, 0.5)
+    # Drawn on the host, where the run's generator lives, so a run's samples are the same on any device.
+    offset = torch.rand(near.shape[0], n, generator=generator, device="cpu").to(near) if perturb else torch.full_like(steps, 0.5)
     u = (steps + offset) / n
     return near[:, None] + (far - near)[:, None] * u
 
@@ -58,15 +59,16 @@ class OccupancyGrid:
 
     def __init__(self, resolution: int = 32, bound: float = 1.0, threshold: float = 0.05, decay: float = 0.9) -> None:
         self.resolution, self.bound, self.threshold, self.decay = resolution, bound, threshold, decay
-        self.density = torch.full((resolution,) * 3, float("inf"))  # everything occupied until first update
+        # On the host, with the host generator's jitter; query() moves the occupied mask to the points' device.
+        self.density = torch.full((resolution,) * 3, float("inf"), device="cpu")  # everything occupied until first update
         self._occupied: Tensor | None = None
 
     @torch.no_grad()
     def update(self, density_fn: DensityFn, generator: torch.Generator | None = None, device: str | torch.device = "cpu") -> float:
         """Re-measure every cell at a jittered point; returns the occupied fraction."""
         r = self.resolution
-        idx = torch.stack(torch.meshgrid(*(torch.arange(r),) * 3, indexing="ij"), dim=-1).view(-1, 3).float()
-        jitter = torch.rand(idx.shape, generator=generator)
+        idx = torch.stack(torch.meshgrid(*(torch.arange(r, device="cpu"),) * 3, indexing="ij"), dim=-1).view(-1, 3).float()
+        jitter = torch.rand(idx.shape, generator=generator, device="cpu")
         points = ((idx + jitter) / r * 2.0 - 1.0) * self.bound
         fresh = torch.cat([density_fn(chunk.to(device)).float().cpu() for chunk in points.split(65536)])
         old = self.density.view(-1)
@@ -119,7 +121,7 @@ def occupied_samples(
     any_occupied = counts > 0
     cdf = torch.cumsum(mask.to(near.dtype), dim=-1) / counts.clamp(min=1)[:, None]
     steps = torch.arange(n, device=near.device, dtype=near.dtype)
-    offset = torch.rand(near.shape[0], n, generator=generator).to(near) if perturb else torch.full_like(steps, 0.5)
+    offset = torch.rand(near.shape[0], n, generator=generator, device="cpu").to(near) if perturb else torch.full_like(steps, 0.5)
     u = ((steps + offset) / n).expand(near.shape[0], n)  # R S, in (0, 1)
     bins = torch.searchsorted(cdf, u.contiguous(), right=False).clamp(max=c - 1)
     below = torch.gather(cdf, 1, (bins - 1).clamp(min=0)) * (bins > 0)

@@ -43,7 +43,7 @@ class BagOfWordsEncoder(nn.Module):
     def ids(self, texts: list[str]) -> Tensor:
         rows = [[self.index[w] for w in tokenize(t)[0]] or [0] for t in texts]
         width = max(len(r) for r in rows)
-        return torch.tensor([r + [-1] * (width - len(r)) for r in rows], dtype=torch.long)
+        return torch.tensor([r + [-1] * (width - len(r)) for r in rows], dtype=torch.long, device="cpu")  # encode() moves them
 
     def forward(self, ids: Tensor) -> Float[Tensor, "B D"]:
         mask = (ids >= 0).unsqueeze(-1)

@@ -146,8 +146,9 @@ class T5SentencePieceTokenizer:
         if return_tensors == "pt":
             if len({len(x) for x in ids}) > 1:
                 raise ValueError("Texts of different token lengths need padding=True or 'max_length' to make a tensor.")
-            input_ids = torch.tensor(ids, dtype=torch.long).view(len(ids), -1)
-            attention = torch.tensor(mask, dtype=torch.long).view(len(ids), -1)
+            # Host tensors, as a transformers tokenizer returns: the text encoder's caller moves them.
+            input_ids = torch.tensor(ids, dtype=torch.long, device="cpu").view(len(ids), -1)
+            attention = torch.tensor(mask, dtype=torch.long, device="cpu").view(len(ids), -1)
             return TokenBatch(input_ids, attention)
         if return_tensors is not None:
             raise ValueError(f"return_tensors={return_tensors!r} is not supported; use 'pt' or None.")

@@ -1,7 +1,7 @@
 """Stage 2: the coarse density becomes a DMTet mesh with a hash-grid texture, refined through a rasterizer.
 
-Initialisation: the SDF comes from the coarse density at the tet grid vertices (by default the
-surface the orbit's renders show, ``magic3d.fields.sight``; or a density level) and the texture is regressed onto the coarse
+Initialisation: the SDF comes from the coarse density at the tet grid vertices (a density level by
+default, or the surface the orbit's renders show, ``magic3d.fields.sight``) and the texture is regressed onto the coarse
 albedo at points of the new surface, so step 0 already looks like the coarse result. Each step
 extracts the surface by marching tetrahedra, renders a batch of random orbit views (albedo,
 diffuse or textureless), scores them with the stage loss and adds normal-consistency and
