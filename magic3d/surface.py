@@ -149,15 +149,20 @@ def close_holes(vertices: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np
     return np.concatenate(new_vertices), np.concatenate(new_faces)
 
 
+def edge_counts(faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct undirected edges "E 2" (sorted) and how many faces share each "E"."""
+    edges = np.sort(directed_edges(np.asarray(faces, dtype=np.int64)), axis=1)
+    keys, counts = np.unique(edges[:, 0] * (1 << 31) + edges[:, 1], return_counts=True)  # one int64 a row
+    return np.stack([keys >> 31, keys & ((1 << 31) - 1)], axis=1), counts
+
+
 def mend_nonmanifold(vertices: np.ndarray, faces: np.ndarray, rounds: int = 4) -> tuple[np.ndarray, np.ndarray]:
     """``faces`` without edges of more than two faces: every face touching such an edge's ends is
     removed and the holes closed (``close_holes``), again while any is left, up to ``rounds`` times."""
     faces = np.asarray(faces, dtype=np.int64)
     for _ in range(rounds):
-        edges = np.sort(directed_edges(faces), axis=1)
-        keys = edges[:, 0] * (1 << 31) + edges[:, 1]  # one int64 a row: a 1-D unique
-        _, inverse, counts = np.unique(keys, return_inverse=True, return_counts=True)
-        ends = np.unique(edges[counts[inverse] > 2])
+        edges, counts = edge_counts(faces)
+        ends = np.unique(edges[counts > 2])
         if not len(ends):
             break
         vertices, faces = close_holes(vertices, faces[~np.isin(faces, ends).any(axis=1)])
@@ -171,7 +176,7 @@ def surface_report(vertices: np.ndarray, faces: np.ndarray) -> SurfaceReport:
 
     faces = np.asarray(faces, dtype=np.int64)
     edges = directed_edges(faces)
-    _, counts = np.unique(np.sort(edges, axis=1), axis=0, return_counts=True)
+    _, counts = edge_counts(faces)
     directed_unique = len(np.unique(edges, axis=0)) == len(edges)  # no edge run twice the same way
     boundary, nonmanifold = int((counts == 1).sum()), int((counts > 2).sum())
     watertight = boundary == 0 and nonmanifold == 0 and directed_unique
