@@ -34,8 +34,8 @@ def whitening(table: Float[Tensor, "P D"], floor: float = 1e-2) -> tuple[Float[T
     centred = table - mean
     _, sv, vh = torch.linalg.svd(centred, full_matrices=False)  # vh: "K D"
     var = sv.square() / max(table.shape[0] - 1, 1)
-    top = var.max() if var.numel() else torch.ones((), device=table.device)
-    scale = (var.clamp(min=float(top) * floor) if float(top) > 0 else torch.ones_like(var)).rsqrt()
+    top = float(var.max())  # one read, at set-up
+    scale = var.clamp(min=top * floor).rsqrt() if top > 0 else torch.ones_like(var)  # a lone prompt: nothing to scale
     return mean, vh.T @ torch.diag(scale) @ vh
 
 
