@@ -27,15 +27,11 @@ from itertools import permutations
 import numpy as np
 import torch
 import torch.nn.functional as F
-from jaxtyping import Bool, Float, Int
+from jaxtyping import Float, Int
 from torch import Tensor, nn
 
-from magic3d.fields.sight import HALF_LIGHT_DEPTH, sight_depth
+from magic3d.fields.sight import HALF_LIGHT_DEPTH, SEALED_HOLE_WIDTH, fill_hidden_space, sight_depth
 from magic3d.fields.tunnels import cut_handles, seal_tunnels
-
-# Holes in a hollow NeRF's shell up to this wide (world units; 4 cells of a resolution-64 grid) are sealed
-# while looking for the hollow behind them (see fill_hidden_space); the holes themselves stay open.
-SEALED_HOLE_WIDTH = 0.25
 
 # The six edges of a tetrahedron as pairs of its local vertex indices.
 TET_EDGES = ((0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3))
@@ -332,36 +328,6 @@ class DMTet(nn.Module):
         kept = torch.from_numpy(occupied.reshape(-1)).to(linear.device) == (linear < 0)
         near = kept & (far.abs() < self.cell)
         return torch.where(near, linear.clamp(-self.cell, self.cell), far).clamp(-self.bound, self.bound)
-
-
-def fill_hidden_space(occupied: Bool[np.ndarray, "X Y Z"], seal: int = 2) -> Bool[np.ndarray, "X Y Z"]:
-    """``occupied`` plus the hollows inside it: cells no axis-aligned line of sight reaches.
-
-    A NeRF's inside gets no gradient once its surface is opaque, and hash collisions with the
-    emptied space around it often hollow it out: the mesh becomes a shell with a second, inner
-    surface. The hollow is often open to the outside through a small hole, which a plain hole
-    fill misses and which leaves a well down the line of sight. So sight lines are traced again
-    with holes up to ``2 * seal`` cells wide closed, and what that hides is filled too, but not
-    what the closing itself adds: the hole stays a dent and concave corners keep their shape. A
-    torus's hole, a cup's inside and the space under a table are seen from outside: they stay open.
-    """
-    from scipy import ndimage
-
-    def hidden(solid: np.ndarray) -> np.ndarray:
-        out = np.ones_like(solid)
-        for axis in range(3):
-            before = np.logical_or.accumulate(solid, axis=axis)
-            after = np.flip(np.logical_or.accumulate(np.flip(solid, axis), axis=axis), axis)
-            out &= before & after
-        return out
-
-    filled = occupied | hidden(occupied)
-    if seal < 1:
-        return filled
-    # Padding keeps the closing's erosion from eating into shapes that touch the grid's side.
-    inner = (slice(seal + 1, -seal - 1),) * 3
-    closed = ndimage.binary_closing(np.pad(occupied, seal + 1), iterations=seal)
-    return filled | (hidden(closed) & ~closed)[inner]
 
 
 def mesh_edges(faces: Int[Tensor, "F 3"]) -> tuple[Int[Tensor, "E 2"], Int[Tensor, "F 3"]]:

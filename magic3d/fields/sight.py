@@ -8,6 +8,10 @@ show lies where a ray's transmittance falls to one half. So a point is outside w
 of sight from the orbit reaches it with more than half its light left, and inside otherwise: the
 object plus the space no camera of the orbit sees into, which no render could tell from solid.
 
+``fill_hidden_space`` is the same idea on an occupancy grid seen along its three axes: the
+hollows inside a shell that no axis-aligned line of sight reaches are filled (DMTet's
+``fill_hidden``, for either surface).
+
 The optical depth is integrated on the density at a lattice's vertices, one orthographic
 direction at a time: the lattice is resampled into a frame whose third axis points at the
 camera, summed along it, and read back at the vertices. The orbit's cameras sit 2.5 to 3.5
@@ -18,13 +22,17 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
-from jaxtyping import Float
+from jaxtyping import Bool, Float
 from torch import Tensor
 
 # Transmittance one half: where a ray's expected depth, and so the rendered surface, lies.
 HALF_LIGHT_DEPTH = math.log(2.0)
+# Holes in a hollow NeRF's shell up to this wide (world units; 4 cells of a resolution-64 grid) are sealed
+# while looking for the hollow behind them (see fill_hidden_space); the holes themselves stay open.
+SEALED_HOLE_WIDTH = 0.25
 
 
 def sight_directions(
@@ -80,4 +88,34 @@ def _frames(directions: Float[Tensor, "D 3"]) -> Float[Tensor, "D 3 3"]:
     return torch.stack([u, v, w], dim=1)
 
 
-__all__ = ["HALF_LIGHT_DEPTH", "sight_depth", "sight_directions"]
+def fill_hidden_space(occupied: Bool[np.ndarray, "X Y Z"], seal: int = 2) -> Bool[np.ndarray, "X Y Z"]:
+    """``occupied`` plus the hollows inside it: cells no axis-aligned line of sight reaches.
+
+    A NeRF's inside gets no gradient once its surface is opaque, and hash collisions with the
+    emptied space around it often hollow it out: the mesh becomes a shell with a second, inner
+    surface. The hollow is often open to the outside through a small hole, which a plain hole
+    fill misses and which leaves a well down the line of sight. So sight lines are traced again
+    with holes up to ``2 * seal`` cells wide closed, and what that hides is filled too, but not
+    what the closing itself adds: the hole stays a dent and concave corners keep their shape. A
+    torus's hole, a cup's inside and the space under a table are seen from outside: they stay open.
+    """
+    from scipy import ndimage
+
+    def hidden(solid: np.ndarray) -> np.ndarray:
+        out = np.ones_like(solid)
+        for axis in range(3):
+            before = np.logical_or.accumulate(solid, axis=axis)
+            after = np.flip(np.logical_or.accumulate(np.flip(solid, axis), axis=axis), axis)
+            out &= before & after
+        return out
+
+    filled = occupied | hidden(occupied)
+    if seal < 1:
+        return filled
+    # Padding keeps the closing's erosion from eating into shapes that touch the grid's side.
+    inner = (slice(seal + 1, -seal - 1),) * 3
+    closed = ndimage.binary_closing(np.pad(occupied, seal + 1), iterations=seal)
+    return filled | (hidden(closed) & ~closed)[inner]
+
+
+__all__ = ["HALF_LIGHT_DEPTH", "SEALED_HOLE_WIDTH", "fill_hidden_space", "sight_depth", "sight_directions"]

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import trimesh
 
 from magic3d.fields.dmtet import DMTet
-from magic3d.fields.sight import HALF_LIGHT_DEPTH, sight_depth, sight_directions
+from magic3d.fields.sight import HALF_LIGHT_DEPTH, fill_hidden_space, sight_depth, sight_directions
 
 ORBIT = (-10.0, 45.0)
 
@@ -90,3 +91,23 @@ def test_a_hazy_field_cut_by_sight_is_one_solid_body():
     assert sponge.euler_number != 2
     assert solid.is_watertight and solid.euler_number == 2
     assert 0.3 < solid.volume < 0.9  # the unit box, less the ~0.1 it takes to hide half the light (and a cell)
+
+
+def test_fill_hidden_space_fills_a_hollow_with_a_hole_and_keeps_a_torus_hole_open():
+    shell = np.zeros((24, 24, 24), dtype=bool)
+    shell[2:22, 2:22, 2:22] = True
+    shell[6:18, 6:18, 6:18] = False  # the hollow, 4 cells under the surface
+    shell[11:13, 18:22, 11:13] = False  # a hole 2 cells wide from the hollow out through the top
+    filled = fill_hidden_space(shell, seal=2)
+    # Solid, but for a dent: the top of the hole, up to ``seal`` + 1 cells deep, stays open.
+    dent = np.zeros_like(shell)
+    dent[11:13, 19:22, 11:13] = True
+    box = (slice(2, 22),) * 3
+    assert (filled[box] == ~dent[box]).all() and filled.sum() == 20**3 - 2 * 2 * 3
+    # Without sealing, the hole and everything under it is a well open to the sky.
+    assert not fill_hidden_space(shell, seal=0)[11:13, 6:22, 11:13].any()
+    # A flat ring (a torus seen from above), a cup open at the top: nothing to fill.
+    y, x, z = np.meshgrid(*(np.arange(24) - 11.5,) * 3, indexing="ij")
+    ring = (np.abs(y) < 2) & (np.hypot(x, z) < 9) & (np.hypot(x, z) > 3.5)
+    cup = (y < 8) & (np.maximum(np.abs(x), np.abs(z)) < 8) & ~((y > -6) & (np.maximum(np.abs(x), np.abs(z)) < 6))
+    assert (fill_hidden_space(ring) == ring).all() and (fill_hidden_space(cup) == cup).all()
