@@ -33,9 +33,10 @@ class TorchHashEncoding(HashEncoding):
     def pytorch_fwd(self, in_tensor: Float[Tensor, "*bs 3"]) -> Float[Tensor, "*bs D"]:
         lead = in_tensor.shape[:-1]
         x = in_tensor.reshape(-1, 3)
+        dim = self.get_out_dim()  # not -1: it is ambiguous for no points (a ray batch the occupancy grid empties)
         if hashgrid_kernel.usable(x, self.hash_table):
-            return hashgrid_lookup(x, self.hash_table, self.scalings, self.hash_table_size).reshape(*lead, -1)
-        return self.broadcast_fwd(x).reshape(*lead, -1)
+            return hashgrid_lookup(x, self.hash_table, self.scalings, self.hash_table_size).reshape(*lead, dim)
+        return self.broadcast_fwd(x).reshape(*lead, dim)
 
     def broadcast_fwd(self, x: Float[Tensor, "N 3"]) -> Float[Tensor, "N D"]:
         scaled = x[:, None, :] * self.scalings.view(-1, 1).to(x)  # N L 3

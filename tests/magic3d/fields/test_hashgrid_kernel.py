@@ -63,6 +63,17 @@ def test_kernel_keeps_leading_dimensions_and_leaves_points_without_grad_alone():
     assert x.grad is None and enc.hash_table.grad is not None
 
 
+@pytest.mark.parametrize("kernel", ["1", "0"])
+def test_no_points_give_no_features_on_either_path(monkeypatch, kernel):
+    # A ray batch the occupancy grid empties entirely: "0 D" features and a zero gradient, not a reshape error.
+    monkeypatch.setenv("MAGIC3D_CPU_KERNEL", kernel)
+    enc = encoding(4, 4, 10, 64)
+    out = enc(torch.zeros(0, 3))
+    assert out.shape == (0, 16)
+    out.sum().backward()
+    assert enc.hash_table.grad is not None and not enc.hash_table.grad.any()
+
+
 def test_other_dtypes_and_devices_take_the_pytorch_path():
     enc = encoding(4, 2, 10, 64)
     assert not hashgrid_kernel.usable(torch.rand(3, 3, dtype=torch.float64), enc.hash_table)
