@@ -162,7 +162,8 @@ class FineModel:
                     points.new_zeros(0, 3)
 
         full = {**metrics, level_name(self.cfg): self.threshold, **{k: float(v) for k, v in repairs.items()},
-                "vertices": float(vertices.shape[0]), "faces": float(faces.shape[0])}
+                "vertices": float(vertices.shape[0]), "faces": float(faces.shape[0]),
+                "bound_reach": bound_reach(vertices, self.cfg.bound)}
         return FineResult(vertices.detach(), faces.detach(), color_fn, full)
 
 
@@ -210,8 +211,14 @@ def extract_mesh(coarse_field, cfg: FineConfig, device: torch.device | str) -> F
             return coarse_field.albedo(points.to(device)).clamp(0.0, 1.0)
 
     metrics = {level_name(cfg): threshold, **{k: float(v) for k, v in repairs.items()}, "vertices": float(vertices.shape[0]),
-               "faces": float(faces.shape[0])}
+               "faces": float(faces.shape[0]), "bound_reach": bound_reach(vertices, cfg.bound)}
     return FineResult(vertices.detach(), faces.detach(), color_fn, metrics)
+
+
+def bound_reach(vertices: Float[Tensor, "V 3"], bound: float) -> float:
+    """How far the mesh reaches towards the field's box, as a fraction of ``bound``: near 1 the
+    surface is the box's (a field solid up to its edge, clipped there), not an object inside it."""
+    return float(vertices.detach().abs().amax() / bound) if vertices.shape[0] else 0.0
 
 
 def level_name(cfg: FineConfig) -> str:

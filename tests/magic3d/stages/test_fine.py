@@ -78,6 +78,17 @@ def test_extract_mesh_by_sight_finds_the_ball_the_renders_show():
     assert (result.vertices.norm(dim=-1) - 0.5).abs().max() < 2.0 / 20
 
 
+def test_bound_reach_tells_an_object_from_a_field_solid_to_its_box():
+    ball = extract_mesh(BallField(radius=0.5), dataclasses.replace(TINY, tet_resolution=40, steps=0), "cpu")
+    assert ball.metrics["bound_reach"] == pytest.approx(float(ball.vertices.abs().max()))
+    assert 0.45 < ball.metrics["bound_reach"] < 0.6
+    # Solid everywhere: DMTet closes the surface within a cell of the box, which the metric reads as ~1.
+    boxed = extract_mesh(BallField(radius=3.0), dataclasses.replace(TINY, tet_resolution=40, steps=0,
+                                                                     density_threshold=1.0), "cpu")
+    closed(boxed.vertices, boxed.faces)
+    assert boxed.metrics["bound_reach"] > 0.95
+
+
 def test_empty_coarse_density_is_a_run_error():
     class Empty(BallField):
         def density(self, points):
