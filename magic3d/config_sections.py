@@ -108,10 +108,6 @@ class CoarseConfig:
     # Probabilities of albedo / diffuse / textureless renders once the albedo-only warm-up is over.
     shading: tuple[float, float, float] = (0.2, 0.5, 0.3)
     albedo_warmup: int = 100
-    # False: lit (diffuse) renders train the density alone, the albedo only albedo renders. A hazy field's
-    # normals point every way, so its diffuse renders come out dark and, given the gradient, the albedo
-    # brightens to make up (an amortized model's orange read as yellow, its purple as pink).
-    lit_albedo_grad: bool = True
     ambient: float = 0.3
     # Regulariser weights are relative to the stage loss: SDS is 0.5 * ||grad||^2 summed over the
     # batch (threestudio's divides by the batch size, so at batch 1 these mean what its lambdas mean;

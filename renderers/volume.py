@@ -161,15 +161,12 @@ def render_rays(
     perturb: bool = True,
     normal_eps: float = 1e-2,
     normal_min_weight: float = 1e-4,
-    lit_albedo_grad: bool = True,
 ) -> VolumeRender:
     """Composite ``samples`` points per ray inside the sphere of radius ``bound``.
 
     ``field_fn`` gives density and albedo in one query; ``density_fn`` alone serves the normals,
     which are only computed for samples whose compositing weight exceeds ``normal_min_weight``
     (the rest cannot change a pixel), so lit modes cost far less than four full field queries.
-    ``lit_albedo_grad=False`` holds the albedo constant in lit modes: their gradients reach the
-    density (and so the normals) only, and the albedo learns from albedo renders alone.
     """
     n_rays = origins.shape[0]
     near, far, hit = ray_sphere(origins, dirs, bound)
@@ -212,7 +209,7 @@ def render_rays(
     if need_normals:
         light = Light(position=light_position if light_position is not None else origins, ambient=ambient,
                       strength=1.0 - ambient)
-        colour = shade(albedo if lit_albedo_grad else albedo.detach(), sample_normals, points, mode, light)
+        colour = shade(albedo, sample_normals, points, mode, light)
         normals = F.normalize((weights[..., None] * sample_normals).sum(1), dim=-1)
     else:
         colour, normals = albedo, None

@@ -95,7 +95,6 @@ class CoarseModel:
             self.field.density_and_albedo, self.field.density, o, d, samples=self.cfg.samples_per_ray,
             bound=self.cfg.field.bound, background=self.field.background(d), mode=mode, light_position=light,
             ambient=self.cfg.ambient, occupancy=self.occupancy, generator=generator, perturb=perturb,
-            lit_albedo_grad=self.cfg.lit_albedo_grad,
         )
         return out, out.rgb.view(b, h, w, 3)
 

@@ -102,34 +102,6 @@ def test_diffuse_shading_darkens_the_side_away_from_light():
     assert out.rgb[0].mean() > out.rgb[1].mean() + 0.05
 
 
-def test_lit_renders_can_hold_the_albedo_and_train_the_density_alone():
-    scale = torch.tensor(40.0, requires_grad=True)
-    paint = torch.tensor([0.6, 0.3, 0.2], requires_grad=True)
-
-    def density(p):
-        return scale * torch.sigmoid((0.5 - p.norm(dim=-1)) / 0.05)
-
-    def field(p):
-        return density(p), paint.expand(p.shape[0], 3)
-
-    origins = torch.tensor([[0.2, 0.1, 3.0]])
-    dirs = torch.tensor([[0.0, 0.0, -1.0]])
-    light = torch.tensor([[2.0, 2.0, 3.0]])
-    for held in (False, True):
-        scale.grad = paint.grad = None
-        out = render_rays(field, density, origins, dirs, samples=64, mode="diffuse", light_position=light,
-                          perturb=False, background=1.0, lit_albedo_grad=not held)
-        out.rgb.sum().backward()
-        assert scale.grad is not None and scale.grad.abs() > 0
-        assert (paint.grad is None) == held, held
-        if not held:
-            assert (paint.grad > 0).all()
-    # Albedo renders still train the albedo: the option is about lit modes only.
-    scale.grad = paint.grad = None
-    render_rays(field, density, origins, dirs, samples=64, perturb=False, lit_albedo_grad=False).rgb.sum().backward()
-    assert paint.grad is not None and (paint.grad > 0).all()
-
-
 def test_normals_of_a_sphere_point_outwards_where_rays_hit():
     def density(p):
         return 200.0 * torch.sigmoid((0.5 - p.norm(dim=-1)) / 0.01)
