@@ -119,10 +119,10 @@ def run_identity(prompt: str, config: dict) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:20]
 
 
-def foreign_checkpoints(ckpt_dir: Path, made_by: str) -> list[Path]:
-    """Checkpoints in ``ckpt_dir`` whose sidecar does not say ``made_by`` (or says nothing)."""
+def foreign_checkpoints(ckpt_dir: Path, made_by: str, stage: str = "*") -> list[Path]:
+    """Checkpoints in ``ckpt_dir`` (of ``stage``, default all) whose sidecar does not say ``made_by`` (or says nothing)."""
     foreign = []
-    for sidecar in sorted(Path(ckpt_dir).glob("*-[0-9]*.json")) if Path(ckpt_dir).is_dir() else []:
+    for sidecar in sorted(Path(ckpt_dir).glob(f"{stage}-[0-9]*.json")) if Path(ckpt_dir).is_dir() else []:
         try:
             state = json.loads(sidecar.read_text(encoding="utf-8")).get("state", {})
         except (OSError, ValueError, AttributeError):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,11 +33,30 @@ class MappingConfig:
 
 
 @dataclass
+class TextureStageConfig:
+    """The texture stage after the coarse one (``magic3d.amortize.texture``): a conditioned colour
+    residual trained by SDS on rasterized renders of every prompt's extracted mesh. 0 steps: none."""
+
+    steps: int = 0
+    prompts_per_step: int = 4
+    checkpoint_every: int = 50
+    lr: float = 1e-2  # its grid; the MLP and the mapping network learn at a tenth
+    levels: int = 4
+    features_per_level: int = 4
+    min_res: int = 4
+    max_res: int = 32  # colour corrections are smooth: a coarse grid, a few thousand values a level
+    hidden: int = 32
+    # Probabilities of albedo / diffuse / textureless renders: a textureless render has no colour to train.
+    shading: tuple[float, float, float] = (0.5, 0.5, 0.0)
+
+
+@dataclass
 class AmortizeConfig:
     steps: int = 2000
     prompts_per_step: int = 4  # each rendered with its own conditioning, scored with its own embeddings
     checkpoint_every: int = 50
     mapping: MappingConfig = field(default_factory=MappingConfig)
+    texture: TextureStageConfig = field(default_factory=TextureStageConfig)
 
 
 @dataclass
@@ -52,8 +72,15 @@ class AmortizedConfig:
         Extraction, bake and export settings (and sections added later) are read at generation time,
         so changing them never makes a model folder refuse to resume."""
         runtime = self.run.runtime
+        section = {k: v for k, v in dataclasses.asdict(self.amortize).items() if k != "texture"}
         return {"prior": to_dict(self.run.prior), "coarse": to_dict(self.run.coarse),
-                SECTION: dataclasses.asdict(self.amortize), "seed": runtime.seed, "precision": runtime.precision}
+                SECTION: section, "seed": runtime.seed, "precision": runtime.precision}
+
+    def texture_identity(self) -> dict:
+        """What shapes the texture stage: the coarse model it starts from, its own section, and the
+        fine section whose extraction, renders and SDS it uses (a texture stage added to a trained
+        model leaves that model's identity, and so its coarse checkpoints, as they were)."""
+        return {**self.identity(), "texture": dataclasses.asdict(self.amortize.texture), "fine": to_dict(self.run.fine)}
 
 
 def available_amortize_presets() -> list[str]:
@@ -103,11 +130,23 @@ def load_amortized_config(preset: str | None, overrides: tuple[str, ...] | list[
 
 
 def check(cfg: AmortizeConfig) -> None:
-    limits: dict[str, tuple[Any, Any]] = {"steps": (0, 1_000_000), "prompts_per_step": (1, 64),
-                                          "checkpoint_every": (1, 1_000_000), "mapping.hidden": (1, 4096)}
+    limits: dict[str, tuple[Any, Any]] = {
+        "steps": (0, 1_000_000), "prompts_per_step": (1, 64), "checkpoint_every": (1, 1_000_000),
+        "mapping.hidden": (1, 4096), "texture.steps": (0, 1_000_000), "texture.prompts_per_step": (1, 64),
+        "texture.checkpoint_every": (1, 1_000_000), "texture.levels": (1, 16), "texture.features_per_level": (1, 8),
+        "texture.min_res": (2, 256), "texture.max_res": (2, 256), "texture.hidden": (1, 1024)}
     for key, (lo, hi) in limits.items():
-        value = cfg.mapping.hidden if key == "mapping.hidden" else getattr(cfg, key)
+        holder, _, name = key.rpartition(".")
+        value = getattr(getattr(cfg, holder) if holder else cfg, name)
         if not lo <= value <= hi:
             raise ConfigError(f"Config key '{SECTION}.{key}' must lie between {lo} and {hi}, not {value}.")
-    if not cfg.mapping.lr_scale > 0:
-        raise ConfigError(f"Config key '{SECTION}.mapping.lr_scale' must be positive, not {cfg.mapping.lr_scale}.")
+    for key, value in (("mapping.lr_scale", cfg.mapping.lr_scale), ("texture.lr", cfg.texture.lr)):
+        if not (math.isfinite(value) and value > 0):
+            raise ConfigError(f"Config key '{SECTION}.{key}' must be positive, not {value}.")
+    if cfg.texture.min_res > cfg.texture.max_res:
+        raise ConfigError(f"Config key '{SECTION}.texture.min_res' ({cfg.texture.min_res}) must not exceed "
+                          f"texture.max_res ({cfg.texture.max_res}).")
+    shading = cfg.texture.shading
+    if len(shading) != 3 or not all(math.isfinite(p) and p >= 0 for p in shading) or shading[0] + shading[1] <= 0:
+        raise ConfigError(f"Config key '{SECTION}.texture.shading' needs three probabilities (albedo, diffuse, "
+                          f"textureless), 0 or more, albedo or diffuse above 0, not {list(shading)}.")

@@ -39,6 +39,15 @@ def whitening(table: Float[Tensor, "P D"], floor: float = 1e-2) -> tuple[Float[T
     return mean, vh.T @ torch.diag(scale) @ vh
 
 
+def film_mapping(text_dim: int, hidden: int, out: int, device: torch.device | str) -> nn.Sequential:
+    """The mapping network from a text vector to ``out`` FiLM values, its last layer zero: no modulation at the start."""
+    mapping = nn.Sequential(nn.Linear(text_dim, hidden, device=device), nn.SiLU(),
+                            nn.Linear(hidden, hidden, device=device), nn.SiLU(), nn.Linear(hidden, out, device=device))
+    nn.init.zeros_(mapping[-1].weight)
+    nn.init.zeros_(mapping[-1].bias)
+    return mapping
+
+
 class ConditionedField(nn.Module):
     def __init__(self, base: NeRFField, mapping: MappingConfig, text_dim: int,
                  device: torch.device | str = "cpu", table: Float[Tensor, "P D"] | None = None) -> None:
@@ -53,19 +62,17 @@ class ConditionedField(nn.Module):
         self.feature_dim = self.base.mlp[0].in_features
         self.hidden_dim = self.base.mlp[0].out_features
         out = 2 * (self.feature_dim + self.hidden_dim)
-        self.mapping = nn.Sequential(nn.Linear(text_dim, mapping.hidden, device=device), nn.SiLU(),
-                                     nn.Linear(mapping.hidden, mapping.hidden, device=device), nn.SiLU(),
-                                     nn.Linear(mapping.hidden, out, device=device))
         # Zero modulations at the start: every prompt begins as the plain coarse field (blob included).
-        nn.init.zeros_(self.mapping[-1].weight)
-        nn.init.zeros_(self.mapping[-1].bias)
+        self.mapping = film_mapping(text_dim, mapping.hidden, out, device)
         self.text_dim = text_dim
 
-    def modulation(self, text: Float[Tensor, "B D"]) -> Float[Tensor, "B M"]:
+    def text_input(self, text: Float[Tensor, "B D"]) -> Float[Tensor, "B D"]:
+        """What a mapping network reads: the text vector, whitened when the model whitens."""
         text = text.to(self.mapping[0].weight.dtype)
-        if self.whiten:
-            text = (text - self.text_mean) @ self.text_whiten
-        return self.mapping(text)
+        return (text - self.text_mean) @ self.text_whiten if self.whiten else text
+
+    def modulation(self, text: Float[Tensor, "B D"]) -> Float[Tensor, "B M"]:
+        return self.mapping(self.text_input(text))
 
     def at(self, text: Float[Tensor, "1 D"] | Float[Tensor, " D"]) -> BoundField:
         """The field for one prompt's (pooled) embedding."""

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from magic3d.amortize.config import AmortizedConfig, load_amortized_config
-from magic3d.amortize.train import CONDITIONING, RECORD, STAGE, read_model_record
+from magic3d.amortize.train import CONDITIONING, RECORD, STAGE, TEXTURE_STAGE, read_model_record
 from magic3d.errors import InputError, RunError
 from magic3d.progress import ProgressFn, silent
 
@@ -67,6 +67,7 @@ def load_conditioned(plan: ModelPlan, device: Any):
     from safetensors.torch import load_file
 
     from magic3d.amortize.model import AmortizedModel, PromptSet
+    from magic3d.amortize.texture import TextureStageModel
     from magic3d.checkpoint import load_latest_checkpoint
 
     table = load_file(str(plan.model_dir / CONDITIONING))["cond"].to(device)
@@ -78,6 +79,14 @@ def load_conditioned(plan: ModelPlan, device: Any):
         model = AmortizedModel(plan.cfg, None, PromptSet(list(plan.record["prompts"]), table), device,
                                plan.cfg.run.runtime.seed)
     model.load_state_tensors(ck.tensors)
+    if plan.record.get("texture_steps"):
+        texture = load_latest_checkpoint(plan.model_dir / "checkpoints", TEXTURE_STAGE, "cpu")
+        if texture is None:
+            raise RunError(f"No {TEXTURE_STAGE} checkpoint in {str(plan.model_dir)!r} although its record says the "
+                           "stage ran; train the model again: magic3d amortize PROMPTS --out MODEL_DIR --restart.")
+        stage = TextureStageModel(plan.cfg, None, model, device)
+        stage.load_state_tensors(texture.tensors)
+        model.texture_net = stage.net.eval()
     return model, table
 
 
@@ -121,6 +130,7 @@ def refine(model: Any, plan: ModelPlan, text: str, prior: Any, run_dir: Path, st
         cfg = dataclasses.replace(plan.cfg, amortize=dataclasses.replace(plan.cfg.amortize, prompts_per_step=1))
         single = AmortizedModel(cfg, prior, prompts, device, plan.cfg.run.runtime.seed)
     single.load_state_tensors(model.state_tensors())
+    single.texture_net = model.texture_net  # the colour correction holds for the refined field too
     spec = LoopSpec("refine", steps, plan.cfg.amortize.checkpoint_every, 0, device_type=device.type)
     run_loop(single, spec, run_dir, torch.Generator().manual_seed(plan.cfg.run.runtime.seed), progress, resume=False)
     return single
@@ -188,11 +198,11 @@ def run_from(plan: ModelPlan, text: str, run_dir: Path, refine_steps: int, progr
     import torch
 
     from exporters.common import make_dirs, sweep_temp_files
+    from magic3d.amortize.texture import model_surface
     from magic3d.bake import bake
     from magic3d.export import write_outputs
     from magic3d.pipeline import RunResult, versions
     from magic3d.plan import resolve_device
-    from magic3d.stages.fine import extract_mesh
     from magic3d.storage import atomic_write_text, confined
     from magic3d.timing import PhaseTimes, TimedField
 
@@ -218,7 +228,7 @@ def run_from(plan: ModelPlan, text: str, run_dir: Path, refine_steps: int, progr
                 fine = fine_stage(field, prior, text, plan, run_dir, device, progress)
         else:
             with times.phase("mesh"):
-                fine = extract_mesh(field, run.fine, device)
+                fine = model_surface(model, field, cond[0], run.fine, device)
         with times.phase("bake"):
             mesh = bake(fine.vertices, fine.faces, fine.color_fn, run.bake)
         with times.phase("export"):

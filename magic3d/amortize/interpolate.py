@@ -47,10 +47,10 @@ def run_interpolation(plan: ModelPlan, texts: list[str], frames: int, out: Path)
     from exporters.common import make_dirs
     from exporters.usd.sequence import write_variant_sequence
     from magic3d.amortize.generate import conditioning_of, load_conditioned
+    from magic3d.amortize.texture import model_surface
     from magic3d.bake import bake
     from magic3d.export import asset_info, physics_of, write_formats, write_gif_file
     from magic3d.plan import resolve_device
-    from magic3d.stages.fine import extract_mesh
     from magic3d.storage import atomic_write_text, confined, ensure_writable_dir
     from renderers.turntable import render_turntable
 
@@ -65,9 +65,10 @@ def run_interpolation(plan: ModelPlan, texts: list[str], frames: int, out: Path)
         make_dirs(out)
         for i in range(frames):
             s = i / (frames - 1)
+            text = (1.0 - s) * ends[0] + s * ends[1]
             with torch.no_grad():
-                field = model.conditioned.at((1.0 - s) * ends[0] + s * ends[1]).eval()
-            fine = extract_mesh(field, run.fine, device)
+                field = model.conditioned.at(text).eval()
+            fine = model_surface(model, field, text, run.fine, device)
             mesh = bake(fine.vertices, fine.faces, fine.color_fn, run.bake)
             name = f"frame-{i:02d}"
             folder = out / "frames" / name

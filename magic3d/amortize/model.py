@@ -54,6 +54,7 @@ class AmortizedModel(CoarseModel):
                                             table=self.conditioning)
         self.bind(0)
         self._drawn: list[int] = []
+        self.texture_net = None  # the texture stage's ConditionedTexture, once generation loads one
 
     def bind(self, index: int) -> None:
         """Point the coarse model's renders (``self.field``) and loss at prompt ``index``."""
@@ -61,10 +62,10 @@ class AmortizedModel(CoarseModel):
         if self.prompts.views is not None and self.prior is not None:
             self.loss_fn = SDSLoss(self.prior, self.prompts.views[index], self.cfg.sds)
 
-    def batch_indices(self, step: int) -> list[int]:
-        """The prompts of ``step``: a seeded permutation per epoch, read ``prompts_per_step`` at a time,
-        so a resumed run draws exactly what an uninterrupted one would."""
-        count, k = len(self.prompts.texts), self.amortized.amortize.prompts_per_step
+    def batch_indices(self, step: int, per_step: int | None = None) -> list[int]:
+        """The prompts of ``step``: a seeded permutation per epoch, read ``per_step`` (default
+        ``prompts_per_step``) at a time, so a resumed run draws exactly what an uninterrupted one would."""
+        count, k = len(self.prompts.texts), per_step or self.amortized.amortize.prompts_per_step
         out = []
         for n in range(step * k, step * k + k):
             epoch, position = divmod(n, count)

@@ -22,6 +22,7 @@ from magic3d.progress import Notice, ProgressFn, silent
 RECORD = "model.json"
 CONDITIONING = "prompts.safetensors"
 STAGE = "amortize"
+TEXTURE_STAGE = "amortize-texture"  # magic3d.amortize.texture
 
 
 @dataclass
@@ -96,7 +97,9 @@ def plan_training(
     record = read_model_record(model_dir)
     if record and not restart:
         check_same_prior(record, prior_id, model_dir)
-        if record.get("prompts") != texts or record.get("identity") != cfg.identity():
+        texture = record.get("texture_identity")
+        if record.get("prompts") != texts or record.get("identity") != cfg.identity() or \
+                texture not in (None, cfg.texture_identity()):
             raise ConfigError(f"{str(model_dir)!r} holds a model of another prompt set or config; pass --restart "
                               "to replace it or choose another --out.")
     if cfg.run.runtime.device.startswith("cuda"):
@@ -120,6 +123,7 @@ def run_training(plan: TrainPlan, restart: bool, progress: ProgressFn, notice: N
     import torch
 
     from magic3d.amortize.model import AmortizedModel, PromptSet
+    from magic3d.amortize.texture import TextureStageModel
     from magic3d.checkpoint import foreign_checkpoints, made_by_message, resume_notice, run_identity
     from magic3d.pipeline import clear_checkpoints, load_first_prior, versions
     from magic3d.plan import resolve_device
@@ -134,7 +138,9 @@ def run_training(plan: TrainPlan, restart: bool, progress: ProgressFn, notice: N
     cfg, model_dir = plan.cfg, plan.model_dir
     config = cfg.to_dict()
     made_by = run_identity("\n".join(plan.texts), cfg.identity())
-    if not restart and foreign_checkpoints(model_dir / "checkpoints", made_by):
+    texture_made_by = run_identity("\n".join(plan.texts), cfg.texture_identity())
+    if not restart and (foreign_checkpoints(model_dir / "checkpoints", made_by, STAGE)
+                        or foreign_checkpoints(model_dir / "checkpoints", texture_made_by, TEXTURE_STAGE)):
         raise ConfigError(made_by_message(model_dir / "checkpoints"))
     runtime = cfg.run.runtime
     device = resolve_device(runtime.device)
@@ -158,13 +164,24 @@ def run_training(plan: TrainPlan, restart: bool, progress: ProgressFn, notice: N
         with torch.random.fork_rng(devices=[]):  # the grid's initial values, the caller's RNG untouched
             torch.manual_seed(runtime.seed)
             model = AmortizedModel(cfg, prior, prompts, device, runtime.seed)
-        steps = cfg.amortize.steps
+        steps, texture = cfg.amortize.steps, cfg.amortize.texture
+        autocast = autocast_dtype(runtime.precision, device)
         spec = LoopSpec(STAGE, steps, cfg.amortize.checkpoint_every, steps, device_type=device.type,
-                        autocast=autocast_dtype(runtime.precision, device), made_by=made_by)
-        if not restart and (line := resume_notice(model_dir, {STAGE: steps})):
+                        autocast=autocast, made_by=made_by)
+        if not restart and (line := resume_notice(model_dir, {STAGE: steps, TEXTURE_STAGE: texture.steps})):
             notice(line)
         result = run_loop(model, spec, model_dir, torch.Generator().manual_seed(runtime.seed), progress, not restart)
-        record.update(status="done", steps=result.steps, metrics=result.metrics,
-                      finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+        record.update(steps=result.steps, metrics=result.metrics)
+        if texture.steps > 0:
+            stage = TextureStageModel(cfg, prior, model, device)
+            stage.extract_meshes()  # from the finished coarse model, as generation will
+            record.update(texture_identity=cfg.texture_identity())
+            atomic_write_text(model_dir / RECORD, json.dumps(record, indent=2))
+            spec = LoopSpec(TEXTURE_STAGE, texture.steps, texture.checkpoint_every, texture.steps,
+                            device_type=device.type, autocast=autocast, made_by=texture_made_by)
+            done = run_loop(stage, spec, model_dir, torch.Generator().manual_seed(runtime.seed + 1), progress,
+                            not restart)
+            record.update(texture_steps=done.steps, texture_metrics=done.metrics)
+        record.update(status="done", finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
         atomic_write_text(model_dir / RECORD, json.dumps(record, indent=2))
     return TrainResult(model_dir, result.steps, result.metrics, time.perf_counter() - clock)

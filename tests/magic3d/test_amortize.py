@@ -258,7 +258,7 @@ def test_commands_import_no_torch():
 def test_trains_and_generates_on_cuda_with_a_diffusers_prior(tiny_prior_dir, tmp_path):
     """The device rule (tests/device_harness.py): every tensor on the run device, through a
     Stable-Diffusion-shaped prior whose "B 77 D" embeddings the mapping network pools and whitens,
-    and the preset's extraction by sight."""
+    the preset's extraction by sight, and the texture stage's rasterized renders."""
     from device_harness import DeviceHarness
 
     from magic3d.amortize.generate import generate_from
@@ -267,12 +267,13 @@ def test_trains_and_generates_on_cuda_with_a_diffusers_prior(tiny_prior_dir, tmp
     (tmp_path / "p.txt").write_text("a red chair\na blue table\n")
     with DeviceHarness(ignore_syncs_in=("raster/torch_backend.py",)):
         trained = train(tmp_path / "p.txt", tmp_path / "model", prior=str(tiny_prior_dir),
-                        overrides=[*TINY, "amortize.mapping.whiten=true"], device="cuda")
+                        overrides=[*TINY, *TEXTURE, "amortize.mapping.whiten=true"], device="cuda")
         result = generate_from("a green lamp", trained.model_dir, out=tmp_path / "out", device="cuda")
     record = json.loads((result.run_dir / "run.json").read_text())
     assert record["device"].startswith("cuda") and record["unseen"] is True
     assert "sight_depth" in record["metrics"]["fine"]
-    assert json.loads((trained.model_dir / "model.json").read_text())["device"].startswith("cuda")
+    record = json.loads((trained.model_dir / "model.json").read_text())
+    assert record["device"].startswith("cuda") and record["texture_steps"] == 2
     assert result.files["glb"].stat().st_size > 0
 
 
@@ -313,3 +314,59 @@ def test_a_whitened_model_saves_and_reloads_its_map(tmp_path):
     cond, _ = conditioning_of(plan, ["a red cube", "a blue sphere"], table, torch.device("cpu"))
     white = (cond - field.text_mean) @ field.text_whiten
     assert white.norm(dim=-1).min() > 0.1  # two prompts: one direction, each half a unit away from the mean
+
+
+TEXTURE = ["amortize.texture.steps=2", "amortize.texture.prompts_per_step=2", "amortize.texture.checkpoint_every=1",
+           "amortize.texture.max_res=8", "amortize.texture.hidden=8", "fine.resolution=16"]
+
+
+def test_a_texture_stage_added_to_a_trained_model_keeps_its_coarse_weights(model, tmp_path):
+    import shutil
+
+    from magic3d.amortize.generate import conditioning_of, load_conditioned, plan_model
+    from magic3d.amortize.texture import model_surface
+    from magic3d.amortize.train import train
+    from magic3d.errors import ConfigError
+
+    folder = tmp_path / "model"
+    shutil.copytree(model, folder)
+    coarse = {p.name: p.read_bytes() for p in (folder / "checkpoints").glob("amortize-0*.safetensors")}
+    (tmp_path / "prompts.txt").write_text(PROMPTS)
+    result = train(tmp_path / "prompts.txt", folder, prior="builtin", overrides=[*TINY, *TEXTURE], device="cpu")
+    # The coarse stage was resumed, not retrained; the texture stage checkpointed beside it.
+    assert {p.name: p.read_bytes() for p in (folder / "checkpoints").glob("amortize-0*.safetensors")} == coarse
+    assert sorted(p.name for p in (folder / "checkpoints").glob("amortize-texture-*.safetensors")) == [
+        "amortize-texture-000001.safetensors", "amortize-texture-000002.safetensors"]
+    record = json.loads((result.model_dir / "model.json").read_text())
+    assert record["status"] == "done" and record["texture_steps"] == 2 and "texture_identity" in record
+
+    plan = plan_model(folder, "cpu", overrides=TEXTURE)
+    trained, table = load_conditioned(plan, torch.device("cpu"))
+    assert trained.texture_net is not None
+    cond, _ = conditioning_of(plan, ["a red cube"], table, torch.device("cpu"))
+    with torch.no_grad():
+        field = trained.conditioned.at(cond[0]).eval()
+    surface = model_surface(trained, field, cond[0], plan.cfg.run.fine, "cpu")
+    points = surface.vertices[:200]
+    corrected, coarse_albedo = surface.color_fn(points), field.albedo(points)
+    assert corrected.shape == (points.shape[0], 3) and ((corrected >= 0) & (corrected <= 1)).all()
+    assert (corrected - coarse_albedo).abs().max() > 1e-5  # two steps moved the residual off zero
+    # Another texture config on the same folder is refused before any work, as another coarse config is.
+    with pytest.raises(ConfigError, match="another prompt set or config"):
+        train(tmp_path / "prompts.txt", folder, prior="builtin", device="cpu",
+              overrides=[*TINY, *TEXTURE, "amortize.texture.lr=0.05"])
+
+
+def test_an_untrained_texture_stage_is_the_coarse_albedo(model):
+    from magic3d.amortize.config import TextureStageConfig
+    from magic3d.amortize.generate import load_conditioned, plan_model
+    from magic3d.amortize.texture import ConditionedTexture
+
+    plan = plan_model(model, "cpu")
+    trained, table = load_conditioned(plan, torch.device("cpu"))
+    net = ConditionedTexture(TextureStageConfig(max_res=8, hidden=8), trained.conditioned, "cpu")
+    with torch.no_grad():
+        field = trained.conditioned.at(table[0]).eval()
+        points = torch.rand(300, 3, generator=torch.Generator().manual_seed(1)) * 1.6 - 0.8
+        base = field.albedo(points).clamp(1e-3, 1 - 1e-3)
+    assert torch.allclose(net.colour_fn(trained.conditioned, field, table[0])(points), base, atol=1e-5)
