@@ -95,7 +95,7 @@ def trained_seconds(sessions: list[dict]) -> tuple[float, float]:
 
 def phase_train(report: dict, args: argparse.Namespace) -> None:
     """Train (or resume); each session's wall time and steps are added to the phase as it goes."""
-    from magic3d.amortize.train import train
+    from magic3d.amortize.train import TEXTURE_STAGE, train
 
     phase = report["phases"].setdefault("train", {"status": "running", "sessions": []})
     prompts_file = args.work / "train-prompts.txt"
@@ -110,12 +110,18 @@ def phase_train(report: dict, args: argparse.Namespace) -> None:
     clock = time.perf_counter()
 
     def progress(stage: str, step: int, total: int, loss: float) -> None:
-        session["first_step"] = session["first_step"] or step
-        session["last_step"], session["seconds"] = step, round(time.perf_counter() - clock, 1)
-        phase["steps_planned"] = total
+        # The texture stage counts its own steps from 1 after the coarse stage: only the coarse stage's
+        # first step says whether this session began the model again (trained_seconds).
+        if stage == TEXTURE_STAGE:
+            session["texture_last_step"] = step
+            phase["texture_steps"], phase["texture_loss"] = step, round(loss, 3)
+        else:
+            session["first_step"] = session["first_step"] or step
+            session["last_step"] = step
+            phase["steps_planned"], phase["steps"], phase["loss"] = total, step, round(loss, 3)
+        session["seconds"] = round(time.perf_counter() - clock, 1)
         if step % 50 == 0 or step == total:
             phase["seconds"], phase["seconds_lost"] = trained_seconds(phase["sessions"])
-            phase["steps"], phase["loss"] = step, round(loss, 3)
             save_report(args.out, report)
 
     save_report(args.out, report)
@@ -124,6 +130,7 @@ def phase_train(report: dict, args: argparse.Namespace) -> None:
     session["seconds"] = round(time.perf_counter() - clock, 1)
     kept, lost = trained_seconds(phase["sessions"])
     phase.update(status="done", steps=result.steps, seconds=kept, seconds_lost=lost, metrics=result.metrics)
+    # The seconds include the texture stage when the config has one (amortize.texture.steps).
     save_report(args.out, report)
 
 

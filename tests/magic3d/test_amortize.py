@@ -13,7 +13,9 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[2]
-TINY = ["amortize.steps=4", "amortize.prompts_per_step=2", "amortize.checkpoint_every=2", "amortize.mapping.hidden=16",
+# No texture stage (the preset's 800 steps) unless a test adds TEXTURE below.
+TINY = ["amortize.steps=4", "amortize.texture.steps=0", "amortize.prompts_per_step=2", "amortize.checkpoint_every=2",
+        "amortize.mapping.hidden=16",
         "coarse.resolution=16", "coarse.samples_per_ray=8", "coarse.occupancy_every=2", "coarse.field.levels=2",
         "coarse.field.features_per_level=2", "coarse.field.max_res=16", "coarse.field.hidden=16",
         "fine.tet_resolution=16", "bake.texture_size=32", "export.preview_frames=2", "export.preview_resolution=32",

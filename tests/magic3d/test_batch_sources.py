@@ -215,7 +215,7 @@ def test_a_texture_line_runs_the_real_pipeline_and_keeps_the_mesh(tmp_path: Path
     assert "a-red-cube" in (out / "index.html").read_text() and (out / "world.usda").is_file()
 
 
-AMORTIZE_TINY = ["amortize.steps=2", "amortize.prompts_per_step=2", "amortize.checkpoint_every=2",
+AMORTIZE_TINY = ["amortize.steps=2", "amortize.texture.steps=0", "amortize.prompts_per_step=2", "amortize.checkpoint_every=2",
                  "amortize.mapping.hidden=16", "coarse.resolution=16", "coarse.samples_per_ray=8",
                  "coarse.occupancy_every=2", "coarse.field.levels=2", "coarse.field.features_per_level=2",
                  "coarse.field.max_res=16", "coarse.field.hidden=16", "fine.tet_resolution=16", "bake.texture_size=32",
