@@ -8,6 +8,7 @@ conditioning and scores it with its own view-dependent embeddings, and averages 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +43,31 @@ def encode_conditioning(texts: list[str], prior: Prior, cfg: AmortizedConfig,
     """Each prompt's own embedding (no view words), pooled to one vector."""
     encoded = encode_cached(prior, texts, cfg.run.prior.negative_prompt, cache_dir)
     return torch.cat([pooled(encoded[t].cond) for t in texts])
+
+
+def load_weights(module: torch.nn.Module, tensors: dict[str, Tensor], prefix: str, what: str) -> None:
+    """Copy ``module``'s state from ``tensors`` (its keys under ``prefix``), refusing a checkpoint of another shape."""
+    own = module.state_dict()
+    bad = [k for k, v in own.items() if f"{prefix}{k}" not in tensors or tensors[f"{prefix}{k}"].shape != v.shape]
+    if bad:
+        raise RunError(f"The {what}'s weights do not fit its config (first mismatch: {bad[0]!r}); "
+                       "train it again: magic3d amortize PROMPTS --out MODEL_DIR --restart.")
+    with torch.no_grad():
+        for k, v in own.items():
+            v.copy_(tensors[f"{prefix}{k}"])
+
+
+def averaged(indices: list[int], bind: Callable[[int], None],
+             one: Callable[[], tuple[Tensor, dict]]) -> tuple[Tensor, dict[str, Tensor | float]]:
+    """The mean loss and metrics of ``one()`` with each prompt of ``indices`` bound in turn."""
+    losses, sums = [], {}
+    for index in indices:
+        bind(index)
+        loss, metrics = one()
+        losses.append(loss)
+        for key, value in metrics.items():
+            sums[key] = sums.get(key, 0.0) + value
+    return torch.stack(losses).mean(), {key: value / len(indices) for key, value in sums.items()}
 
 
 class AmortizedModel(CoarseModel):
@@ -87,28 +113,13 @@ class AmortizedModel(CoarseModel):
         return tensors
 
     def load_state_tensors(self, tensors: dict[str, Tensor]) -> None:
-        own = self.conditioned.state_dict()
-        bad = [k for k, v in own.items() if f"field/{k}" not in tensors or tensors[f"field/{k}"].shape != v.shape]
-        if bad:
-            raise RunError(f"The amortized model's weights do not fit its config (first mismatch: {bad[0]!r}); "
-                           "train it again: magic3d amortize PROMPTS --out MODEL_DIR --restart.")
-        with torch.no_grad():
-            for k, v in own.items():
-                v.copy_(tensors[f"field/{k}"])
+        load_weights(self.conditioned, tensors, "field/", "amortized model")
         if "occupancy/density" in tensors:
             self.occupancy.load(tensors["occupancy/density"])
 
     def step(self, step: int, ratio: float, generator: torch.Generator) -> tuple[Tensor, dict[str, Tensor | float]]:
         self._drawn = self.batch_indices(step)
-        losses, sums = [], {}
-        for index in self._drawn:
-            self.bind(index)
-            loss, metrics = super().step(step, ratio, generator)
-            losses.append(loss)
-            for key, value in metrics.items():
-                sums[key] = sums.get(key, 0.0) + value
-        k = len(self._drawn)
-        return torch.stack(losses).mean(), {key: value / k for key, value in sums.items()}
+        return averaged(self._drawn, self.bind, lambda: super(AmortizedModel, self).step(step, ratio, generator))
 
     def after_step(self, step: int, generator: torch.Generator) -> None:
         every = self.cfg.occupancy_every

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from magic3d.amortize.config import AmortizedConfig, TextureStageConfig
 from magic3d.amortize.field import BoundField, ConditionedField, film_mapping
+from magic3d.amortize.model import averaged, load_weights
 from magic3d.config_sections import FineConfig
 from magic3d.errors import RunError
 from magic3d.fields.encoding import grid_encoding
@@ -119,25 +120,11 @@ class TextureStageModel(FineModel):
         return {f"texture/{k}": v for k, v in self.net.state_dict().items()}
 
     def load_state_tensors(self, tensors: dict[str, Tensor]) -> None:
-        own = self.net.state_dict()
-        bad = [k for k, v in own.items() if f"texture/{k}" not in tensors or tensors[f"texture/{k}"].shape != v.shape]
-        if bad:
-            raise RunError(f"The amortized texture's weights do not fit its config (first mismatch: {bad[0]!r}); "
-                           "train it again: magic3d amortize PROMPTS --out MODEL_DIR --restart.")
-        with torch.no_grad():
-            for k, v in own.items():
-                v.copy_(tensors[f"texture/{k}"])
+        load_weights(self.net, tensors, "texture/", "amortized texture")
 
     def step(self, step: int, ratio: float, generator: torch.Generator) -> tuple[Tensor, dict[str, Tensor | float]]:
         drawn = self.amortized.batch_indices(step, self.stage.prompts_per_step)
-        losses, sums = [], {}
-        for index in drawn:
-            self.bind(index)
-            loss, metrics = super().step(step, ratio, generator)
-            losses.append(loss)
-            for key, value in metrics.items():
-                sums[key] = sums.get(key, 0.0) + value
-        return torch.stack(losses).mean(), {key: value / len(drawn) for key, value in sums.items()}
+        return averaged(drawn, self.bind, lambda: super(TextureStageModel, self).step(step, ratio, generator))
 
     @torch.no_grad()
     def preview(self) -> np.ndarray:
